@@ -1,0 +1,123 @@
+"""Shards on disk: WebDataset tars (KEY.jpg + KEY.json) with a DALI index beside each.
+
+A shard is written under a temporary name and renamed when complete, index first, so a
+reader (or a resumed build) never sees half a shard. Tars are byte-reproducible (fixed
+mtime and owner), so a re-run writes the same bytes and the same sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import webdataset as wds
+
+DALI_INDEX_VERSION = "v1.2"
+
+
+def shard_file(name: str, index: int) -> str:
+    return f"{name}-{index:06d}.tar"
+
+
+def index_file(tar_name: str) -> str:
+    return tar_name[: -len(".tar")] + ".idx"
+
+
+def write_shard(path: Path, samples: Iterable[tuple[str, bytes, dict]]) -> dict:
+    """Write (key, jpeg, meta) samples to `path` atomically; return its size and sha256."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0, user="wsl", group="wsl") as sink:
+        for key, jpeg, meta in samples:
+            sink.write({"__key__": key, "jpg": jpeg, "json": meta})
+    idx = path.with_name(index_file(path.name))
+    write_dali_index(tmp, idx)
+    digest = file_sha256(tmp)
+    size = tmp.stat().st_size
+    os.replace(tmp, path)
+    return {"bytes": size, "sha256": digest}
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key ends at the first dot of the file name."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
+
+
+def write_dali_index(tar_path: Path, idx_path: Path) -> None:
+    """DALI readers.webdataset index: 'v1.2 N', then per sample 'ext offset size name' groups."""
+    samples: list[list[str]] = []
+    last_key = None
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = split_name(member.name)
+            entry = f"{ext} {member.offset_data} {member.size} {member.name}"
+            if key != last_key:
+                samples.append([entry])
+                last_key = key
+            else:
+                samples[-1].append(entry)
+    tmp = idx_path.with_name(idx_path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{DALI_INDEX_VERSION} {len(samples)}\n")
+        for entries in samples:
+            f.write(" ".join(entries) + "\n")
+    os.replace(tmp, idx_path)
+
+
+def read_dali_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
+    """Per sample, {ext: (offset, size)}; raises ValueError on a malformed index."""
+    lines = Path(idx_path).read_text().splitlines()
+    if not lines:
+        raise ValueError(f"{idx_path}: empty index")
+    version, count = lines[0].split()
+    if version != DALI_INDEX_VERSION or int(count) != len(lines) - 1:
+        raise ValueError(f"{idx_path}: header '{lines[0]}' does not match {len(lines) - 1} entries")
+    out = []
+    for line in lines[1:]:
+        parts = line.split()
+        out.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
+    return out
+
+
+def iter_samples(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) in file order; raises tarfile.TarError/OSError on a broken tar."""
+    current, files = None, {}
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = split_name(member.name)
+            if key != current and current is not None:
+                yield current, files
+                files = {}
+            current = key
+            files[ext] = tar.extractfile(member).read()
+    if current is not None:
+        yield current, files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no manifest.json (not a finished `wsl data build` output)")
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)

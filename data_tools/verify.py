@@ -1,0 +1,99 @@
+"""`wsl data verify DIR`: prove a shard directory is what its manifest says, before a long run.
+
+Checks every shard listed: present, sha256 and size as recorded, tar readable, every
+sample has jpg + json with labels inside the vocabulary, every image decodes, sample
+counts and the DALI index agree; and that no stray shard lies beside them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from data_tools import shards, vocab
+
+MAX_PROBLEMS = 20
+
+
+def check_shard(directory: str, entry: dict, num_classes: int) -> list[str]:
+    path = Path(directory) / entry["file"]
+    if not path.is_file():
+        return [f"{entry['file']}: missing"]
+    problems = []
+    if path.stat().st_size != entry["bytes"]:
+        problems.append(f"{entry['file']}: {path.stat().st_size} bytes, manifest says {entry['bytes']}")
+    elif shards.file_sha256(path) != entry["sha256"]:
+        problems.append(f"{entry['file']}: sha256 differs from the manifest (file changed or corrupt)")
+    count = 0
+    try:
+        for key, files in shards.iter_samples(path):
+            count += 1
+            problems += check_sample(entry["file"], key, files, num_classes)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        return problems + [f"{entry['file']}: unreadable tar after {count} samples ({err})"]
+    if count != entry["samples"]:
+        problems.append(f"{entry['file']}: {count} samples, manifest says {entry['samples']}")
+    problems += check_index(Path(directory) / entry["index"], count)
+    return problems
+
+
+def check_sample(shard: str, key: str, files: dict, num_classes: int) -> list[str]:
+    where = f"{shard}:{key}"
+    if set(files) != {"jpg", "json"}:
+        return [f"{where}: has {sorted(files)}, expected jpg and json"]
+    try:
+        meta = json.loads(files["json"])
+        labels = meta["labels"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{where}: json is not valid sample metadata"]
+    if not labels or any(not isinstance(i, int) or not 0 <= i < num_classes for i in labels):
+        return [f"{where}: labels {labels} outside 0..{num_classes - 1}"]
+    try:
+        with Image.open(io.BytesIO(files["jpg"])) as im:
+            if im.format != "JPEG":
+                return [f"{where}: image is {im.format}, not JPEG"]
+            im.load()
+    except Exception as err:  # any decoder failure is a finding, not a crash
+        return [f"{where}: image does not decode ({err})"]
+    return []
+
+
+def check_index(idx: Path, count: int) -> list[str]:
+    if not idx.is_file():
+        return [f"{idx.name}: DALI index missing"]
+    try:
+        entries = shards.read_dali_index(idx)
+    except (ValueError, IndexError) as err:
+        return [f"{idx.name}: malformed DALI index ({err})"]
+    if len(entries) != count:
+        return [f"{idx.name}: indexes {len(entries)} samples, tar holds {count}"]
+    return []
+
+
+def verify(directory: str, workers: int = 0, progress: bool = True) -> list[str]:
+    """All problems found (empty: the directory is sound)."""
+    manifest = shards.read_manifest(directory)
+    problems = []
+    entries = vocab.read(Path(directory) / manifest["vocabulary"])
+    if len(entries) != manifest["num_classes"]:
+        problems.append(f"vocabulary.tsv has {len(entries)} labels, manifest says {manifest['num_classes']}")
+    listed = {e["file"] for e in manifest["shards"]}
+    stray = sorted(p.name for p in Path(directory).glob(f"{manifest['name']}-*.tar") if p.name not in listed)
+    problems += [f"{name}: shard not in the manifest" for name in stray]
+    if sum(e["samples"] for e in manifest["shards"]) != manifest["num_samples"]:
+        problems.append("manifest: shard sample counts do not add up to num_samples")
+    workers = workers or os.cpu_count() or 1
+    jobs = [(directory, e, manifest["num_classes"]) for e in manifest["shards"]]
+    bar = tqdm(total=len(jobs), desc="verify", unit="shard", disable=not progress)
+    with ProcessPoolExecutor(workers) as pool:
+        for found in pool.map(check_shard, *zip(*jobs)) if jobs else []:
+            problems += found
+            bar.update()
+    bar.close()
+    return problems

@@ -1,0 +1,110 @@
+"""The one `wsl` command: every stage a subcommand, every config YAML + dotted overrides."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from launch.config import ConfigError
+from launch.config import build as make_config
+
+USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, ValueError)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
+                        help="config file; several are merged in order")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="dotted overrides, applied after the config files")
+
+
+def data_build(args) -> int:
+    from data_tools.build import BuildConfig, build, summary
+    overrides = args.overrides + ([f"part={args.part}"] if args.part else [])
+    cfg = make_config(BuildConfig, args.config, overrides)
+    manifest = build(cfg)
+    print(summary(manifest))
+    if manifest["num_samples"] == 0:
+        print("wsl: error: no usable image in the input", file=sys.stderr)
+        return 1
+    return 0
+
+
+def data_merge(args) -> int:
+    from data_tools.build import merge, summary
+    print(summary(merge(args.directory)))
+    return 0
+
+
+def data_verify(args) -> int:
+    from data_tools.verify import verify
+    problems = verify(args.directory, workers=args.workers, progress=not args.quiet)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.directory}; the first:", file=sys.stderr)
+        for line in problems[:20]:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"{args.directory}: all shards, samples and images check out")
+    return 0
+
+
+def data_stats(args) -> int:
+    from data_tools.stats import frequency_table, zipf_plot
+    print(frequency_table(args.directory, args.top))
+    plot = zipf_plot(args.directory, args.plot or Path(args.directory) / "zipf.png")
+    print(f"Zipf plot: {plot}")
+    return 0
+
+
+def demo(args) -> int:
+    from launch.demo import run_demo
+    return run_demo(Path(args.workdir))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsl", description=__doc__)
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    data = stages.add_parser("data", help="build, merge, verify and inspect shard datasets")
+    data_cmds = data.add_subparsers(dest="command", required=True)
+    p = data_cmds.add_parser("build", help="tagged images -> vocabulary -> WebDataset shards")
+    add_config_args(p)
+    p.add_argument("--part", metavar="i/N", help="build only slice i of N (e.g. a SLURM array task)")
+    p.set_defaults(func=data_build)
+    p = data_cmds.add_parser("merge", help="join the manifests of a --part i/N build")
+    p.add_argument("directory")
+    p.set_defaults(func=data_merge)
+    p = data_cmds.add_parser("verify", help="check every shard, sample and image against the manifest")
+    p.add_argument("directory")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=data_verify)
+    p = data_cmds.add_parser("stats", help="label frequency table and Zipf plot")
+    p.add_argument("directory")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--plot", help="PNG path (default: DIR/zipf.png)")
+    p.set_defaults(func=data_stats)
+
+    p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
+    p.add_argument("--workdir", default="demo")
+    p.set_defaults(func=demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        if os.environ.get("WSL_DEBUG"):
+            raise
+        print(f"wsl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wsl: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Config as data: dataclass defaults, merged with YAML files, then dotted CLI overrides.
+
+Every subcommand uses the same three layers, so `wsl X --config a.yaml b.yaml key.sub=3`
+means the same thing everywhere. A wrong key or type fails at once with one line naming
+the key, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, reported to the user as one line."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    # YAML typing, so `a.b=3` is an int, `a.b=[1,2]` a list and `a.b=null` None.
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def set_dotted(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{'.'.join(keys)}': '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def build(cls: type, files: list[str] = (), overrides: list[str] = ()):
+    """Make a `cls` instance from defaults, YAML files (in order) and dotted overrides."""
+    tree: dict = {}
+    for path in files:
+        tree = merge(tree, load_yaml(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(tree, keys, value)
+    return from_dict(cls, tree)
+
+
+def from_dict(cls: type, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = prefix + unknown[0]
+        raise ConfigError(f"unknown config key '{key}' (known here: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def _coerce(hint: Any, value: Any, key: str):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}' = {value!r} is not a valid {_name(hint)}")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value or {}, key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' = {value!r} must be one of {', '.join(map(str, choices))}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint in (int, float, bool, str):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"config key '{key}' = {value!r} must be of type {hint.__name__}")
+        return value
+    return value
+
+
+def _name(hint: Any) -> str:
+    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(hint) if a is not type(None))
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def dump(obj, path: str | Path) -> None:
+    """Write the resolved config, so a run directory says exactly what ran."""
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -1,0 +1,34 @@
+"""Shared fixtures: real JPEGs written to disk and real shards built from them."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from data_tools.build import BuildConfig, build  # noqa: E402
+from data_tools.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F401  (re-exported for tests)
+from launch.config import build as make_config  # noqa: E402
+
+
+def build_shards(manifest: Path, out: Path, *overrides: str) -> dict:
+    cfg = make_config(BuildConfig, [], [f"input.manifest={manifest}", f"output={out}", "progress=false",
+                                        "workers=1", *overrides])
+    return build(cfg)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A JSONL manifest over 240 generated JPEGs (shared, read-only)."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 240)
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory, corpus) -> Path:
+    """Shards built from `corpus`, 32 samples each (shared, read-only)."""
+    out = tmp_path_factory.mktemp("shards")
+    build_shards(corpus, out, "shards.samples=32")
+    return out
