@@ -50,7 +50,7 @@ def prepare(data: bytes, rules: ImageRules) -> tuple[bytes, list[str]]:
     except UnidentifiedImageError:
         raise BadImage("not_an_image") from None
     except (OSError, SyntaxError, ValueError) as err:
-        reason = "truncated" if "truncated" in str(err) else "decode_error"
+        reason = "truncated" if "truncat" in str(err).lower() else "decode_error"
         raise BadImage(reason, str(err)) from None
     except Exception as err:  # a decoder bug on a hostile file must not stop a build
         raise BadImage("decode_error", f"{type(err).__name__}: {err}") from None
@@ -78,8 +78,10 @@ def _reencode(im: Image.Image, rules: ImageRules, orientation: int, too_big: boo
     conversions = []
     if im.format != "JPEG":
         conversions.append("non_jpeg")
-    if too_big and im.format == "JPEG":
-        im.draft("RGB", _fit(im.size, rules.max_side))  # cheap DCT-domain downscale first
+    if too_big:
+        conversions.append("resized")
+        if im.format == "JPEG":
+            im.draft(im.mode, _fit(im.size, rules.max_side))  # cheap DCT-domain downscale first
     im.load()
     if orientation != 1:
         im = ImageOps.exif_transpose(im)
@@ -89,7 +91,6 @@ def _reencode(im: Image.Image, rules: ImageRules, orientation: int, too_big: boo
         conversions.append(how)
     if rules.max_side is not None and max(im.size) > rules.max_side:
         im = im.resize(_fit(im.size, rules.max_side), Image.BICUBIC, reducing_gap=3.0)
-        conversions.append("resized")
     out = io.BytesIO()
     im.save(out, format="JPEG", quality=rules.quality)
     return out.getvalue(), conversions

@@ -45,8 +45,8 @@ class ManifestSource:
         with open(self.path, "rb") as f:
             index = 0
             for raw in f:
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line or line.startswith("#") and self.tsv:
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if not line.strip() or line.startswith("#") and self.tsv:
                     continue
                 record = self._parse_tsv(line, index) if self.tsv else self._parse_json(line, index)
                 yield record
@@ -57,7 +57,7 @@ class ManifestSource:
 
     def _parse_json(self, line: str, index: int) -> Record:
         try:
-            item = json.loads(line)
+            item = json.loads(line.strip())
         except json.JSONDecodeError:
             return Record(index, error="malformed_line")
         if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"]:

@@ -57,6 +57,25 @@ def data_stats(args) -> int:
     return 0
 
 
+def pretrain(args) -> int:
+    if args.overrides[:1] == ["export"]:
+        return pretrain_export(args.overrides[1:])
+    from launch.config import to_dict
+    from pretrain.config import PretrainConfig
+    from pretrain.train import run
+    cfg = make_config(PretrainConfig, args.config, args.overrides)
+    run(cfg, to_dict(cfg))
+    return 0
+
+
+def pretrain_export(rest: list[str]) -> int:
+    from pretrain.train import export_run
+    if len(rest) not in (1, 2):
+        raise ConfigError("usage: wsl pretrain export RUN_DIR [OUT.pt]")
+    print(f"backbone written to {export_run(rest[0], rest[1] if len(rest) == 2 else None)}")
+    return 0
+
+
 def demo(args) -> int:
     from launch.demo import run_demo
     return run_demo(Path(args.workdir))
@@ -85,6 +104,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--plot", help="PNG path (default: DIR/zipf.png)")
     p.set_defaults(func=data_stats)
+
+    p = stages.add_parser("pretrain", help="train a ResNeXt on hashtag shards (`wsl pretrain export RUN_DIR` "
+                                           "writes its backbone)")
+    add_config_args(p)
+    p.set_defaults(func=pretrain)
 
     p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
     p.add_argument("--workdir", default="demo")

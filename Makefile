@@ -1,0 +1,26 @@
+# The two entry points of README.md: `make demo` and `make test`. Both set up from scratch.
+VENV ?= .venv
+PIP_ENV = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
+
+.PHONY: setup demo test bench
+setup: $(VENV)/.installed
+
+# The registry's torch (a CUDA build, which runs on CPU too) with its matching torchvision;
+# the machine's local CPU-only torch wheel has no torchvision to match it.
+$(VENV)/.installed: pyproject.toml
+	bash scripts/install-system-deps.sh
+	python3 -m venv $(VENV)
+	$(PIP_ENV) $(VENV)/bin/pip install -q --upgrade pip
+	$(PIP_ENV) $(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/wsl demo --workdir demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/python bench/build.py
+	$(VENV)/bin/python bench/loader.py
+	$(VENV)/bin/python bench/train_step.py

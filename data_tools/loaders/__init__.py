@@ -1,0 +1,223 @@
+"""Batches from a `wsl data build` shard directory for any rank, device and phase: `make_loader`.
+
+One contract for every backend: iterating a Loader yields (images, targets) per batch,
+images a normalised float32 N×3×H×W tensor on the device (channels_last on a GPU),
+targets k-hot float32 N×K for hashtag data or int64 labels for single-label data. The
+plan (plan.py) fixes which samples each rank reads in which order, so every rank yields
+the same number of batches, and `state_dict()` / `load_state_dict()` resume exactly where
+the stream stopped, also on another world size. Samples that cannot be used are skipped
+and counted in `bad_samples`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from data_tools.loaders import catalog as catalogs
+from data_tools.loaders import plan as plans
+from data_tools.loaders import transforms
+
+BACKENDS = ("auto", "dali", "dali-cpu", "wds")
+PHASES = ("train", "eval")
+
+
+@dataclass
+class LoaderConfig:
+    backend: Literal["auto", "dali", "dali-cpu", "wds"] = "auto"  # auto: dali on a GPU, dali-cpu on CPU
+    batch_size: int = 64             # per rank
+    workers: int = 0                 # worker processes (wds) or threads (dali); 0: every core we may use
+    image_size: int = 224
+    resize_size: int = 256           # eval: shorter side before the centre crop
+    min_scale: float = 0.08          # train: smallest RandomResizedCrop area, as a fraction
+    shuffle_buffer: int = 10_000     # train: a rank's samples are shuffled within windows this long
+    sqrt_resample: bool | None = None  # None: on for hashtag (multi-label) data, off for single-label
+    seed: int = 0
+    drop_last: bool | None = None    # None: train drops a last partial batch, eval keeps it
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"config key 'backend' must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for key in ("batch_size", "image_size", "resize_size", "shuffle_buffer"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config key '{key}' must be >= 1")
+        if self.workers < 0:
+            raise ValueError("config key 'workers' must be >= 0 (0: every core)")
+        if not 0 < self.min_scale <= 1:
+            raise ValueError("config key 'min_scale' must be in (0, 1]")
+        if self.seed < 0:
+            raise ValueError("config key 'seed' must be >= 0")
+
+
+class Job(NamedTuple):
+    """One batch to make: its catalog rows, and the seed of its augmentation draws."""
+    rows: np.ndarray
+    seed: list[int]
+
+
+class Batch(tuple):
+    """(images, targets); `keys` names the samples, for checks and debugging."""
+
+    def __new__(cls, images: torch.Tensor, targets: torch.Tensor, keys: list[str]):
+        batch = super().__new__(cls, (images, targets))
+        batch.keys = keys
+        return batch
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        if not dali_available():
+            return "wds"
+        return "dali" if device.type == "cuda" else "dali-cpu"
+    if backend == "dali" and device.type != "cuda":
+        raise ValueError("backend 'dali' decodes on a GPU; on CPU use 'dali-cpu' or 'wds'")
+    if backend.startswith("dali") and not dali_available():
+        raise ValueError(f"backend '{backend}' needs nvidia-dali, which is not installed; use 'wds'")
+    return backend
+
+
+def make_loader(cfg: LoaderConfig, directory: str | Path, rank: int = 0, world_size: int = 1,
+                device: str | torch.device = "cpu", phase: str = "train") -> "Loader":
+    return Loader(cfg, directory, rank, world_size, device, phase)
+
+
+class Loader:
+    def __init__(self, cfg: LoaderConfig, directory: str | Path, rank: int, world_size: int,
+                 device: str | torch.device, phase: str):
+        cfg.check()
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = torch.device(device)
+        self.backend = resolve_backend(cfg.backend, self.device)
+        self.train = phase == "train"
+        self.drop_last = self.train if cfg.drop_last is None else cfg.drop_last
+        self.sizes = transforms.Sizes(cfg.image_size, cfg.resize_size, cfg.min_scale)
+        self.catalog = catalogs.load(directory)
+        self.num_samples = len(self.catalog)  # usable samples: one epoch of the whole world
+        resample = self.catalog.multi if cfg.sqrt_resample is None else cfg.sqrt_resample
+        c = self.catalog
+        rates = plans.sqrt_rates(c.label_ptr, c.label_idx, c.tag_counts) if resample and self.train else None
+        self.plan = plans.Plan(c.starts, cfg.seed, self.train, cfg.shuffle_buffer, rates)
+        self.epoch, self.runs, self.consumed = 0, [], 0
+        self._cached: tuple = ((), None)
+        self._failed: dict[str, set[str]] = defaultdict(set)
+        if len(self) == 0:
+            raise ValueError(f"{self.num_samples} samples give rank {rank} of {world_size} no batch of "
+                             f"{cfg.batch_size}: lower batch_size or the world size")
+
+    # --- position in the stream -------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning, unless the loader is already inside it (resumed)."""
+        if epoch != self.epoch:
+            self.epoch, self.runs, self.consumed = epoch, [], 0
+
+    def state_dict(self) -> dict:
+        self._roll()
+        return {"epoch": self.epoch, "seed": self.plan.seed, "world_size": self.world_size,
+                "consumed": self.consumed, "runs": [list(r) for r in self.runs], "num_samples": self.num_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_samples"] != self.num_samples:
+            raise ValueError(f"loader state is from a shard set of {state['num_samples']} samples; "
+                             f"this one has {self.num_samples}")
+        self.plan = dataclasses.replace(self.plan, seed=state["seed"])
+        self.epoch, runs = state["epoch"], [tuple(r) for r in state["runs"]]
+        if state["world_size"] == self.world_size or state["consumed"] == 0:
+            self.runs, self.consumed = runs, state["consumed"]
+        else:  # the remainders of the old ranks become the stream of this run
+            self.runs, self.consumed = runs + [(state["world_size"], state["consumed"])], 0
+
+    def order(self) -> np.ndarray:
+        """Catalog rows this rank reads in the current run of the current epoch, from its start."""
+        key = (self.epoch, tuple(self.runs), self.plan.seed)
+        if self._cached[0] != key:
+            self._cached = (key, self.plan.order(self.epoch, self.world_size, self.rank, self.runs))
+        return self._cached[1]
+
+    def __len__(self) -> int:
+        """Batches the next iteration yields (the rest of the epoch, after a resume)."""
+        left = len(self.order()) - self.consumed
+        return left // self.cfg.batch_size if self.drop_last else -(-left // self.cfg.batch_size)
+
+    def _roll(self) -> None:
+        """A position at the end of an epoch is the start of the next."""
+        if self.consumed and len(self) == 0:
+            self.epoch, self.runs, self.consumed = self.epoch + 1, [], 0
+
+    # --- batches -----------------------------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        order, size, run = self.order(), self.cfg.batch_size, len(self.runs)
+        starts = range(self.consumed, self.consumed + len(self) * size, size)
+        return [Job(order[s:s + size], [self.plan.seed, self.epoch, plans.AUGMENT, run, self.rank, s])
+                for s in starts]
+
+    def __iter__(self):
+        self._roll()
+        jobs = self.jobs()
+        source = self._source(jobs)
+        try:
+            for job, (images, rows, failed) in zip(jobs, source):
+                self._note_failures(failed, rows)
+                self.consumed += len(job.rows)
+                yield Batch(self._place(images), self._targets(rows), [self.catalog.keys[r] for r in rows])
+        finally:
+            source.close()
+        self._roll()
+
+    def _source(self, jobs: list[Job]):
+        workers = self.cfg.workers or len(os.sched_getaffinity(0))
+        if self.backend == "wds":
+            from data_tools.loaders import wds
+            return wds.batches(self.catalog, jobs, self.train, self.sizes, workers, self.device)
+        from data_tools.loaders import dali
+        device = self.device if self.backend == "dali" else torch.device("cpu")
+        seed = int(plans.rng(self.plan.seed, self.epoch, plans.AUGMENT, len(self.runs), self.rank,
+                             self.consumed).integers(2**31))
+        return dali.batches(self.catalog, jobs, self.train, self.sizes, workers, device, seed)
+
+    def _note_failures(self, failed: list[int], rows: np.ndarray) -> None:
+        for row in failed:
+            self._failed["decode_error"].add(self.catalog.keys[row])
+        if len(rows) == 0:
+            raise RuntimeError(f"no image of a batch decodes (keys {self.catalog.keys[failed[0]]}...): the shards "
+                               f"look damaged; run `wsl data verify {self.catalog.directory}`")
+
+    def _place(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device != self.device:
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _targets(self, rows: np.ndarray) -> torch.Tensor:
+        c = self.catalog
+        if c.multi:
+            lengths = c.label_ptr[rows + 1] - c.label_ptr[rows]
+            cols = np.concatenate([c.labels(r) for r in rows])
+            targets = torch.zeros((len(rows), c.num_classes), dtype=torch.float32)
+            targets[torch.from_numpy(np.repeat(np.arange(len(rows)), lengths)), torch.from_numpy(cols)] = 1.0
+        else:
+            targets = torch.from_numpy(c.label_idx[c.label_ptr[rows]])
+        return targets.to(self.device, non_blocking=True)
+
+    @property
+    def bad_samples(self) -> Counter:
+        """Samples skipped: when the catalog was read (no JPEG, json or labels) and while decoding."""
+        return Counter(self.catalog.bad) + Counter({k: len(v) for k, v in self._failed.items()})

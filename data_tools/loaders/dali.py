@@ -1,0 +1,122 @@
+"""`dali` (GPU) and `dali-cpu` backends: NVIDIA DALI decodes the planned samples.
+
+The plan's samples go in through fn.external_source, their JPEG bytes read through the
+shards' index files, rather than through readers.webdataset: that reader picks its own
+order and shard split (no exact resume, no equal per-rank counts), and an image it cannot
+decode would stop it. DALI fails only the iteration that holds a bad image and goes on,
+so the fed batches are kept in order and the failed one is redone on the CPU path, which
+skips and counts the bad sample.
+
+GPU: random-crop ROI decode on the "mixed" device (nvJPEG decodes only the crop window),
+resize and crop_mirror_normalize on the GPU into float HWC, copied device to device into
+a torch tensor whose N×3×H×W view is channels_last. CPU: DALI decodes only the crop
+window (libjpeg-turbo ROI decode); torch resizes, flips and normalises, because DALI's CPU
+resize costs three to four times torch's uint8 path.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+from nvidia.dali import Pipeline, fn, types
+from nvidia.dali.plugin.pytorch import feed_ndarray
+
+from data_tools.loaders import transforms
+from data_tools.loaders.catalog import Catalog, Reader
+from data_tools.loaders.wds import cpu_batch
+
+
+class Feed:
+    """external_source callback: the next job's JPEG bytes; remembers the jobs in flight."""
+
+    def __init__(self, jobs: list, read: Reader):
+        self.jobs, self.read, self.pending = iter(jobs), read, deque()
+
+    def __call__(self) -> list[np.ndarray]:
+        job = next(self.jobs)  # StopIteration ends DALI's epoch
+        self.pending.append(job)
+        return [np.frombuffer(self.read(row), np.uint8) for row in job.rows]
+
+
+def pipeline(feed: Feed, batch_size: int, train: bool, sizes: transforms.Sizes, threads: int,
+             device_id: int | None, seed: int) -> Pipeline:
+    on_gpu = device_id is not None
+    pipe = Pipeline(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed,
+                    prefetch_queue_depth=2)
+    with pipe:
+        jpegs = fn.external_source(source=feed, batch=True, dtype=types.UINT8, ndim=1)
+        decoder = "mixed" if on_gpu else "cpu"
+        if train:
+            images = fn.decoders.image_random_crop(
+                jpegs, device=decoder, output_type=types.RGB, random_area=[sizes.min_scale, 1.0],
+                random_aspect_ratio=list(transforms.RATIO), num_attempts=10)
+        else:
+            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+        if on_gpu:
+            images = _gpu_finish(images, train, sizes)
+        pipe.set_outputs(images)
+    return pipe
+
+
+def _gpu_finish(images, train: bool, sizes: transforms.Sizes):
+    common = dict(dtype=types.FLOAT, output_layout="HWC", mean=list(transforms.MEAN), std=list(transforms.STD))
+    if train:
+        images = fn.resize(images, resize_x=sizes.image, resize_y=sizes.image)
+        return fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), **common)
+    images = fn.resize(images, resize_shorter=sizes.resize)
+    return fn.crop_mirror_normalize(images, crop=(sizes.image, sizes.image), **common)
+
+
+def batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, threads: int,
+            device: torch.device, seed: int):
+    """Yield (images on device, rows, failed rows) per job, in job order."""
+    if not jobs:
+        return
+    on_gpu = device.type == "cuda"
+    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
+    read = Reader(catalog)
+    feed = Feed(jobs, read)
+    pipe = pipeline(feed, max(len(j.rows) for j in jobs), train, sizes, threads, device_id, seed)
+    try:
+        pipe.build()
+        while True:
+            try:
+                (out,) = pipe.run()
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                yield _redo_on_cpu(feed.pending.popleft(), read, train, sizes, device, err)
+                continue
+            job = feed.pending.popleft()
+            images = _to_torch(out, device) if on_gpu else _cpu_finish(out, job, train, sizes)
+            yield images, job.rows, []
+    finally:
+        read.close()
+        del pipe
+
+
+def _to_torch(out, device: torch.device) -> torch.Tensor:
+    dense = out.as_tensor()
+    images = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+    feed_ndarray(dense, images, cuda_stream=torch.cuda.current_stream(device))
+    return images.permute(0, 3, 1, 2)  # N×H×W×3 memory seen as N×3×H×W: channels_last
+
+
+def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes) -> torch.Tensor:
+    gen = np.random.default_rng(job.seed)
+    batch = torch.empty((len(out), 3, sizes.image, sizes.image), dtype=torch.uint8)
+    for i in range(len(out)):
+        image = torch.from_numpy(np.asarray(out[i])).permute(2, 0, 1)  # DALI's buffer, valid until next run()
+        box = None if train else transforms.centre_box(image.shape[1], image.shape[2], sizes)
+        batch[i] = transforms.resize(image, box, sizes.image, train and gen.random() < 0.5)
+    return transforms.normalise(batch)
+
+
+def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, device: torch.device, err: Exception):
+    images, rows, failed = cpu_batch(job, read, train, sizes, as_float=True)
+    if not failed:
+        raise err  # every image decodes on the CPU: the error was not a bad sample
+    if device.type == "cuda":
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+    return images, rows, failed

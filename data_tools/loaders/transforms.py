@@ -1,0 +1,115 @@
+"""The CPU image path shared by the backends: decode, crop boxes, resize, flip, normalise.
+
+PIL decodes (torchvision's own decoder is deprecated since 0.29); when a crop is at least
+twice the output size, libjpeg scales it down in the DCT while decoding (`draft`), which
+is far cheaper than decoding every pixel and resizing them. Images stay uint8 until the
+last step, where one pass over the batch makes them float and normalised (ImageNet
+mean/std on the 0..255 scale, the same numbers DALI is given). Resizing a uint8
+channels-last view is torch's vectorised path, several times faster than PIL's or DALI's
+CPU resize.
+"""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from data_tools.images import BadImage
+
+# np.asarray(PIL image) is read-only; we only read it (the crop is copied before resizing).
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
+
+MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
+STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
+RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
+SCALE = (1 / torch.tensor(STD)).view(1, 3, 1, 1)
+SHIFT = (-torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    image: int = 224        # side of the square the model sees
+    resize: int = 256       # eval: shorter side before the centre crop
+    min_scale: float = 0.08  # train: smallest crop area, as a fraction of the image
+
+
+def random_box(height: int, width: int, min_scale: float, gen: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, h, w): torchvision RandomResizedCrop's rule, drawn from `gen`."""
+    area = height * width
+    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+    for _ in range(10):
+        target = area * gen.uniform(min_scale, 1.0)
+        ratio = math.exp(gen.uniform(*log_ratio))
+        w = round(math.sqrt(target * ratio))
+        h = round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            return int(gen.integers(0, height - h + 1)), int(gen.integers(0, width - w + 1)), h, w
+    h, w = height, width  # fallback: the central crop with the nearest allowed ratio
+    if width / height < RATIO[0]:
+        h = round(width / RATIO[0])
+    elif width / height > RATIO[1]:
+        w = round(height * RATIO[1])
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def centre_box(height: int, width: int, sizes: Sizes) -> tuple[int, int, int, int]:
+    """The window that resize(shorter side to sizes.resize) + centre crop(sizes.image) keeps."""
+    side = min(height, width, max(1, round(sizes.image * min(height, width) / sizes.resize)))
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def resize(image: torch.Tensor, box: tuple[int, int, int, int] | None, size: int, flip: bool) -> torch.Tensor:
+    """Crop `box` of a 3×H×W uint8 image, resize it to size×size (antialiased bilinear), flip."""
+    if box is not None:
+        top, left, h, w = box
+        image = image[:, top:top + h, left:left + w]
+    x = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].flip(-1) if flip else x[0]
+
+
+def transform(data: bytes, train: bool, sizes: Sizes, gen: np.random.Generator) -> torch.Tensor:
+    """JPEG bytes → 3×S×S uint8: RandomResizedCrop + flip (train) or resize + centre crop (eval).
+    Raises BadImage when the bytes do not decode."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        width, height = im.size
+        box = random_box(height, width, sizes.min_scale, gen) if train else centre_box(height, width, sizes)
+        im, box = draft(im, box, sizes.image)
+        pixels = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # what PIL raises on bad data
+        raise BadImage("decode_error", str(err)) from None
+    flip = train and gen.random() < 0.5
+    return resize(torch.from_numpy(pixels).permute(2, 0, 1), box, sizes.image, flip)
+
+
+def draft(im: Image.Image, box: tuple[int, int, int, int], size: int):
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the crop stays >= size; box rescaled."""
+    top, left, h, w = box
+    factor = min(h, w) // size
+    if factor < 2 or im.format != "JPEG":
+        return im, box
+    width, height = im.size
+    im.draft("RGB", (width // factor, height // factor))
+    sx, sy = im.size[0] / width, im.size[1] / height
+    left, top = int(left * sx), int(top * sy)
+    return im, (top, left, max(1, min(round(h * sy), im.size[1] - top)), max(1, min(round(w * sx), im.size[0] - left)))
+
+
+def normalise(batch: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """N×3×H×W uint8 → float32, (x - mean) / std, on the batch's device."""
+    if out is None:
+        out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
+    out.copy_(batch)
+    return out.mul_(SCALE.to(batch.device)).add_(SHIFT.to(batch.device))
+
+
+def top_up(items: list, want: int) -> list:
+    """Fill the slots of skipped samples with the batch's good ones, so a batch keeps its size."""
+    return items + [items[i % len(items)] for i in range(want - len(items))] if items else []

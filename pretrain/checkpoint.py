@@ -1,0 +1,83 @@
+"""Atomic checkpoints that resume a run exactly.
+
+A checkpoint is written to a temporary file, flushed to disk, then renamed: a crash at any
+moment leaves the previous checkpoint whole. Names carry the images seen, so the newest
+is found by listing the run directory; the last `keep` are kept. Loading uses
+weights_only, so a checkpoint file cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PATTERN = re.compile(r"^checkpoint-(\d{15})\.pt$")
+
+
+def path_for(run_dir: Path, images_seen: int) -> Path:
+    return Path(run_dir) / f"checkpoint-{images_seen:015d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if PATTERN.match(p.name))
+
+
+def latest(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save(state: dict, run_dir: Path, images_seen: int, keep: int) -> Path:
+    path = path_for(run_dir, images_seen)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict:
+    """Every RNG a step may draw from, in forms weights_only loading accepts."""
+    state = {"torch": torch.get_rng_state(), "python": _plain(random.getstate()),
+             "numpy": _numpy_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuple(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuple(value):
+    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value

@@ -1,0 +1,97 @@
+"""Metric loggers behind one interface: metrics.jsonl, PNG curves, and Weights & Biases.
+
+Only rank 0 logs. W&B is imported lazily and runs online with an API key, offline (files
+under the run directory, `wandb sync` later) without one, or not at all when off.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class JsonlLogger:
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.file = open(self.path, "a", buffering=1)  # line-buffered: a crash loses no line
+
+    def log(self, metrics: dict) -> None:
+        self.file.write(json.dumps(metrics) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+        plot_curves(self.path, self.path.with_name("curves.png"))
+
+
+class WandbLogger:
+    def __init__(self, run_dir: Path, config: dict, project: str, mode: str, name: str | None):
+        import wandb
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        id_file = Path(run_dir) / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        # The same id on resume continues one W&B run instead of starting a new one.
+        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
+                              dir=str(run_dir), config=config, settings=wandb.Settings(silent=True))
+        self.wandb = wandb
+
+    def log(self, metrics: dict) -> None:
+        self.run.log(metrics, step=int(metrics["images_seen"]))
+
+    def log_images(self, images, captions: list[str]) -> None:
+        self.run.log({"samples": [self.wandb.Image(img, caption=c) for img, c in zip(images, captions)]})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Loggers:
+    """Fan-out to every enabled logger; a no-op on ranks other than 0."""
+
+    def __init__(self, loggers: list):
+        self.loggers = loggers
+
+    def log(self, metrics: dict) -> None:
+        for logger in self.loggers:
+            logger.log(metrics)
+
+    def log_images(self, images, captions: list[str]) -> None:
+        for logger in self.loggers:
+            if hasattr(logger, "log_images"):  # only W&B shows images
+                logger.log_images(images, captions)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def make_loggers(run_dir: Path, is_main: bool, config: dict, wandb_mode: str, project: str,
+                 name: str | None) -> Loggers:
+    if not is_main:
+        return Loggers([])
+    loggers = [JsonlLogger(run_dir)]
+    if wandb_mode != "off":
+        loggers.append(WandbLogger(run_dir, config, project, wandb_mode, name))
+    return Loggers(loggers)
+
+
+def plot_curves(jsonl: Path, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(jsonl) if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return
+    keys = [k for k in ("loss", "lr", "img_per_s", "data_wait") if k in rows[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), dpi=100)
+    for ax, key in zip(axes if len(keys) > 1 else [axes], keys):
+        ax.plot([r["images_seen"] for r in rows], [r[key] for r in rows])
+        ax.set_xlabel("images seen")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)

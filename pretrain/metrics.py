@@ -1,0 +1,59 @@
+"""Held-out metrics: hashtag mAP and precision@k, single-label top-k accuracy."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """Per-tag average precision (K,), as sklearn's average_precision_score; NaN for tags
+    without positives.
+
+    AP = sum over thresholds of (recall gain) x (precision at that threshold). Tied scores
+    form one threshold, so each positive earns the precision at the end of its tie group.
+
+    Args:
+        scores: (N, K) predicted scores, higher is more confident.
+        targets: (N, K) k-hot truth (any value > 0 counts as positive).
+    """
+    scores, order = scores.float().sort(dim=0, descending=True, stable=True)
+    hits = (targets > 0).gather(0, order).float()
+    n = scores.shape[0]
+    rank = torch.arange(1, n + 1, device=scores.device, dtype=torch.float32).unsqueeze(1)
+    precision = hits.cumsum(0) / rank
+    # Index of the last row of each tie group, spread back over the group's rows.
+    last = torch.ones_like(scores, dtype=torch.bool)
+    last[:-1] = scores[:-1] != scores[1:]
+    index = torch.where(last, rank.long().expand_as(scores) - 1, n)
+    group_end = index.flip(0).cummin(0).values.flip(0)
+    positives = hits.sum(0)
+    return (hits * precision.gather(0, group_end)).sum(0) / positives.where(positives > 0, torch.nan)
+
+
+def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
+    """Mean of `average_precision` over the tags that have at least one positive."""
+    ap = average_precision(scores, targets)
+    valid = ~ap.isnan()
+    if not valid.any():
+        raise ValueError("mean_average_precision: no tag has a positive example")
+    return ap[valid].mean().item()
+
+
+def precision_at_k(scores: Tensor, targets: Tensor, k: int) -> float:
+    """Fraction of each image's k top-scored tags that are true tags, averaged over images.
+
+    Images without any true tag count as 0, so the value is comparable across splits.
+    """
+    if not 0 < k <= scores.shape[1]:
+        raise ValueError(f"precision_at_k: k={k} must be in 1..{scores.shape[1]}")
+    top = scores.topk(k, dim=1).indices
+    return (targets.gather(1, top) > 0).float().mean().item()
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """{k: fraction of images whose label is among the k highest logits}."""
+    if max(ks) > logits.shape[1]:
+        raise ValueError(f"topk_accuracy: k={max(ks)} exceeds the {logits.shape[1]} classes")
+    top = logits.topk(max(ks), dim=1).indices
+    hit = top == labels.unsqueeze(1)
+    return {k: hit[:, :k].any(dim=1).float().mean().item() for k in ks}

@@ -1,0 +1,121 @@
+"""SGD, weight-decay groups and the learning-rate schedule.
+
+The schedule is a pure function of images seen rather than epochs or steps, so it
+does not change when the global batch, the world size or the data's epoch length
+changes, and a resumed run lands on exactly the same value.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
+SCHEDULES = ("step", "cosine")
+IMAGENET_EPOCH = 1_281_167
+
+
+@dataclass
+class OptimConfig:
+    lr_per_256: float = 0.1            # scaled linearly with the global batch (Goyal et al. 2017)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    skip_bn_bias: bool = True          # no weight decay on norm parameters and biases
+    warmup_images: int = 5 * IMAGENET_EPOCH   # Goyal et al.'s 5 ImageNet epochs
+    schedule: str = "step"             # "step" or "cosine"
+    steps: int = 13                    # halvings for "step"; the paper halves 13 times
+    final_lr: float = 0.0              # floor of "cosine"
+
+    def check(self) -> None:
+        if self.lr_per_256 <= 0:
+            raise ValueError(f"config key 'lr_per_256' must be > 0, got {self.lr_per_256}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"config key 'momentum' must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("config key 'nesterov' needs 'momentum' > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"config key 'weight_decay' must be >= 0, got {self.weight_decay}")
+        if self.warmup_images < 0:
+            raise ValueError(f"config key 'warmup_images' must be >= 0, got {self.warmup_images}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"config key 'schedule' = {self.schedule!r} must be one of {', '.join(SCHEDULES)}")
+        if self.steps < 0:
+            raise ValueError(f"config key 'steps' must be >= 0, got {self.steps}")
+        if self.final_lr < 0:
+            raise ValueError(f"config key 'final_lr' must be >= 0, got {self.final_lr}")
+
+    def lr(self, images_seen: int, global_batch: int, total_images: int) -> float:
+        """The learning rate after `images_seen` images of a `total_images` run."""
+        return lr_at(images_seen, peak=peak_lr(self.lr_per_256, global_batch), start=self.lr_per_256,
+                     warmup_images=self.warmup_images, total_images=total_images,
+                     schedule=self.schedule, steps=self.steps, final_lr=self.final_lr)
+
+
+def param_groups(model: nn.Module, weight_decay: float, skip_bn_bias: bool) -> list[dict]:
+    """Optimizer groups; with `skip_bn_bias`, norm-layer parameters and biases get no decay.
+
+    Decaying BN's scale and shift only fights the normalisation and biases have
+    little to regularise, so large-batch recipes leave them out.
+    """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not skip_bn_bias:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
+    exempt = [id(p) in norm_ids or name.rsplit(".", 1)[-1] == "bias" for name, p in params]
+    groups = [
+        {"params": [p for (_, p), skip in zip(params, exempt) if not skip], "weight_decay": weight_decay},
+        {"params": [p for (_, p), skip in zip(params, exempt) if skip], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
+                   nesterov: bool = True, skip_bn_bias: bool = True) -> torch.optim.SGD:
+    """SGD with momentum over `param_groups(model, weight_decay, skip_bn_bias)`."""
+    return torch.optim.SGD(param_groups(model, weight_decay, skip_bn_bias), lr=lr,
+                           momentum=momentum, nesterov=nesterov)
+
+
+def peak_lr(lr_per_256: float, global_batch: int) -> float:
+    """Linear scaling rule: the learning rate grows with the global batch."""
+    return lr_per_256 * global_batch / 256
+
+
+def lr_at(images_seen: int, *, peak: float, start: float = 0.1, warmup_images: int,
+          total_images: int, schedule: str = "step", steps: int = 13, final_lr: float = 0.0) -> float:
+    """Learning rate after `images_seen` training images.
+
+    Args:
+        images_seen: images consumed so far, over all workers.
+        peak: the rate reached at the end of warm-up (see `peak_lr`).
+        start: the rate at image 0; the recipe starts from lr_per_256, the rate of a
+            256-image batch, whose default is 0.1.
+        warmup_images: length of the linear ramp from `start` to `peak`.
+        total_images: length of the whole run; past it the last value holds.
+        schedule: "step" halves the rate `steps` times at equally spaced points that cut
+            the post-warm-up span into steps + 1 equal parts; "cosine" anneals to `final_lr`.
+        steps: number of halvings of "step".
+        final_lr: the floor of "cosine".
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
+    if not 0 <= warmup_images < total_images:
+        raise ValueError(f"need 0 <= warmup_images < total_images, got {warmup_images} and {total_images}")
+    if images_seen < 0 or steps < 0:
+        raise ValueError(f"images_seen and steps must be >= 0, got {images_seen} and {steps}")
+    if images_seen < warmup_images:
+        return start + (peak - start) * images_seen / warmup_images
+    done = min(images_seen, total_images) - warmup_images
+    span = total_images - warmup_images
+    if schedule == "step":
+        # Floor division keeps the step boundaries exact for integer image counts.
+        return peak * 0.5 ** min(steps, done * (steps + 1) // span)
+    return final_lr + (peak - final_lr) * 0.5 * (1 + math.cos(math.pi * done / span))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the pipeline needs: WordNet 3.0 data (hashtag canonicalisation).
+set -euo pipefail
+needed=()
+[ -f /usr/share/wordnet/index.noun ] || needed+=(wordnet-base)
+[ ${#needed[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${needed[*]}; run: sudo apt-get install ${needed[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${needed[@]}" >/dev/null

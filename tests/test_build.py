@@ -1,0 +1,302 @@
+"""`wsl data build` end to end: shards, DALI indexes, manifest, resume, --part, ImageFolder."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, build_shards, photo
+from data_tools import shards
+from data_tools.build import BuildConfig, build, merge
+from data_tools.wordnet import WordNet
+from launch.config import build as make_config
+
+CLI = [sys.executable, "-m", "launch.cli"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_samples(out: Path) -> list[tuple[str, str, dict[str, bytes]]]:
+    """(shard file, key, {ext: bytes}) for every sample of every shard, in order."""
+    found = []
+    for tar in sorted(out.glob("*.tar")):
+        found += [(tar.name, key, files) for key, files in shards.iter_samples(tar)]
+    return found
+
+
+def manifest_rows(manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
+def build_folder(root: Path, out: Path, *overrides: str) -> dict:
+    cfg = make_config(BuildConfig, [], [f"input.imagefolder={root}", f"output={out}", "progress=false",
+                                        "workers=1", *overrides])
+    return build(cfg)
+
+
+def save_photo(path: Path, size: tuple[int, int], seed: int, **params) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    photo(np.random.default_rng(seed), *size).save(path, **params)
+    return path
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+# -- the happy path (the shared `shard_dir` build of `corpus`, 32 samples per shard) --------
+
+@pytest.fixture(scope="module")
+def expected(corpus) -> dict[str, dict]:
+    """key -> {path, tags, synsets} of every record that must become a sample."""
+    wn = WordNet()
+    out = {}
+    for i, row in enumerate(manifest_rows(corpus)):
+        synsets = {sid for sid in map(wn.lookup, row["tags"]) if sid}
+        if synsets:
+            out[f"{i:012d}"] = {"path": str(corpus.parent / row["path"]), "tags": row["tags"], "synsets": synsets}
+    return out
+
+
+def test_shard_files_are_named_and_numbered(shard_dir, expected):
+    tars = sorted(p.name for p in shard_dir.glob("*.tar"))
+    count = -(-len(expected) // 32)
+    assert tars == [f"train-{i:06d}.tar" for i in range(count)]
+    assert sorted(p.name for p in shard_dir.glob("*.idx")) == [f"train-{i:06d}.idx" for i in range(count)]
+    sizes = [sum(1 for _ in shards.iter_samples(shard_dir / t)) for t in tars]
+    assert sizes == [32] * (count - 1) + [len(expected) - 32 * (count - 1)]
+
+
+def test_every_sample_once_with_original_bytes_and_metadata(shard_dir, expected):
+    vocabulary = [line.split("\t")[1] for line in (shard_dir / "vocabulary.tsv").read_text().splitlines()[1:]]
+    found = read_samples(shard_dir)
+    keys = [key for _, key, _ in found]
+    assert len(keys) == len(set(keys)), "a sample appears twice"
+    assert set(keys) == set(expected)
+    for _, key, files in found:
+        assert set(files) == {"jpg", "json"}
+        meta = json.loads(files["json"])
+        want = expected[key]
+        assert set(meta) == {"labels", "tags", "path"}
+        assert meta["path"] == want["path"]
+        assert meta["tags"] == want["tags"]
+        assert sorted(meta["labels"]) == sorted(vocabulary.index(sid) for sid in want["synsets"])
+        # A sane RGB JPEG is stored as is: no generation loss.
+        assert files["jpg"] == Path(want["path"]).read_bytes(), key
+
+
+def test_dali_index_offsets_point_at_each_member(shard_dir):
+    for tar_path in sorted(shard_dir.glob("*.tar")):
+        raw = tar_path.read_bytes()
+        with tarfile.open(tar_path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        lines = tar_path.with_suffix(".idx").read_text().splitlines()
+        assert lines[0] == f"v1.2 {len(lines) - 1}"
+        assert len(lines) - 1 == len(members) // 2
+        seen = []
+        for line in lines[1:]:
+            fields = line.split()
+            assert len(fields) == 8, line  # jpg and json: 'ext offset size name' each
+            exts = []
+            for ext, offset, size, name in zip(*[iter(fields)] * 4):
+                offset, size = int(offset), int(size)
+                assert name.endswith("." + ext)
+                assert raw[offset: offset + size] == members[name], f"{tar_path.name}: {name}"
+                exts.append(ext)
+                seen.append(name)
+            assert sorted(exts) == ["jpg", "json"]
+            assert len({name.split(".")[0] for name in fields[3::4]}) == 1
+        assert sorted(seen) == sorted(members)
+
+
+def test_manifest_counts_hashes_and_tag_counts(shard_dir, corpus, expected):
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    assert manifest["format"] == "wsl-shards/1"
+    assert manifest["label_type"] == "multi"
+    assert manifest["num_samples"] == len(expected)
+    assert manifest["num_shards"] == len(manifest["shards"]) == len(list(shard_dir.glob("*.tar")))
+    assert manifest["samples_per_shard"] == 32
+    assert manifest["inputs_sha256"] == sha256(corpus)
+    for entry in manifest["shards"]:
+        tar = shard_dir / entry["file"]
+        assert entry["file"] == f"train-{entry['shard']:06d}.tar"
+        assert entry["index"] == f"train-{entry['shard']:06d}.idx"
+        assert entry["bytes"] == tar.stat().st_size
+        assert entry["sha256"] == sha256(tar)
+        assert entry["samples"] == sum(1 for _ in shards.iter_samples(tar))
+    recount = Counter(label for _, _, files in read_samples(shard_dir) for label in json.loads(files["json"])["labels"])
+    assert manifest["tag_counts"] == [recount[i] for i in range(manifest["num_classes"])]
+    assert manifest["bad_samples"] == {} and manifest["bad_examples"] == [] and manifest["converted"] == {}
+    assert manifest["dropped"]["no_wordnet_tag"] == len(manifest_rows(corpus)) - len(expected)
+
+
+def test_no_temporary_file_left(shard_dir):
+    assert [p for p in shard_dir.rglob("*") if ".tmp" in p.name] == []
+
+
+# -- resume after kill -9 -------------------------------------------------------------------
+
+def resume_corpus(root: Path, records: int = 200, distinct: int = 20) -> Path:
+    """`records` manifest lines over `distinct` 400x300 PNGs (each re-encoded: a few ms of work)."""
+    tags = [["#dog", "#cat"], ["#brownbear"], ["#tree", "#car", "#instagood"], ["#beach"], ["#Café", "#dogs"]]
+    for i in range(distinct):
+        save_photo(root / "imgs" / f"{i:03d}.png", (400, 300), seed=i, compress_level=1)
+    lines = [json.dumps({"path": f"imgs/{i % distinct:03d}.png", "tags": tags[i % len(tags)]}) for i in range(records)]
+    manifest = root / "tags.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def kill_after_first_shard(proc: subprocess.Popen, out: Path, report: dict) -> None:
+    """Watcher thread: SIGKILL `proc` as soon as one shard's stats file exists."""
+    deadline = time.monotonic() + 90
+    while not list((out / ".build").glob("[0-9]*.json")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            report["error"] = f"no stats file before the build ended (rc={proc.poll()})"
+            proc.kill()
+            return
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    report["kept"] = len(list((out / ".build").glob("[0-9]*.json")))
+
+
+def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
+    manifest = resume_corpus(tmp_path / "corpus")
+    settings = [f"input.manifest={manifest}", "workers=1", "progress=false", "shards.samples=10"]
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    victim = subprocess.Popen([*CLI, "data", "build", *settings, f"output={killed}"], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    report: dict = {}
+    watcher = threading.Thread(target=kill_after_first_shard, args=(victim, killed, report))
+    watcher.start()
+    try:
+        # The uninterrupted build, in another directory, meanwhile.
+        build_shards(manifest, reference, "shards.samples=10")
+    finally:
+        watcher.join(timeout=120)
+    assert "error" not in report, report["error"]
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "manifest.json").exists(), "the build finished before it was killed"
+    assert 1 <= report["kept"] < 20
+
+    rerun = cli("data", "build", *settings, f"output={killed}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed: {report['kept']} finished shard(s) kept" in rerun.stderr
+
+    assert json.loads((killed / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
+    names = sorted(p.name for p in reference.iterdir() if p.is_file())
+    assert sorted(p.name for p in killed.iterdir() if p.is_file()) == names
+    assert len([n for n in names if n.endswith(".tar")]) == 20
+    for name in names:
+        assert sha256(killed / name) == sha256(reference / name), name
+    assert [p for p in killed.rglob("*") if ".tmp" in p.name] == []
+
+
+# -- --part i/N and merge -------------------------------------------------------------------
+
+def test_parts_merge_to_the_single_build(tmp_path, corpus, shard_dir):
+    out = tmp_path / "parts"
+    parts = {i: build_shards(corpus, out, "shards.samples=32", f"part={i}/3") for i in (0, 2)}
+
+    # Merging while part 1/3 is missing: a clear error, nothing written.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for path in out.glob("manifest.part-*.json"):
+        shutil.copy(path, partial / path.name)
+    failing = subprocess.Popen([*CLI, "data", "merge", str(partial)], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    parts[1] = build_shards(corpus, out, "shards.samples=32", "part=1/3")
+    stdout, stderr = failing.communicate(timeout=120)
+    assert failing.returncode == 2
+    assert stderr.strip().splitlines() == ["wsl: error: cannot merge: part(s) 1/3 not finished"]
+    assert not (partial / "manifest.json").exists()
+
+    for i, part in parts.items():
+        assert part["part"] == f"{i}/3"
+        assert part["shards"] and all(s["shard"] % 3 == i for s in part["shards"])
+        assert (out / f"manifest.part-{i:05d}-of-00003.json").is_file()
+    merged = merge(str(out))
+    single = json.loads((shard_dir / "manifest.json").read_text())
+
+    keys = [key for _, key, _ in read_samples(out)]
+    single_keys = [key for _, key, _ in read_samples(shard_dir)]
+    assert len(keys) == len(set(keys)), "a sample is in two parts"
+    assert sorted(keys) == sorted(single_keys)
+    assert merged["tag_counts"] == single["tag_counts"]
+    assert json.loads((out / "manifest.json").read_text()) == merged
+    assert merged == single
+
+
+# -- ImageFolder input ------------------------------------------------------------------------
+
+def test_imagefolder_is_single_label_with_sorted_class_names(tmp_path):
+    root = tmp_path / "train"
+    classes = ["zebra", "apple", "mango"]
+    files = {}
+    for c, cls in enumerate(classes):
+        for j in range(3 + c):
+            files[str(save_photo(root / cls / f"{cls}_{j}.jpg", (40, 30), seed=10 * c + j, quality=90))] = cls
+    files[str(save_photo(root / "mango" / "extra.png", (40, 30), seed=99))] = "mango"
+    (root / "apple" / "README.txt").write_text("not an image\n")
+    out = tmp_path / "out"
+    manifest = build_folder(root, out, "shards.samples=5")
+
+    ordered = sorted(classes)
+    rows = [line.split("\t") for line in (out / "vocabulary.tsv").read_text().splitlines()]
+    counts = Counter(files.values())
+    assert rows[1:] == [[str(i), cls, cls, str(counts[cls])] for i, cls in enumerate(ordered)]
+    assert manifest["label_type"] == "single"
+    assert manifest["num_classes"] == 3
+    assert manifest["num_samples"] == len(files)
+    assert manifest["bad_samples"] == {} and manifest["dropped"] == {}
+    assert manifest["converted"] == {"non_jpeg": 1}
+    found = read_samples(out)
+    assert sorted(json.loads(f["json"])["path"] for _, _, f in found) == sorted(files)
+    for _, _, f in found:
+        meta = json.loads(f["json"])
+        cls = files[meta["path"]]
+        assert meta["labels"] == [ordered.index(cls)]
+        assert meta["tags"] == [cls]
+        if meta["path"].endswith(".jpg"):
+            assert f["jpg"] == Path(meta["path"]).read_bytes()
+    assert manifest["tag_counts"] == [counts[cls] for cls in ordered]
+
+
+def test_max_side_downscales_and_counts_resized(tmp_path):
+    root = tmp_path / "train"
+    sizes = {"big_exact.jpg": (128, 96), "big.jpg": (120, 90), "portrait.png": (100, 200), "small.jpg": (40, 30)}
+    for seed, (name, size) in enumerate(sizes.items()):
+        save_photo(root / "only" / name, size, seed=seed, **({"quality": 90} if name.endswith(".jpg") else {}))
+    out = tmp_path / "out"
+    manifest = build_folder(root, out, "images.max_side=64")
+
+    got = {}
+    for _, _, f in read_samples(out):
+        name = Path(json.loads(f["json"])["path"]).name
+        with Image.open(io.BytesIO(f["jpg"])) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            got[name] = im.size
+        if name == "small.jpg":
+            assert f["jpg"] == (root / "only" / name).read_bytes()
+    assert got == {"big_exact.jpg": (64, 48), "big.jpg": (64, 48), "portrait.png": (32, 64), "small.jpg": (40, 30)}
+    assert manifest["converted"].get("non_jpeg") == 1
+    # Three images were downscaled; 128x96 is scaled by the JPEG decoder's 1/2 draft alone.
+    assert manifest["converted"].get("resized") == 3, manifest["converted"]

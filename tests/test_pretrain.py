@@ -1,0 +1,216 @@
+"""The trainer end to end on real shards: tiny ResNeXt, CPU, real processes for DDP and kills."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.config import build as make_config
+from launch.config import to_dict
+from pretrain import checkpoint, engine
+from pretrain.config import PretrainConfig
+from pretrain.dist import read_env
+from pretrain.models import build_model
+from pretrain.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
+        "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
+        "data.loader.workers=1", "data.loader.backend=wds", "optim.warmup_images=32",
+        "optim.schedule=cosine", "log.every_steps=1", "checkpoint.keep=100"]
+
+
+def config(shard_dir: Path, run_dir: Path, *overrides: str) -> PretrainConfig:
+    return make_config(PretrainConfig, [], [f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY, *overrides])
+
+
+def cli(*args: str, env_extra: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "launch.cli", *args]
+
+
+def child_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(REPO)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def weights(path: Path) -> dict:
+    return checkpoint.load(path)["model"]
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    found = checkpoint.latest(run_dir)
+    assert found is not None, f"no checkpoint in {run_dir}"
+    return found
+
+
+def test_loss_goes_down(shard_dir, tmp_path):
+    cfg = config(shard_dir, tmp_path / "run", "train.total_images=640", "checkpoint.every_images=640",
+                 "optim.lr_per_256=0.4", "data.loader.sqrt_resample=false")
+    progress = run(cfg, to_dict(cfg))
+    assert progress.images_seen == 640
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first * 0.9, f"loss did not go down: {first:.4f} -> {last:.4f}"
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    backbone = torch.load(tmp_path / "run" / "backbone.pt", weights_only=True)
+    assert backbone["model"] == "resnext_tiny" and not any(k.startswith("fc.") for k in backbone["state_dict"])
+    fresh = build_model("resnext_tiny", 5)
+    missing, unexpected = fresh.load_state_dict(backbone["state_dict"], strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+
+
+def test_two_gloo_ranks_match_one_rank_with_accumulation(shard_dir, tmp_path):
+    """2 ranks x batch 8 and 1 rank x batch 8 x 2 accumulation steps see the same micro-batches."""
+    common = [f"data.train={shard_dir}", *TINY, "train.total_images=128", "checkpoint.every_images=128",
+              "data.loader.sqrt_resample=false"]
+    one = subprocess.run(cli("pretrain", f"run_dir={tmp_path / 'one'}", "train.accum_steps=2", *common),
+                         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "29611", "-m", "launch.cli", "pretrain",
+                          f"run_dir={tmp_path / 'two'}", *common],
+                         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = weights(final_checkpoint(tmp_path / "one")), weights(final_checkpoint(tmp_path / "two"))
+    params = dict(build_model("resnext_tiny", 3).named_parameters()).keys()
+    differ = [k for k in params if not torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5)]
+    assert not differ, f"parameters differ between 1 and 2 ranks: {differ[:5]}"
+    moved = [k for k in params if not torch.equal(a[k], build_model("resnext_tiny", 3).state_dict()[k])]
+    assert moved, "training changed no parameter"
+
+
+def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
+    common = [f"data.train={shard_dir}", *TINY, "train.total_images=320", "checkpoint.every_images=64"]
+    straight = subprocess.run(cli("pretrain", f"run_dir={tmp_path / 'straight'}", *common), cwd=REPO,
+                              env=child_env(), capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(cli("pretrain", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint.list_checkpoints(run_dir)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = checkpoint.list_checkpoints(run_dir)
+    assert 1 <= len(kept) and checkpoint.path_for(run_dir, 320) not in kept, "the kill came too late to test resume"
+
+    resumed = subprocess.run(cli("pretrain", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a = weights(checkpoint.path_for(tmp_path / "straight", 320))
+    b = weights(checkpoint.path_for(run_dir, 320))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run's weights differ from the uninterrupted run"
+
+
+def test_sigterm_checkpoints_and_stops(shard_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(cli("pretrain", f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY,
+                                "train.total_images=100000", "checkpoint.every_images=100000"),
+                            cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    saved = checkpoint.latest(run_dir)
+    assert saved is not None and "stop signal" in err
+    assert checkpoint.load(saved)["progress"]["images_seen"] > 0
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(shard_dir, tmp_path):
+    cfg = config(shard_dir, tmp_path / "run", "train.total_images=800", "checkpoint.every_images=80",
+                 "train.max_bad_steps=3")
+    from pretrain import train as train_mod
+
+    calls = {"n": 0}
+    real_make_loss = train_mod.make_loss
+
+    def poisoned(kind):
+        loss = real_make_loss(kind)
+
+        def fn(logits, targets):
+            calls["n"] += 1
+            value = loss(logits, targets)
+            # step 3 once, then every step from 20 on: one skip, then a stop after 3 in a row
+            return value * float("nan") if calls["n"] == 3 or calls["n"] >= 20 else value
+        return fn
+
+    train_mod.make_loss = poisoned
+    try:
+        with pytest.raises(engine.NonFiniteLoss, match="3 steps in a row"):
+            run(cfg, to_dict(cfg))
+    finally:
+        train_mod.make_loss = real_make_loss
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert rows[-1]["bad_steps"] >= 1
+    last_good = checkpoint.latest(tmp_path / "run")
+    assert last_good is not None
+    state = checkpoint.load(last_good)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tmp_path):
+    model = build_model("resnext_tiny", 10)
+    checkpoint.save({"model": model.state_dict()}, tmp_path, 100, keep=3)
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(REPO)!r})
+import torch
+from pretrain import checkpoint
+real = torch.save
+def dying_save(obj, f):
+    f.write(b"half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+checkpoint.save({{"x": torch.zeros(3)}}, {str(tmp_path)!r}, 200, keep=3)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / "checkpoint-000000000000200.pt.tmp").exists()
+    latest = checkpoint.latest(tmp_path)
+    assert latest == checkpoint.path_for(tmp_path, 100)
+    restored = checkpoint.load(latest)["model"]
+    assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())
+
+
+def test_keep_last_n(tmp_path):
+    for seen in (10, 20, 30, 40):
+        checkpoint.save({"seen": seen}, tmp_path, seen, keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "checkpoint-000000000000030.pt", "checkpoint-000000000000040.pt"]
+
+
+def test_dist_env_reading():
+    assert read_env({}).world_size == 1
+    env = read_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (3, 8, 1, "n1", "torchrun")
+    with pytest.raises(RuntimeError, match="WORLD_SIZE"):
+        read_env({"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"})
+    slurm = read_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+                      "SLURM_JOB_NODELIST": "gpu[012-015]"})
+    assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.source) == (5, 16, 1, "slurm")
+    assert slurm.master_addr == "gpu012" and slurm.master_port == 20000 + 4242
+
+
+def test_bad_config_is_one_line(shard_dir, tmp_path):
+    proc = subprocess.run(cli("pretrain", f"data.train={shard_dir}", f"run_dir={tmp_path}", "train.totl_images=5"),
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "train.totl_images" in proc.stderr
