@@ -37,9 +37,6 @@ class MemoryBatches:
         self.images, self.targets, self.steps = images, targets, steps
         self.bad_samples = Counter()
 
-    def set_epoch(self, epoch):
-        pass
-
     def __iter__(self):
         for _ in range(self.steps):
             yield self.images, self.targets

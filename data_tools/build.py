@@ -189,7 +189,7 @@ def plan(source, labeler: Labeler, index_of: dict[str, int], per_shard: int, par
         ids = labeler(record)
         if record_problem(record, ids):
             continue
-        labels = [index_of[sid] for sid in ids if sid in index_of]
+        labels = sorted(index_of[sid] for sid in ids if sid in index_of)
         if not labels:
             dropped["no_vocab_tag"] += 1
             continue

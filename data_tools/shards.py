@@ -13,8 +13,6 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import webdataset as wds
-
 DALI_INDEX_VERSION = "v1.2"
 
 
@@ -28,6 +26,8 @@ def index_file(tar_name: str) -> str:
 
 def write_shard(path: Path, samples: Iterable[tuple[str, bytes, dict]]) -> dict:
     """Write (key, jpeg, meta) samples to `path` atomically; return its size and sha256."""
+    import webdataset as wds  # imports torch: keep it off the path of every `wsl` start-up
+
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0, user="wsl", group="wsl") as sink:
         for key, jpeg, meta in samples:

@@ -120,6 +120,8 @@ def _coerce(hint: Any, value: Any, key: str):
         return dict(value)
     if origin is typing.Literal:
         choices = typing.get_args(hint)
+        if isinstance(value, bool) and ("off" if not value else "on") in choices:
+            value = "off" if not value else "on"  # YAML 1.1 reads a bare off/on as a bool
         if value not in choices:
             raise ConfigError(f"config key '{key}' = {value!r} must be one of {', '.join(map(str, choices))}")
         return value

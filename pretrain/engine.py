@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,6 @@ class NonFiniteLoss(RuntimeError):
 class Progress:
     images_seen: int = 0
     steps: int = 0
-    epoch: int = 0
     bad_steps: int = 0          # all non-finite steps skipped so far
     bad_in_row: int = 0
 
@@ -71,12 +71,11 @@ class StopFlag:
         self.raised = True
 
 
-def batches(job: Job, progress: Progress):
-    """Endless batches; a new epoch (reshuffled shards) starts when one ends."""
+def batches(job: Job):
+    """Endless batches: the loader moves to the next epoch (reshuffled) when one ends, and
+    its state, restored from a checkpoint, says where in which epoch to go on."""
     while True:
-        job.loader.set_epoch(progress.epoch)
         yield from job.loader
-        progress.epoch += 1
 
 
 def train_step(job: Job, stream, progress: Progress) -> dict:
@@ -132,31 +131,36 @@ def crossed(before: int, after: int, every: int) -> bool:
 
 def train(job: Job, progress: Progress) -> Progress:
     stop = StopFlag()
-    stream = batches(job, progress)
+    stream = batches(job)
     bar = tqdm(total=job.total_images, initial=progress.images_seen, unit="img", unit_scale=True,
                disable=not job.env.is_main, dynamic_ncols=True)
     window = {"loss": 0.0, "wait": 0.0, "steps": 0, "start": time.perf_counter()}
-    while progress.images_seen < job.total_images:
-        before = progress.images_seen
-        out = train_step(job, stream, progress)
-        if not torch.isfinite(out["grad_norm"]) and progress.bad_in_row >= job.max_bad_steps:
-            raise NonFiniteLoss(f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient "
-                                f"(at {progress.images_seen} images); the last good checkpoint is "
-                                f"{checkpoint.latest(job.run_dir) or 'none'}")
-        window["loss"] += float(out["loss"]) if torch.isfinite(out["loss"]) else 0.0
-        window["wait"] += out["wait"]
-        window["steps"] += 1
-        bar.update(job.global_batch)
-        stopping = any_rank(stop.raised, job.device)
-        if progress.steps % job.log_every == 0 or stopping or progress.images_seen >= job.total_images:
-            log(job, progress, out, window, bar)
-        if crossed(before, progress.images_seen, job.eval_every) and job.evaluate is not None:
-            job.loggers.log({"images_seen": progress.images_seen, **job.evaluate()})
-        if crossed(before, progress.images_seen, job.checkpoint_every) or stopping:
-            save(job, progress)
-        if stopping:
-            print(f"rank {job.env.rank}: stop signal; checkpoint at {progress.images_seen} images", flush=True)
-            break
+    try:
+        while progress.images_seen < job.total_images:
+            before = progress.images_seen
+            out = train_step(job, stream, progress)
+            if not torch.isfinite(out["grad_norm"]) and progress.bad_in_row >= job.max_bad_steps:
+                raise NonFiniteLoss(f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient "
+                                    f"(at {progress.images_seen} images); the last good checkpoint is "
+                                    f"{checkpoint.latest(job.run_dir) or 'none'}")
+            window["loss"] += float(out["loss"]) if torch.isfinite(out["loss"]) else 0.0
+            window["wait"] += out["wait"]
+            window["steps"] += 1
+            bar.update(job.global_batch)
+            stopping = any_rank(stop.raised, job.device)
+            if progress.steps % job.log_every == 0 or stopping or progress.images_seen >= job.total_images:
+                log(job, progress, out, window, bar)
+            if crossed(before, progress.images_seen, job.eval_every) and job.evaluate is not None:
+                job.loggers.log({"images_seen": progress.images_seen, **job.evaluate()})
+            finished = progress.images_seen >= job.total_images
+            if crossed(before, progress.images_seen, job.checkpoint_every) or stopping or finished:
+                save(job, progress)
+            if stopping:
+                print(f"rank {job.env.rank}: stop signal; checkpoint at {progress.images_seen} images",
+                      file=sys.stderr, flush=True)
+                break
+    finally:
+        stream.close()  # stops the loader's worker processes
     bar.close()
     return progress
 
@@ -173,7 +177,7 @@ def log(job: Job, progress: Progress, out: dict, window: dict, bar) -> None:
         [window["loss"], window["wait"], float(sum(job.loader.bad_samples.values()))], job.device)
     steps = max(1, window["steps"])
     metrics = {
-        "images_seen": progress.images_seen, "epoch": progress.epoch,
+        "images_seen": progress.images_seen, "epoch": getattr(job.loader, "epoch", 0),
         "loss": loss / steps / job.env.world_size, "lr": out["lr"],
         "img_per_s": steps * job.global_batch / max(elapsed, 1e-9),
         "data_wait": wait / job.env.world_size / max(elapsed, 1e-9),

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import zlib
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -178,21 +178,20 @@ class Loader:
             for job, (images, rows, failed) in zip(jobs, source):
                 self._note_failures(failed, rows)
                 self.consumed += len(job.rows)
-                yield Batch(self._place(images), self._targets(rows), [self.catalog.keys[r] for r in rows])
+                yield Batch(images, self._targets(rows), [self.catalog.keys[r] for r in rows])
         finally:
             source.close()
         self._roll()
 
     def _source(self, jobs: list[Job]):
         workers = self.cfg.workers or len(os.sched_getaffinity(0))
-        if self.backend == "wds":
-            from data_tools.loaders import wds
-            return wds.batches(self.catalog, jobs, self.train, self.sizes, workers, self.device)
-        from data_tools.loaders import dali
-        device = self.device if self.backend == "dali" else torch.device("cpu")
-        seed = int(plans.rng(self.plan.seed, self.epoch, plans.AUGMENT, len(self.runs), self.rank,
-                             self.consumed).integers(2**31))
-        return dali.batches(self.catalog, jobs, self.train, self.sizes, workers, device, seed)
+        if self.backend == "dali":
+            from data_tools.loaders import dali
+            seed = int(np.random.default_rng(jobs[0].seed if jobs else 0).integers(2**31))
+            return dali.gpu_batches(self.catalog, jobs, self.train, self.sizes, workers, self.device, seed)
+        from data_tools.loaders import workers as processes
+        return processes.batches(self.catalog, jobs, self.train, self.sizes, workers, self.device,
+                                 use_dali=self.backend == "dali-cpu")
 
     def _note_failures(self, failed: list[int], rows: np.ndarray) -> None:
         for row in failed:
@@ -200,11 +199,6 @@ class Loader:
         if len(rows) == 0:
             raise RuntimeError(f"no image of a batch decodes (keys {self.catalog.keys[failed[0]]}...): the shards "
                                f"look damaged; run `wsl data verify {self.catalog.directory}`")
-
-    def _place(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device != self.device:
-            images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return images
 
     def _targets(self, rows: np.ndarray) -> torch.Tensor:
         c = self.catalog

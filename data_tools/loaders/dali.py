@@ -7,11 +7,12 @@ decode would stop it. DALI fails only the iteration that holds a bad image and g
 so the fed batches are kept in order and the failed one is redone on the CPU path, which
 skips and counts the bad sample.
 
-GPU: random-crop ROI decode on the "mixed" device (nvJPEG decodes only the crop window),
-resize and crop_mirror_normalize on the GPU into float HWC, copied device to device into
-a torch tensor whose N×3×H×W view is channels_last. CPU: DALI decodes only the crop
-window (libjpeg-turbo ROI decode); torch resizes, flips and normalises, because DALI's CPU
-resize costs three to four times torch's uint8 path.
+GPU (in the training process, DALI's own threads): random-crop ROI decode on the "mixed"
+device (nvJPEG decodes only the crop window), resize and crop_mirror_normalize on the GPU
+into float HWC, copied device to device into a torch tensor whose N×3×H×W view is
+channels_last. CPU (one pipeline per DataLoader worker, see workers.py): DALI decodes only
+the crop window (libjpeg-turbo ROI decode); torch resizes, flips and normalises, because
+DALI's CPU resize costs three to four times torch's uint8 path.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from data_tools.loaders import transforms
 from data_tools.loaders.catalog import Catalog, Reader
-from data_tools.loaders.wds import cpu_batch
 
 
 class Feed:
@@ -68,32 +68,51 @@ def _gpu_finish(images, train: bool, sizes: transforms.Sizes):
     return fn.crop_mirror_normalize(images, crop=(sizes.image, sizes.image), **common)
 
 
-def batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, threads: int,
-            device: torch.device, seed: int):
-    """Yield (images on device, rows, failed rows) per job, in job order."""
-    if not jobs:
-        return
-    on_gpu = device.type == "cuda"
-    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
+def gpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, threads: int,
+                device: torch.device, seed: int):
+    """Yield (images on the GPU, rows, failed rows) per job, in job order."""
+    device_id = device.index if device.index is not None else torch.cuda.current_device()
+
+    def redo(job, err):
+        images, rows, failed = _redo_on_cpu(job, read, train, sizes, True, err)
+        return images.to(device).contiguous(memory_format=torch.channels_last), rows, failed
+
     read = Reader(catalog)
-    feed = Feed(jobs, read)
-    pipe = pipeline(feed, max(len(j.rows) for j in jobs), train, sizes, threads, device_id, seed)
     try:
-        pipe.build()
-        while True:
-            try:
-                (out,) = pipe.run()
-            except StopIteration:
-                return
-            except RuntimeError as err:
-                yield _redo_on_cpu(feed.pending.popleft(), read, train, sizes, device, err)
-                continue
-            job = feed.pending.popleft()
-            images = _to_torch(out, device) if on_gpu else _cpu_finish(out, job, train, sizes)
-            yield images, job.rows, []
+        yield from _drive(jobs, read, train, sizes, threads, device_id, seed,
+                          lambda out, job: _to_torch(out, device), redo)
     finally:
         read.close()
-        del pipe
+
+
+def cpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, as_float: bool):
+    """Inside a worker process: (images, rows, failed rows) per job, DALI decoding on one thread."""
+    read = Reader(catalog)
+    seed = int(np.random.default_rng(jobs[0].seed).integers(2**31)) if jobs else 0
+    try:
+        yield from _drive(jobs, read, train, sizes, 1, None, seed,
+                          lambda out, job: _cpu_finish(out, job, train, sizes, as_float),
+                          lambda job, err: _redo_on_cpu(job, read, train, sizes, as_float, err))
+    finally:
+        read.close()
+
+
+def _drive(jobs, read, train, sizes, threads, device_id, seed, finish, redo):
+    if not jobs:
+        return
+    feed = Feed(jobs, read)
+    pipe = pipeline(feed, max(len(j.rows) for j in jobs), train, sizes, threads, device_id, seed)
+    pipe.build()
+    while True:
+        try:
+            (out,) = pipe.run()
+        except StopIteration:
+            return
+        except RuntimeError as err:  # this iteration held an image DALI could not decode
+            yield redo(feed.pending.popleft(), err)
+            continue
+        job = feed.pending.popleft()
+        yield finish(out, job), job.rows, []
 
 
 def _to_torch(out, device: torch.device) -> torch.Tensor:
@@ -103,20 +122,18 @@ def _to_torch(out, device: torch.device) -> torch.Tensor:
     return images.permute(0, 3, 1, 2)  # N×H×W×3 memory seen as N×3×H×W: channels_last
 
 
-def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes) -> torch.Tensor:
+def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes, as_float: bool) -> torch.Tensor:
     gen = np.random.default_rng(job.seed)
-    batch = torch.empty((len(out), 3, sizes.image, sizes.image), dtype=torch.uint8)
+    batch = transforms.empty((len(out), 3, sizes.image, sizes.image), torch.uint8)
     for i in range(len(out)):
         image = torch.from_numpy(np.asarray(out[i])).permute(2, 0, 1)  # DALI's buffer, valid until next run()
         box = None if train else transforms.centre_box(image.shape[1], image.shape[2], sizes)
         batch[i] = transforms.resize(image, box, sizes.image, train and gen.random() < 0.5)
-    return transforms.normalise(batch)
+    return transforms.normalise(batch, out=transforms.empty(batch.shape, torch.float32)) if as_float else batch
 
 
-def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, device: torch.device, err: Exception):
-    images, rows, failed = cpu_batch(job, read, train, sizes, as_float=True)
+def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, as_float: bool, err: Exception):
+    images, rows, failed = transforms.pil_batch(job, read, train, sizes, as_float)
     if not failed:
-        raise err  # every image decodes on the CPU: the error was not a bad sample
-    if device.type == "cuda":
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        raise err  # every image decodes with PIL: the error was not a bad sample
     return images, rows, failed

@@ -1,0 +1,80 @@
+"""Is a run bound by its data loading or by its model step? Measured for a few seconds each.
+
+The trainer calls `measure(loader, step, seconds)` before training and prints the report.
+The loader's position is saved before and restored after, so measuring consumes nothing
+of the training stream.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Report:
+    loader_ips: float   # images per second the loader yields on its own
+    step_ips: float     # images per second the model step takes on its own
+    backend: str = ""
+
+    @property
+    def bound(self) -> str:
+        return "loader" if self.loader_ips < self.step_ips else "model"
+
+    def __str__(self) -> str:
+        figures = f"loader ({self.backend}) {self.loader_ips:,.0f} img/s, model step {self.step_ips:,.0f} img/s"
+        if self.bound == "loader":
+            return (f"data loading bounds this run: {figures}; the GPU/CPU waits {1 - self.loader_ips / self.step_ips:.0%}"
+                    " of the time (more loader workers or cores, or backend dali on a GPU)")
+        return f"the model bounds this run: {figures}; the loader has {self.loader_ips / self.step_ips - 1:.0%} headroom"
+
+
+def _sync(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
+def loader_rate(loader, seconds: float):
+    """(img/s, one batch); each pass's first batch (worker start-up) is left out."""
+    images, busy, sample = 0, 0.0, None
+    while busy < seconds:
+        batches = iter(loader)
+        sample = next(batches, None)
+        if sample is None:
+            break
+        start = time.perf_counter()
+        for batch in batches:
+            images += len(batch[0])
+            if busy + time.perf_counter() - start >= seconds:
+                break
+        _sync(sample[0])
+        busy += time.perf_counter() - start
+        batches.close()
+    return (images / busy if busy else 0.0), sample
+
+
+def step_rate(step: Callable, batch, seconds: float) -> float:
+    images, targets = batch
+    step(images, targets)  # warm-up: lazy init, cuDNN autotuning, compilation
+    _sync(images)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step(images, targets)
+        count += 1
+    _sync(images)  # GPU steps queued within the time are all waited for, and counted
+    return count * len(images) / (time.perf_counter() - start)
+
+
+def measure(loader, step: Callable, seconds: float = 3.0) -> Report:
+    """Time the loader alone, then `step(images, targets)` alone on one of its batches."""
+    state = loader.state_dict()
+    try:
+        loader_ips, batch = loader_rate(loader, seconds)
+        if batch is None:
+            raise ValueError("the loader yielded no batch to measure")
+        step_ips = step_rate(step, batch, seconds)
+    finally:
+        loader.load_state_dict(state)
+    return Report(loader_ips, step_ips, getattr(loader, "backend", ""))
