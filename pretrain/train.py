@@ -1,6 +1,7 @@
 """`wsl pretrain`: config → distributed environment → model, data, optimiser → loop → export."""
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data_tools import shards
 from data_tools.loaders import make_loader
+from data_tools.loaders.bottleneck import measure
 from pretrain import checkpoint, dist, engine
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import make_evaluator
@@ -84,6 +86,8 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progr
         else:
             say(env, f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
                      f"{num_classes} labels, global batch {job.global_batch}, {env.world_size} rank(s) on {device.type}")
+        if cfg.train.bottleneck_seconds > 0:
+            report_bottleneck(job, cfg.train.bottleneck_seconds)
         progress = engine.train(job, progress)
         if progress.images_seen >= job.total_images:
             if job.evaluate is not None:
@@ -95,6 +99,25 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progr
         return progress
     finally:
         dist.close()
+
+
+def report_bottleneck(job: engine.Job, seconds: float) -> None:
+    """Loader alone vs model step alone. The bare model takes the probe steps, so no rank
+    waits in a collective for another; weights, BN statistics and RNGs are put back after,
+    so the run trains exactly as without the probe."""
+    weights, rng = copy.deepcopy(job.module.state_dict()), checkpoint.rng_state()
+
+    def step(images, targets):
+        with torch.autocast(job.device.type, torch.bfloat16, enabled=job.bf16):
+            loss = job.loss_fn(job.module(images), targets)
+        loss.backward()
+        job.module.zero_grad(set_to_none=True)
+
+    try:
+        say(job.env, str(measure(job.loader, step, seconds)))
+    finally:
+        job.module.load_state_dict(weights)
+        checkpoint.set_rng_state(rng)
 
 
 def export(state_dict: dict, name: str, config: dict, path: Path) -> Path:

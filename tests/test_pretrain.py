@@ -54,11 +54,12 @@ def final_checkpoint(run_dir: Path) -> Path:
     return found
 
 
-def test_loss_goes_down(shard_dir, tmp_path):
+def test_loss_goes_down(shard_dir, tmp_path, capsys):
     cfg = config(shard_dir, tmp_path / "run", "train.total_images=640", "checkpoint.every_images=640",
-                 "optim.lr_per_256=0.4", "data.loader.sqrt_resample=false")
+                 "optim.lr_per_256=0.4", "data.loader.sqrt_resample=false", "train.bottleneck_seconds=0.5")
     progress = run(cfg, to_dict(cfg))
     assert progress.images_seen == 640
+    assert "bounds this run" in capsys.readouterr().err
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     losses = [r["loss"] for r in rows if "loss" in r]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
@@ -111,7 +112,9 @@ def test_two_gloo_ranks_match_one_rank_with_accumulation(tmp_path):
 
 
 def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
-    common = [f"data.train={shard_dir}", *TINY, "train.total_images=320", "checkpoint.every_images=64"]
+    # The bottleneck probe runs at each start: the resumed run must not be perturbed by it.
+    common = [f"data.train={shard_dir}", *TINY, "train.total_images=320", "checkpoint.every_images=64",
+              "train.bottleneck_seconds=0.3"]
     straight = subprocess.run(cli("pretrain", f"run_dir={tmp_path / 'straight'}", *common), cwd=REPO,
                               env=child_env(), capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -235,3 +238,35 @@ def test_bad_config_is_one_line(shard_dir, tmp_path):
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "train.totl_images" in proc.stderr
+
+
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank, read from /proc."""
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    return None
+
+
+def test_a_dead_rank_fails_the_job_naming_it(shard_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", str(30500 + os.getpid() % 1000), "-m", "launch.cli", "pretrain",
+                             f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY, "train.total_images=1000000",
+                             "checkpoint.every_images=1000000", "dist_timeout_s=30"],
+                            cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
+        time.sleep(0.1)
+    victim = rank_pid(proc.pid, 1)
+    assert victim is not None, "rank 1 not found among torchrun's workers"
+    os.kill(victim, signal.SIGKILL)
+    start = time.time()
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert time.time() - start < 120
+    assert "rank: 1" in out or "rank 1" in out, out[-2000:]

@@ -17,6 +17,7 @@ DALI's CPU resize costs three to four times torch's uint8 path.
 from __future__ import annotations
 
 from collections import deque
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -73,26 +74,34 @@ def gpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Siz
     """Yield (images on the GPU, rows, failed rows) per job, in job order."""
     device_id = device.index if device.index is not None else torch.cuda.current_device()
 
+    def finish(out, job):
+        return _to_torch(out, device), job.rows, []
+
     def redo(job, err):
-        images, rows, failed = _redo_on_cpu(job, read, train, sizes, True, err)
-        return images.to(device).contiguous(memory_format=torch.channels_last), rows, failed
+        images, rows, failed = _redo_on_cpu(job, read, train, sizes, err)
+        return transforms.normalise(images.to(device)), rows, failed
 
     read = Reader(catalog)
     try:
-        yield from _drive(jobs, read, train, sizes, threads, device_id, seed,
-                          lambda out, job: _to_torch(out, device), redo)
+        yield from _drive(jobs, read, train, sizes, threads, device_id, seed, finish, redo)
     finally:
         read.close()
 
 
-def cpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, as_float: bool):
-    """Inside a worker process: (images, rows, failed rows) per job, DALI decoding on one thread."""
+def cpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, slots: Iterator[torch.Tensor]):
+    """In a worker process: (uint8 images, rows, failed rows) per job, each batch written into
+    the next of `slots`; DALI decodes on one thread."""
+
+    def finish(out, job):
+        return _cpu_finish(out, job, train, sizes, next(slots)), job.rows, []
+
+    def redo(job, err):
+        return _redo_on_cpu(job, read, train, sizes, err, next(slots))
+
     read = Reader(catalog)
     seed = int(np.random.default_rng(jobs[0].seed).integers(2**31)) if jobs else 0
     try:
-        yield from _drive(jobs, read, train, sizes, 1, None, seed,
-                          lambda out, job: _cpu_finish(out, job, train, sizes, as_float),
-                          lambda job, err: _redo_on_cpu(job, read, train, sizes, as_float, err))
+        yield from _drive(jobs, read, train, sizes, 1, None, seed, finish, redo)
     finally:
         read.close()
 
@@ -111,8 +120,7 @@ def _drive(jobs, read, train, sizes, threads, device_id, seed, finish, redo):
         except RuntimeError as err:  # this iteration held an image DALI could not decode
             yield redo(feed.pending.popleft(), err)
             continue
-        job = feed.pending.popleft()
-        yield finish(out, job), job.rows, []
+        yield finish(out, feed.pending.popleft())
 
 
 def _to_torch(out, device: torch.device) -> torch.Tensor:
@@ -122,18 +130,18 @@ def _to_torch(out, device: torch.device) -> torch.Tensor:
     return images.permute(0, 3, 1, 2)  # N×H×W×3 memory seen as N×3×H×W: channels_last
 
 
-def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes, as_float: bool) -> torch.Tensor:
+def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes, batch: torch.Tensor) -> torch.Tensor:
     gen = np.random.default_rng(job.seed)
-    batch = transforms.empty((len(out), 3, sizes.image, sizes.image), torch.uint8)
     for i in range(len(out)):
         image = torch.from_numpy(np.asarray(out[i])).permute(2, 0, 1)  # DALI's buffer, valid until next run()
         box = None if train else transforms.centre_box(image.shape[1], image.shape[2], sizes)
         batch[i] = transforms.resize(image, box, sizes.image, train and gen.random() < 0.5)
-    return transforms.normalise(batch, out=transforms.empty(batch.shape, torch.float32)) if as_float else batch
+    return batch[:len(out)]
 
 
-def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, as_float: bool, err: Exception):
-    images, rows, failed = transforms.pil_batch(job, read, train, sizes, as_float)
+def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, err: Exception,
+                 out: torch.Tensor | None = None):
+    images, rows, failed = transforms.pil_batch(job, read, train, sizes, out)
     if not failed:
         raise err  # every image decodes with PIL: the error was not a bad sample
     return images, rows, failed

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import get_worker_info
 from torchvision.transforms.v2 import functional as tvf
 
 from data_tools.images import BadImage
@@ -29,8 +28,8 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
 STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
-SCALE = (1 / torch.tensor(STD)).view(1, 3, 1, 1)
-SHIFT = (-torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1)
+SCALE = 1 / np.asarray(STD, np.float32)
+SHIFT = -np.asarray(MEAN, np.float32) / np.asarray(STD, np.float32)
 
 
 @dataclass(frozen=True)
@@ -66,28 +65,31 @@ def centre_box(height: int, width: int, sizes: Sizes) -> tuple[int, int, int, in
 
 
 def resize(image: torch.Tensor, box: tuple[int, int, int, int] | None, size: int, flip: bool) -> torch.Tensor:
-    """Crop `box` of a 3×H×W uint8 image, resize it to size×size (antialiased bilinear), flip."""
+    """Crop `box` of a 3×H×W uint8 image, resize it to size×size (antialiased bilinear) and
+    flip it; returns size×size×3. Staying channels-last end to end keeps every copy a memcpy."""
     if box is not None:
         top, left, h, w = box
         image = image[:, top:top + h, left:left + w]
     pixels_last = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # no copy for a whole HWC buffer
-    image = tvf.resize(pixels_last, [size, size], antialias=True)
-    return tvf.horizontal_flip(image) if flip else image
+    image = tvf.resize(pixels_last, [size, size], antialias=True).permute(1, 2, 0)
+    return image.flip(1) if flip else image
 
 
 def transform(data: bytes, train: bool, sizes: Sizes, gen: np.random.Generator) -> torch.Tensor:
-    """JPEG bytes → 3×S×S uint8: RandomResizedCrop + flip (train) or resize + centre crop (eval).
+    """JPEG bytes → S×S×3 uint8: RandomResizedCrop + flip (train) or resize + centre crop (eval).
     Raises BadImage when the bytes do not decode."""
     try:
         im = Image.open(io.BytesIO(data))
         width, height = im.size
         box = random_box(height, width, sizes.min_scale, gen) if train else centre_box(height, width, sizes)
-        im, box = draft(im, box, sizes.image)
-        pixels = np.asarray(im.convert("RGB"))
+        im, (top, left, h, w) = draft(im, box, sizes.image)
+        im = im.convert("RGB") if im.mode != "RGB" else im
+        # Only the crop is copied out of PIL: less to copy, and it arrives contiguous.
+        pixels = np.asarray(im.crop((left, top, left + w, top + h)))
     except (OSError, SyntaxError, ValueError) as err:  # what PIL raises on bad data
         raise BadImage("decode_error", str(err)) from None
     flip = train and gen.random() < 0.5
-    return resize(torch.from_numpy(pixels).permute(2, 0, 1), box, sizes.image, flip)
+    return resize(torch.from_numpy(pixels).permute(2, 0, 1), None, sizes.image, flip)
 
 
 def draft(im: Image.Image, box: tuple[int, int, int, int], size: int):
@@ -103,12 +105,20 @@ def draft(im: Image.Image, box: tuple[int, int, int, int], size: int):
     return im, (top, left, max(1, min(round(h * sy), im.size[1] - top)), max(1, min(round(w * sx), im.size[0] - left)))
 
 
-def normalise(batch: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """N×3×H×W uint8 → float32, (x - mean) / std, on the batch's device."""
-    if out is None:
-        out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
-    out.copy_(batch)
-    return out.mul_(SCALE.to(batch.device)).add_(SHIFT.to(batch.device))
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """N×H×W×3 uint8 → (x - mean) / std as float32 N×3×H×W, channels_last, on the batch's device."""
+    if batch.is_cuda:
+        scale, shift = (torch.from_numpy(v).to(batch.device) for v in (SCALE, SHIFT))
+        out = batch.float().mul_(scale).add_(shift)
+    else:
+        # numpy: one thread, two contiguous passes; torch's threaded ops would spin on the
+        # cores the loader's workers need, for a memory-bound job.
+        n, h, w, c = batch.shape
+        rows = batch.numpy().reshape(n, h, w * c)
+        out = np.multiply(rows, np.tile(SCALE, w), dtype=np.float32)
+        out += np.tile(SHIFT, w)
+        out = torch.from_numpy(out).view(n, h, w, c)
+    return out.permute(0, 3, 1, 2)
 
 
 def top_up(items: list, want: int) -> list:
@@ -116,8 +126,8 @@ def top_up(items: list, want: int) -> list:
     return items + [items[i % len(items)] for i in range(want - len(items))] if items else []
 
 
-def pil_batch(job, read, train: bool, sizes: Sizes, as_float: bool):
-    """(images, rows used, rows that failed) for one planned batch; images uint8 or normalised float."""
+def pil_batch(job, read, train: bool, sizes: Sizes, out: torch.Tensor | None = None):
+    """(uint8 images, rows used, rows that failed) for one planned batch, into `out` if given."""
     gen = np.random.default_rng(job.seed)
     images, good, failed = [], [], []
     for row in job.rows:
@@ -126,17 +136,10 @@ def pil_batch(job, read, train: bool, sizes: Sizes, as_float: bool):
             good.append(row)
         except BadImage:
             failed.append(row)
-    n = len(job.rows)
-    if not images:
-        return torch.empty((0, 3, sizes.image, sizes.image)), np.asarray(good, np.int64), failed
-    batch = torch.stack(top_up(images, n), out=empty((n, 3, sizes.image, sizes.image), torch.uint8))
-    if as_float:
-        batch = normalise(batch, out=empty(batch.shape, torch.float32))
-    return batch, np.asarray(top_up(good, n), np.int64), failed
-
-
-def empty(shape, dtype) -> torch.Tensor:
-    # A worker's batch goes to the main process through shared memory: allocating it
-    # there saves the copy that sending an ordinary tensor would make.
-    out = torch.empty(shape, dtype=dtype)
-    return out.share_memory_() if get_worker_info() is not None else out
+    images, good = top_up(images, len(job.rows)), top_up(good, len(job.rows))
+    if out is None:
+        out = torch.empty((len(job.rows), sizes.image, sizes.image, 3), dtype=torch.uint8)
+    out = out[:len(images)]
+    if images:
+        torch.stack(images, out=out)
+    return out, np.asarray(good, np.int64), failed

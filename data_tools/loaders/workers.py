@@ -13,7 +13,10 @@ exact resume starts in the middle of a shard.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import time
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -21,37 +24,85 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_tools.loaders import transforms
 from data_tools.loaders.catalog import Catalog, Reader
 
+PREFETCH = 2  # batches each worker may have ready ahead of the main process
+
+
+class Ring:
+    """uint8 batch slots in shared memory, made before the workers start.
+
+    A worker writes batch j into slot j mod slots and sends only (slot, rows): sending each
+    batch as a new tensor would cost a shared-memory segment, a file-descriptor handshake
+    and fresh page faults per batch, which on a small machine is more than the main
+    process's whole share of the work. The main process counts the batches it has copied
+    out; a worker waits for that count before it overwrites a slot.
+    """
+
+    def __init__(self, slots: int, shape: tuple[int, ...]):
+        self.data = torch.zeros((slots, *shape), dtype=torch.uint8).share_memory_()
+        self.done = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def slot(self, job: int) -> torch.Tensor:
+        while int(self.done[0]) <= job - len(self.data):
+            time.sleep(0.0005)
+        return self.data[job % len(self.data)]
+
 
 class Batches(IterableDataset):
-    def __init__(self, catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes,
-                 use_dali: bool, as_float: bool):
+    def __init__(self, catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, use_dali: bool,
+                 ring: Ring):
         self.catalog, self.jobs, self.train, self.sizes = catalog, jobs, train, sizes
-        self.use_dali, self.as_float = use_dali, as_float
+        self.use_dali, self.ring = use_dali, ring
 
     def __iter__(self):
         worker = get_worker_info()
-        mine = self.jobs[worker.id::worker.num_workers] if worker else self.jobs
+        first, step = worker.id, worker.num_workers
+        numbers = range(first, len(self.jobs), step)
         if self.use_dali:
             from data_tools.loaders import dali
-            yield from dali.cpu_batches(self.catalog, mine, self.train, self.sizes, self.as_float)
-            return
+            made = dali.cpu_batches(self.catalog, [self.jobs[j] for j in numbers], self.train, self.sizes,
+                                    (self.ring.slot(j) for j in numbers))
+        else:
+            made = self._pil(numbers)
+        for j, (images, rows, failed) in zip(numbers, made):
+            yield j % len(self.ring.data), rows, failed
+
+    def _pil(self, numbers):
         read = Reader(self.catalog)
         try:
-            for job in mine:
-                yield transforms.pil_batch(job, read, self.train, self.sizes, self.as_float)
+            for j in numbers:
+                yield transforms.pil_batch(self.jobs[j], read, self.train, self.sizes, self.ring.slot(j))
         finally:
             read.close()
+
+
+@functools.cache
+def recycle_large_blocks() -> None:
+    """glibc gives every freed block over 32 MiB straight back to the kernel, so each
+    batch's float tensor (38.5 MB at 64×224²) would be page-faulted in anew, a quarter
+    of the per-image budget on a small machine. Raising its mmap and trim thresholds
+    (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD) lets the heap reuse such blocks."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc only
+    if mallopt is not None:
+        mallopt(-3, 1 << 30)
+        mallopt(-1, 1 << 30)
 
 
 def batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, workers: int,
             device: torch.device, use_dali: bool):
     """Yield (images on device, rows, failed rows) per job, in job order."""
+    if not jobs:
+        return
     cuda = device.type == "cuda"
+    if not cuda:
+        recycle_large_blocks()
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    data = Batches(catalog, jobs, train, sizes, use_dali, as_float=not cuda)
-    loader = DataLoader(data, batch_size=None, num_workers=workers, pin_memory=cuda, prefetch_factor=4)
-    for images, rows, failed in loader:
-        if cuda:  # uint8 crosses the bus (4x less than float) and is normalised on the GPU
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            images = transforms.normalise(images, out=torch.empty_like(images, dtype=torch.float32))
+    size = max(len(job.rows) for job in jobs)
+    ring = Ring(workers * PREFETCH + 1, (size, sizes.image, sizes.image, 3))
+    data = Batches(catalog, jobs, train, sizes, use_dali, ring)
+    for slot, rows, failed in DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH):
+        images = ring.data[slot][:len(rows)]
+        if cuda:  # uint8 crosses the bus, 4x less than float
+            images = images.to(device)
+        images = transforms.normalise(images)
+        ring.done += 1  # copied out: the slot may be reused
         yield images, rows, failed
