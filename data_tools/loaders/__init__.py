@@ -1,12 +1,17 @@
 """Batches from a `wsl data build` shard directory for any rank, device and phase: `make_loader`.
 
 One contract for every backend: iterating a Loader yields (images, targets) per batch,
-images a normalised float32 N×3×H×W tensor on the device (channels_last on a GPU),
-targets k-hot float32 N×K for hashtag data or int64 labels for single-label data. The
-plan (plan.py) fixes which samples each rank reads in which order, so every rank yields
-the same number of batches, and `state_dict()` / `load_state_dict()` resume exactly where
-the stream stopped, also on another world size. Samples that cannot be used are skipped
-and counted in `bad_samples`.
+images a normalised float32 N×3×H×W tensor on the device in channels_last memory (what
+convolutions on GPUs and oneDNN CPUs prefer, and what every backend produces without a
+copy), targets k-hot float32 N×K for hashtag data or int64 labels for single-label data.
+The plan (plan.py) fixes which samples each rank reads in which order, so every rank
+yields the same number of batches, and `state_dict()` / `load_state_dict()` resume
+exactly where the stream stopped, also on another world size. Samples that cannot be
+used are skipped and counted in `bad_samples`; a batch whose image fails to decode keeps
+its size, the slot filled with another sample of the batch.
+
+Backends: `dali` (GPU, dali.py), `dali-cpu` and `wds` (worker processes, workers.py);
+`auto` takes dali on a GPU and dali-cpu on CPU, the faster CPU backend (bench/loader.py).
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ class LoaderConfig:
                 raise ValueError(f"config key '{key}' must be >= 1")
         if self.workers < 0:
             raise ValueError("config key 'workers' must be >= 0 (0: every core)")
+        if self.resize_size < self.image_size:
+            raise ValueError("config key 'resize_size' must be >= image_size (eval crops image_size out of it)")
         if not 0 < self.min_scale <= 1:
             raise ValueError("config key 'min_scale' must be in (0, 1]")
         if self.seed < 0:
@@ -164,7 +171,7 @@ class Loader:
 
     # --- batches -----------------------------------------------------------------------
 
-    def jobs(self) -> list[Job]:
+    def _jobs(self) -> list[Job]:
         order, size, run = self.order(), self.cfg.batch_size, len(self.runs)
         starts = range(self.consumed, self.consumed + len(self) * size, size)
         return [Job(order[s:s + size], [self.plan.seed, self.epoch, plans.AUGMENT, run, self.rank, s])
@@ -172,7 +179,7 @@ class Loader:
 
     def __iter__(self):
         self._roll()
-        jobs = self.jobs()
+        jobs = self._jobs()
         source = self._source(jobs)
         try:
             for job, (images, rows, failed) in zip(jobs, source):

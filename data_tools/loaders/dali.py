@@ -49,9 +49,11 @@ def pipeline(feed: Feed, batch_size: int, train: bool, sizes: transforms.Sizes, 
         jpegs = fn.external_source(source=feed, batch=True, dtype=types.UINT8, ndim=1)
         decoder = "mixed" if on_gpu else "cpu"
         if train:
+            # libjpeg-turbo's fast integer IDCT (CPU only): ~10% off the decode, invisible
+            # under random crops and resizing; eval keeps the exact IDCT.
             images = fn.decoders.image_random_crop(
                 jpegs, device=decoder, output_type=types.RGB, random_area=[sizes.min_scale, 1.0],
-                random_aspect_ratio=list(transforms.RATIO), num_attempts=10)
+                random_aspect_ratio=list(transforms.RATIO), num_attempts=10, use_fast_idct=True)
         else:
             images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
         if on_gpu:

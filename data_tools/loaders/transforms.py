@@ -1,12 +1,12 @@
 """The CPU image path shared by the backends: decode, crop boxes, resize, flip, normalise.
 
 PIL decodes (torchvision's own decoder is deprecated since 0.29); when a crop is at least
-twice the output size, libjpeg scales it down in the DCT while decoding (`draft`), which
-is far cheaper than decoding every pixel and resizing them. Images stay uint8 until the
-last step, where one pass over the batch makes them float and normalised (ImageNet
-mean/std on the 0..255 scale, the same numbers DALI is given). Resizing (torchvision
-transforms.v2) a uint8 channels-last image is torch's vectorised path, several times faster than PIL's or DALI's
-CPU resize.
+twice the output size, libjpeg scales it down in the DCT while decoding (`draft`), far
+cheaper than decoding every pixel and resizing them. Resizing a uint8 channels-last image
+with torchvision's transforms.v2 runs torch's vectorised uint8 path, several times faster
+than PIL's or DALI's CPU resize. Images stay uint8 and channels-last until the last
+step, where one pass over the batch makes them float and normalised (ImageNet mean/std on
+the 0..255 scale, the same numbers DALI is given).
 """
 from __future__ import annotations
 
@@ -101,8 +101,10 @@ def draft(im: Image.Image, box: tuple[int, int, int, int], size: int):
     width, height = im.size
     im.draft("RGB", (width // factor, height // factor))
     sx, sy = im.size[0] / width, im.size[1] / height
-    left, top = int(left * sx), int(top * sy)
-    return im, (top, left, max(1, min(round(h * sy), im.size[1] - top)), max(1, min(round(w * sx), im.size[0] - left)))
+    top, left = int(top * sy), int(left * sx)
+    h = max(1, min(round(h * sy), im.size[1] - top))
+    w = max(1, min(round(w * sx), im.size[0] - left))
+    return im, (top, left, h, w)
 
 
 def normalise(batch: torch.Tensor) -> torch.Tensor:
@@ -111,12 +113,14 @@ def normalise(batch: torch.Tensor) -> torch.Tensor:
         scale, shift = (torch.from_numpy(v).to(batch.device) for v in (SCALE, SHIFT))
         out = batch.float().mul_(scale).add_(shift)
     else:
-        # numpy: one thread, two contiguous passes; torch's threaded ops would spin on the
-        # cores the loader's workers need, for a memory-bound job.
+        # numpy, one thread: torch's threaded ops would fight the loader's workers for the
+        # cores, for a memory-bound job. Image by image, the second pass runs in cache.
         n, h, w, c = batch.shape
-        rows = batch.numpy().reshape(n, h, w * c)
-        out = np.multiply(rows, np.tile(SCALE, w), dtype=np.float32)
-        out += np.tile(SHIFT, w)
+        rows, scale, shift = batch.numpy().reshape(n, h, w * c), np.tile(SCALE, w), np.tile(SHIFT, w)
+        out = np.empty(rows.shape, np.float32)
+        for image, result in zip(rows, out):
+            np.multiply(image, scale, out=result, dtype=np.float32)
+            result += shift
         out = torch.from_numpy(out).view(n, h, w, c)
     return out.permute(0, 3, 1, 2)
 

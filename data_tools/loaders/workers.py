@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import time
 
 import torch
@@ -95,7 +94,7 @@ def batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, 
     cuda = device.type == "cuda"
     if not cuda:
         recycle_large_blocks()
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    workers = min(workers, len(jobs))
     size = max(len(job.rows) for job in jobs)
     ring = Ring(workers * PREFETCH + 1, (size, sizes.image, sizes.image, 3))
     data = Batches(catalog, jobs, train, sizes, use_dali, ring)
