@@ -69,13 +69,20 @@ def step_rate(step: Callable, batch, seconds: float) -> float:
 
 
 def measure(loader, step: Callable, seconds: float = 3.0) -> Report:
-    """Time the loader alone, then `step(images, targets)` alone on one of its batches."""
+    """Time `step(images, targets)` alone on one of the loader's batches, then the loader
+    alone. The step goes first: right after a pass, the loader's workers are still winding
+    down and would slow the step down tenfold on a small machine."""
     state = loader.state_dict()
     try:
-        loader_ips, batch = loader_rate(loader, seconds)
+        batches = iter(loader)
+        batch = next(batches, None)
+        batches.close()
         if batch is None:
             raise ValueError("the loader yielded no batch to measure")
+        batch = tuple(t.clone() for t in batch)  # not a view into the loader's shared buffers
         step_ips = step_rate(step, batch, seconds)
+        loader.load_state_dict(state)
+        loader_ips, _ = loader_rate(loader, seconds)
     finally:
         loader.load_state_dict(state)
     return Report(loader_ips, step_ips, getattr(loader, "backend", ""))
