@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 
@@ -29,7 +30,7 @@ class WandbLogger:
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         id_file = Path(run_dir) / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         # The same id on resume continues one W&B run instead of starting a new one.
         self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
@@ -74,6 +75,23 @@ def make_loggers(run_dir: Path, is_main: bool, config: dict, wandb_mode: str, pr
     if wandb_mode != "off":
         loggers.append(WandbLogger(run_dir, config, project, wandb_mode, name))
     return Loggers(loggers)
+
+
+def sample_images(shard_dir: str, count: int) -> tuple[list, list[str]]:
+    """The first `count` images of the first shard with their raw tags, for a look in W&B."""
+    import io
+
+    from PIL import Image
+
+    from data_tools import shards
+    manifest = shards.read_manifest(shard_dir)
+    images, captions = [], []
+    for _, files in shards.iter_samples(Path(shard_dir) / manifest["shards"][0]["file"]):
+        if len(images) >= count:
+            break
+        images.append(Image.open(io.BytesIO(files["jpg"])).convert("RGB"))
+        captions.append(" ".join(json.loads(files["json"])["tags"]))
+    return images, captions
 
 
 def plot_curves(jsonl: Path, png: Path) -> None:

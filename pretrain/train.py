@@ -15,7 +15,7 @@ from data_tools.loaders.bottleneck import measure
 from pretrain import checkpoint, dist, engine
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import make_evaluator
-from pretrain.loggers import make_loggers
+from pretrain.loggers import make_loggers, sample_images
 from pretrain.losses import make_loss
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer
@@ -84,6 +84,8 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progr
             engine.restore(job, progress, checkpoint.load(latest))
             say(env, f"resumed from {latest.name} ({progress.images_seen} images seen)")
         else:
+            if env.is_main and cfg.log.wandb != "off" and cfg.log.sample_images > 0:
+                job.loggers.log_images(*sample_images(cfg.data.train, cfg.log.sample_images))
             say(env, f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
                      f"{num_classes} labels, global batch {job.global_batch}, {env.world_size} rank(s) on {device.type}")
         if cfg.train.bottleneck_seconds > 0:

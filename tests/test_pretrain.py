@@ -270,3 +270,16 @@ def test_a_dead_rank_fails_the_job_naming_it(shard_dir, tmp_path):
     assert proc.returncode != 0
     assert time.time() - start < 120
     assert "rank: 1" in out or "rank 1" in out, out[-2000:]
+
+
+def test_wandb_offline_run_records_metrics_and_samples(shard_dir, tmp_path):
+    cfg = config(shard_dir, tmp_path / "run", "train.total_images=64", "checkpoint.every_images=64",
+                 "log.wandb=offline", "log.sample_images=4")
+    os.environ.pop("WANDB_API_KEY", None)
+    run(cfg, to_dict(cfg))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = list(runs[0].glob("run-*.wandb"))
+    assert len(logged) == 1 and logged[0].stat().st_size > 0
+    samples = list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
+    assert len(samples) == 4, "the sample images with their tags were not logged"
