@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from data_tools import shards
@@ -74,6 +75,8 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progr
         manifest = shards.read_manifest(cfg.data.train)
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if env.is_main:  # what ran, beside what it produced
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
         num_classes = manifest["num_classes"]
         model = init_model(num_classes) if init_model else build_model(
             cfg.model.name, num_classes, zero_init_residual=cfg.model.zero_init_residual)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import build_shards
@@ -60,6 +61,8 @@ def test_loss_goes_down(shard_dir, tmp_path, capsys):
     progress = run(cfg, to_dict(cfg))
     assert progress.images_seen == 640
     assert "bounds this run" in capsys.readouterr().err
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["train"]["total_images"] == 640 and written["model"]["name"] == "resnext_tiny"
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     losses = [r["loss"] for r in rows if "loss" in r]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
