@@ -27,6 +27,8 @@ from launch.config import build as make_config
 
 CPU_BACKENDS = ["wds", pytest.param("dali-cpu", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]
 SMALL = dict(batch_size=16, image_size=32, resize_size=40, workers=1)
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the lent GPU machine)")
 
 
@@ -119,7 +121,7 @@ def test_train_batches_have_the_contracted_shapes_and_khot_targets(backend, shar
     for images, targets in batches:
         assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
         assert images.is_contiguous(memory_format=torch.channels_last)
-        pixels = images * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        pixels = images * STD + MEAN
         assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4 and pixels.std() > 0.05
         assert targets.shape == (16, manifest["num_classes"]) and targets.dtype == torch.float32
     for batch in batches:
@@ -198,7 +200,9 @@ def test_ranks_read_disjoint_samples_from_contiguous_shards(shard_dir):
     keys = [keys_of(epoch(lo)) for lo in loaders]
     assert len({len(k) for k in keys}) == 1
     assert sum(len(set(k)) for k in keys) == len(set().union(*map(set, keys)))
-    shard_of = {r: {int(loaders[0].catalog.shard[loaders[0].catalog.keys.index(k)]) for k in keys[r]} for r in range(world)}
+    catalog = loaders[0].catalog
+    row_of = {key: row for row, key in enumerate(catalog.keys)}
+    shard_of = {r: {int(catalog.shard[row_of[k]]) for k in keys[r]} for r in range(world)}
     for a in range(world):
         for b in range(a + 1, world):
             assert len(shard_of[a] & shard_of[b]) <= 1

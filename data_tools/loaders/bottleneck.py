@@ -25,10 +25,11 @@ class Report:
 
     def __str__(self) -> str:
         figures = f"loader ({self.backend}) {self.loader_ips:,.0f} img/s, model step {self.step_ips:,.0f} img/s"
+        ratio = self.loader_ips / self.step_ips
         if self.bound == "loader":
-            return (f"data loading bounds this run: {figures}; the GPU/CPU waits {1 - self.loader_ips / self.step_ips:.0%}"
-                    " of the time (more loader workers or cores, or backend dali on a GPU)")
-        return f"the model bounds this run: {figures}; the loader has {self.loader_ips / self.step_ips - 1:.0%} headroom"
+            return (f"data loading bounds this run: {figures}; the model waits {1 - ratio:.0%} of the time "
+                    "(more loader workers or cores, or backend dali on a GPU)")
+        return f"the model bounds this run: {figures}; the loader has {ratio - 1:.0%} headroom"
 
 
 def _sync(tensor: torch.Tensor) -> None:
