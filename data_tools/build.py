@@ -350,6 +350,16 @@ def build(cfg: BuildConfig) -> dict:
     return manifest
 
 
+def add_counts(counts) -> dict:
+    """Sum {reason: n} dicts, keys sorted, so shards and parts add up to one stable manifest."""
+    return dict(sorted(sum((Counter(c) for c in counts), Counter()).items()))
+
+
+def first_examples(lists) -> list[dict]:
+    """The BAD_EXAMPLES earliest bad samples in input order, wherever they were found."""
+    return sorted((e for examples in lists for e in examples), key=lambda e: e["key"])[:BAD_EXAMPLES]
+
+
 def assemble(results: list[dict], entries: list[vocab.Entry], source, dropped: Counter,
              per_shard: int, inputs_hash: str, cfg: BuildConfig) -> dict:
     tag_counts = [sum(col) for col in zip(*(r["tag_counts"] for r in results))] or [0] * len(entries)
@@ -365,9 +375,9 @@ def assemble(results: list[dict], entries: list[vocab.Entry], source, dropped: C
         "part": cfg.part,
         "shards": [{k: r[k] for k in ("shard", "file", "index", "samples", "bytes", "sha256")} for r in results],
         "tag_counts": tag_counts,
-        "bad_samples": dict(sorted(sum((Counter(r["bad"]) for r in results), Counter()).items())),
-        "bad_examples": sorted((e for r in results for e in r["bad_examples"]), key=lambda e: e["key"])[:BAD_EXAMPLES],
-        "converted": dict(sorted(sum((Counter(r["converted"]) for r in results), Counter()).items())),
+        "bad_samples": add_counts(r["bad"] for r in results),
+        "bad_examples": first_examples(r["bad_examples"] for r in results),
+        "converted": add_counts(r["converted"] for r in results),
         "dropped": dict(sorted(dropped.items())),
         "inputs_sha256": inputs_hash,
         "config": content_config(cfg),
@@ -399,9 +409,9 @@ def merge(directory: str) -> dict:
         "part": "0/1",
         "shards": results,
         "tag_counts": [sum(col) for col in zip(*(p["tag_counts"] for p in parts))],
-        "bad_samples": dict(sorted(sum((Counter(p["bad_samples"]) for p in parts), Counter()).items())),
-        "bad_examples": sorted((e for p in parts for e in p["bad_examples"]), key=lambda e: e["key"])[:BAD_EXAMPLES],
-        "converted": dict(sorted(sum((Counter(p["converted"]) for p in parts), Counter()).items())),
+        "bad_samples": add_counts(p["bad_samples"] for p in parts),
+        "bad_examples": first_examples(p["bad_examples"] for p in parts),
+        "converted": add_counts(p["converted"] for p in parts),
     })
     shards.write_json(out / "manifest.json", merged)
     return merged

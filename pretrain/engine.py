@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pretrain import checkpoint, dist
+from pretrain.optim import set_lr
 
 
 class NonFiniteLoss(RuntimeError):
@@ -80,8 +81,7 @@ def batches(job: Job):
 
 def train_step(job: Job, stream, progress: Progress) -> dict:
     lr = job.lr_at(progress.images_seen)
-    for group in job.optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(job.optimizer, lr)
     loss_sum, wait = torch.zeros((), device=job.device), 0.0
     for micro in range(job.accum_steps):
         t0 = time.perf_counter()
