@@ -121,3 +121,12 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def fingerprint(manifest: dict) -> str:
+    """One sha256 naming a shard set's content (its shards' names and sha256s), so a record
+    such as a manifest's `dedup` entry can say which evaluation set it was checked against."""
+    digest = hashlib.sha256()
+    for shard in sorted(manifest["shards"], key=lambda s: s["file"]):
+        digest.update(f"{shard['file']} {shard['sha256']}\n".encode())
+    return digest.hexdigest()
