@@ -8,6 +8,7 @@ from pathlib import Path
 
 from launch.config import ConfigError
 from launch.config import build as make_config
+from pretrain.stop import Interrupted
 
 USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, ValueError)
 
@@ -125,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"wsl: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("wsl: interrupted; re-run the same command to resume", file=sys.stderr)
+    except Interrupted as err:  # the checkpoint is written
+        print(f"wsl: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:  # before training started or outside it: nothing to save
+        print("wsl: interrupted", file=sys.stderr)
         return 130
 
 

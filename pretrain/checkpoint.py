@@ -52,22 +52,24 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def rng_state() -> dict:
-    """Every RNG a step may draw from, in forms weights_only loading accepts."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every RNG a step may draw from, in forms weights_only loading accepts. Of the GPUs,
+    only the run's own: a resumed job may see fewer (8 per process under torchrun, one
+    per task under srun)."""
     state = {"torch": torch.get_rng_state(), "python": _plain(random.getstate()),
              "numpy": _numpy_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_tuple(state["python"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _numpy_state() -> list:

@@ -31,11 +31,13 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False
     max_bad_steps: int = 5             # consecutive non-finite losses before the run stops
-    bottleneck_seconds: float = 3.0    # loader vs model speed report at start (0: skip)
+    bottleneck_seconds: float = 3.0    # loader vs model speed report when a run starts (0: skip)
+    stop_check_steps: int = 10         # ranks agree on a stop signal every this many steps
 
     def check(self) -> None:
-        if self.total_images < 1 or self.accum_steps < 1 or self.max_bad_steps < 1:
-            raise ValueError("'train.total_images', 'train.accum_steps' and 'train.max_bad_steps' must be >= 1")
+        if self.total_images < 1 or self.accum_steps < 1 or self.max_bad_steps < 1 or self.stop_check_steps < 1:
+            raise ValueError("'train.total_images', 'train.accum_steps', 'train.max_bad_steps' and "
+                             "'train.stop_check_steps' must be >= 1")
 
 
 @dataclass
@@ -65,6 +67,7 @@ class PretrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     dist_timeout_s: float = 600.0      # a dead rank fails the job after this, never a hang
+    resume_with_changes: bool = False  # continue a run_dir whose checkpoint has another config
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

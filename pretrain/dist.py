@@ -75,8 +75,10 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
 
 
 def init(env: DistEnv, device: torch.device, timeout_s: float) -> None:
-    """Join the process group. A rank that dies makes the others fail within timeout_s."""
-    if env.world_size == 1:
+    """Join the process group. A rank that dies makes the others fail within timeout_s.
+    A launcher's single rank joins one too, so one GPU under torchrun runs the DDP and
+    NCCL code of a large job."""
+    if env.world_size == 1 and env.source == "local":
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
@@ -100,6 +102,24 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     tdist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    if not tdist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def from_main(value):
+    """Rank 0's `value` on every rank: one decision where each rank's own view could
+    differ (two nodes may list a shared directory differently)."""
+    if not tdist.is_initialized():
+        return value
+    box = [value]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

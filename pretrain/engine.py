@@ -2,13 +2,17 @@
 
 One optimiser step = `accum_steps` micro-batches per rank; DDP synchronises gradients on
 the last one only. Everything is scheduled in images seen. A step whose gradient is not
-finite is skipped (on every rank alike: the norm is taken after DDP's all-reduce).
-A SIGTERM/SIGUSR1 (SLURM preemption) ends the run at the next step with a checkpoint.
+finite is skipped on every rank alike (the norm is taken after DDP's all-reduce), and the
+BatchNorm statistics its forward pass moved are put back. A stop signal (Ctrl-C, SIGTERM,
+SLURM's SIGUSR1/SIGUSR2) ends the run at a step boundary with a checkpoint, all ranks
+together, and `train` raises `Interrupted`.
+
+The host waits for the device once per step, for the skip decision; the loss is read only
+when a log line is due, and the ranks agree on a stop every `stop_check_steps` steps.
 """
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +24,8 @@ from tqdm import tqdm
 
 from pretrain import checkpoint, dist
 from pretrain.optim import set_lr
+from pretrain.stop import STOP_SIGNALS, Interrupted, request_stop, requested, stop_signals  # noqa: F401
+
 
 
 class NonFiniteLoss(RuntimeError):
@@ -32,12 +38,13 @@ class Progress:
     steps: int = 0
     bad_steps: int = 0          # all non-finite steps skipped so far
     bad_in_row: int = 0
+    evaluated_at: int = -1      # images seen at the last evaluation
 
 
 @dataclass
 class Job:
     """What the loop needs; built by pretrain.train or finetune.train."""
-    model: torch.nn.Module             # DDP-wrapped when world_size > 1
+    model: torch.nn.Module             # DDP-wrapped when distributed
     module: torch.nn.Module            # the bare model (what checkpoints hold)
     optimizer: torch.optim.Optimizer
     loader: object                     # data_tools.loaders.Loader
@@ -58,19 +65,22 @@ class Job:
     loggers: object                    # pretrain.loggers.Loggers
     evaluate: Callable[[], dict] | None = None
     eval_every: int = 0
+    stop_check_steps: int = 10
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; checked between steps so a checkpoint is never half a step."""
+# --- stopping on a signal ------------------------------------------------------------------
 
-    def __init__(self):
-        self.raised = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._set)
+def agreed_stop(job: Job, progress: Progress) -> int:
+    """The signal every rank stops on (0: go on). Ranks compare notes every few steps, all
+    at the same step, so a signal that reached one rank only stops them all together."""
+    if not torch.distributed.is_initialized():
+        return requested()
+    if progress.steps % job.stop_check_steps:
+        return 0
+    return int(dist.all_reduce_max([float(requested())], job.device)[0])
 
-    def _set(self, signum, frame):
-        self.raised = True
 
+# --- one step -----------------------------------------------------------------------------
 
 def batches(job: Job):
     """Endless batches: the loader moves to the next epoch (reshuffled) when one ends, and
@@ -79,9 +89,19 @@ def batches(job: Job):
         yield from job.loader
 
 
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all gradients together, left on the device."""
+    if not params:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+
+
 def train_step(job: Job, stream, progress: Progress) -> dict:
     lr = job.lr_at(progress.images_seen)
     set_lr(job.optimizer, lr)
+    # A non-finite step is undone, BatchNorm statistics included: its forward pass has
+    # already moved them, and DDP would spread rank 0's to every rank at the next step.
+    buffers = [b.detach().clone() for b in job.module.buffers()]
     loss_sum, wait = torch.zeros((), device=job.device), 0.0
     for micro in range(job.accum_steps):
         t0 = time.perf_counter()
@@ -89,29 +109,32 @@ def train_step(job: Job, stream, progress: Progress) -> dict:
         wait += time.perf_counter() - t0
         last = micro == job.accum_steps - 1
         sync = contextlib.nullcontext() if last or not hasattr(job.model, "no_sync") else job.model.no_sync()
-        with sync, torch.autocast(job.device.type, torch.bfloat16, enabled=job.bf16):
-            loss = job.loss_fn(job.model(images), targets) / job.accum_steps
+        with sync:
+            with torch.autocast(job.device.type, torch.bfloat16, enabled=job.bf16):
+                loss = job.loss_fn(job.model(images), targets) / job.accum_steps
             loss.backward()
         loss_sum += loss.detach()
-    params = [p for p in job.module.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-    if torch.isfinite(grad_norm):
+    norm = grad_norm([p for p in job.module.parameters() if p.grad is not None])
+    if torch.isfinite(norm).item():  # the step's one wait for the device
         job.optimizer.step()
         progress.bad_in_row = 0
     else:
+        torch._foreach_copy_(list(job.module.buffers()), buffers)
         progress.bad_steps += 1
         progress.bad_in_row += 1
     job.optimizer.zero_grad(set_to_none=True)
     progress.images_seen += job.global_batch
     progress.steps += 1
-    return {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "wait": wait}
+    return {"loss": loss_sum, "lr": lr, "grad_norm": norm, "wait": wait}
 
+
+# --- checkpoints --------------------------------------------------------------------------
 
 def save(job: Job, progress: Progress) -> None:
     if job.env.is_main:
         state = {"model": job.module.state_dict(), "optimizer": job.optimizer.state_dict(),
                  "loader": job.loader.state_dict(), "progress": asdict(progress),
-                 "rng": checkpoint.rng_state(), "config": job.config}
+                 "rng": checkpoint.rng_state(job.device), "config": job.config}
         checkpoint.save(state, job.run_dir, progress.images_seen, job.keep)
     dist.barrier()
 
@@ -122,69 +145,92 @@ def restore(job: Job, progress: Progress, state: dict) -> None:
     job.loader.load_state_dict(state["loader"])
     for key, value in state["progress"].items():
         setattr(progress, key, value)
-    checkpoint.set_rng_state(state["rng"])
+    checkpoint.set_rng_state(state["rng"], job.device)
 
 
 def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
 
 
+# --- the loop -----------------------------------------------------------------------------
+
 def train(job: Job, progress: Progress) -> Progress:
-    stop = StopFlag()
     stream = batches(job)
     bar = tqdm(total=job.total_images, initial=progress.images_seen, unit="img", unit_scale=True,
                disable=not job.env.is_main, dynamic_ncols=True)
-    window = {"loss": 0.0, "wait": 0.0, "steps": 0, "start": time.perf_counter()}
+    window = Window(job.device)
     try:
-        while progress.images_seen < job.total_images:
-            before = progress.images_seen
-            out = train_step(job, stream, progress)
-            if not torch.isfinite(out["grad_norm"]) and progress.bad_in_row >= job.max_bad_steps:
-                raise NonFiniteLoss(f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient "
-                                    f"(at {progress.images_seen} images); the last good checkpoint is "
-                                    f"{checkpoint.latest(job.run_dir) or 'none'}")
-            window["loss"] += float(out["loss"]) if torch.isfinite(out["loss"]) else 0.0
-            window["wait"] += out["wait"]
-            window["steps"] += 1
-            bar.update(job.global_batch)
-            stopping = any_rank(stop.raised, job.device)
-            if progress.steps % job.log_every == 0 or stopping or progress.images_seen >= job.total_images:
-                log(job, progress, out, window, bar)
-            if crossed(before, progress.images_seen, job.eval_every) and job.evaluate is not None:
-                job.loggers.log({"images_seen": progress.images_seen, **job.evaluate()})
-            finished = progress.images_seen >= job.total_images
-            if crossed(before, progress.images_seen, job.checkpoint_every) or stopping or finished:
-                save(job, progress)
-            if stopping:
-                print(f"rank {job.env.rank}: stop signal; checkpoint at {progress.images_seen} images",
-                      file=sys.stderr, flush=True)
-                break
+        with stop_signals():
+            while progress.images_seen < job.total_images:
+                before = progress.images_seen
+                out = train_step(job, stream, progress)
+                if progress.bad_in_row >= job.max_bad_steps:
+                    raise NonFiniteLoss(f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient "
+                                        f"(at {progress.images_seen} images); the last good checkpoint is "
+                                        f"{checkpoint.latest(job.run_dir) or 'none'}")
+                window.add(out)
+                bar.update(job.global_batch)
+                signum = agreed_stop(job, progress)
+                finished = progress.images_seen >= job.total_images
+                if progress.steps % job.log_every == 0 or signum or finished:
+                    log(job, progress, out, window, bar)
+                if crossed(before, progress.images_seen, job.eval_every):
+                    evaluate(job, progress)
+                if crossed(before, progress.images_seen, job.checkpoint_every) or signum or finished:
+                    save(job, progress)
+                if signum:
+                    raise Interrupted(signum, progress.images_seen)
     finally:
         stream.close()  # stops the loader's worker processes
-    bar.close()
+        bar.close()
     return progress
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    if not torch.distributed.is_initialized():
-        return flag
-    return dist.all_reduce_sum([float(flag)], device)[0] > 0
+def evaluate(job: Job, progress: Progress) -> None:
+    if job.evaluate is not None and progress.evaluated_at != progress.images_seen:
+        job.loggers.log({"images_seen": progress.images_seen, **job.evaluate()})
+        progress.evaluated_at = progress.images_seen
 
 
-def log(job: Job, progress: Progress, out: dict, window: dict, bar) -> None:
-    elapsed = time.perf_counter() - window["start"]
-    loss, wait, bad_samples = dist.all_reduce_sum(
-        [window["loss"], window["wait"], float(sum(job.loader.bad_samples.values()))], job.device)
-    steps = max(1, window["steps"])
+class Window:
+    """Sums between two log lines, kept on the device so logging costs the only read."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.wait, self.steps, self.start = 0.0, 0, time.perf_counter()
+
+    def add(self, out: dict) -> None:
+        loss = out["loss"].double()
+        self.loss += torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
+        self.wait += out["wait"]
+        self.steps += 1
+
+
+def log(job: Job, progress: Progress, out: dict, window: Window, bar) -> None:
+    elapsed = time.perf_counter() - window.start
+    loss, wait, decode_failures = dist.all_reduce_sum(
+        [window.loss.item(), window.wait, float(job.loader.decode_failures)], job.device)
+    steps = max(1, window.steps)
     metrics = {
         "images_seen": progress.images_seen, "epoch": getattr(job.loader, "epoch", 0),
-        "loss": loss / steps / job.env.world_size, "lr": out["lr"],
+        "loss": loss / steps / job.env.world_size, "lr": out["lr"], "grad_norm": out["grad_norm"].item(),
         "img_per_s": steps * job.global_batch / max(elapsed, 1e-9),
         "data_wait": wait / job.env.world_size / max(elapsed, 1e-9),
-        "bad_steps": progress.bad_steps, "bad_samples": int(bad_samples),
+        "bad_steps": progress.bad_steps,
+        # Samples the catalog skipped are the same on every rank; decode failures are each rank's own.
+        "bad_samples": int(job.loader.catalog_bad + decode_failures),
     }
     if job.device.type == "cuda":
         metrics["max_mem_gb"] = torch.cuda.max_memory_allocated(job.device) / 2**30
     job.loggers.log(metrics)
     bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.4g}", refresh=False)
-    window.update(loss=0.0, wait=0.0, steps=0, start=time.perf_counter())
+    window.reset()
+
+
+def say(env: dist.DistEnv, text: str) -> None:
+    if env.is_main:
+        print(text, file=sys.stderr, flush=True)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 
 
 class JsonlLogger:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resume_at: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
+        drop_rows_after(self.path, resume_at)
         self.file = open(self.path, "a", buffering=1)  # line-buffered: a crash loses no line
 
     def log(self, metrics: dict) -> None:
@@ -22,6 +24,19 @@ class JsonlLogger:
     def close(self) -> None:
         self.file.close()
         plot_curves(self.path, self.path.with_name("curves.png"))
+
+
+def drop_rows_after(path: Path, images_seen: int) -> None:
+    """Forget rows logged after the checkpoint a run resumes from: the resumed run logs
+    those steps again, and curves would loop back."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("images_seen", 0) <= images_seen]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 class WandbLogger:
@@ -35,7 +50,13 @@ class WandbLogger:
         # The same id on resume continues one W&B run instead of starting a new one.
         self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
                               dir=str(run_dir), config=config, settings=wandb.Settings(silent=True))
-        self.wandb = wandb
+        self.wandb, self.mode = wandb, mode
+        if mode == "offline":
+            print(f"W&B run {run_id} is offline (no WANDB_API_KEY); upload it with: {self.sync_command()}",
+                  file=sys.stderr, flush=True)
+
+    def sync_command(self) -> str:
+        return f"wandb sync {Path(self.run.dir).parent}"
 
     def log(self, metrics: dict) -> None:
         self.run.log(metrics, step=int(metrics["images_seen"]))
@@ -45,6 +66,8 @@ class WandbLogger:
 
     def close(self) -> None:
         self.run.finish()
+        if self.mode == "offline":
+            print(f"W&B offline run saved; upload it with: {self.sync_command()}", file=sys.stderr, flush=True)
 
 
 class Loggers:
@@ -68,20 +91,22 @@ class Loggers:
 
 
 def make_loggers(run_dir: Path, is_main: bool, config: dict, wandb_mode: str, project: str,
-                 name: str | None) -> Loggers:
+                 name: str | None, resume_at: int = 0) -> Loggers:
+    """`resume_at`: images seen at the checkpoint the run starts from (0: a fresh run)."""
     if not is_main:
         return Loggers([])
-    loggers = [JsonlLogger(run_dir)]
+    loggers = [JsonlLogger(run_dir, resume_at)]
     if wandb_mode != "off":
         loggers.append(WandbLogger(run_dir, config, project, wandb_mode, name))
     return Loggers(loggers)
 
 
 def sample_images(shard_dir: str, count: int) -> tuple[list, list[str]]:
-    """The first `count` images of the first shard with their raw tags, for a look in W&B."""
+    """The first `count` images of the first shard with their raw tags, for a look in W&B,
+    as 224-pixel squares (W&B shows a list of images of one size only)."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from data_tools import shards
     manifest = shards.read_manifest(shard_dir)
@@ -89,7 +114,8 @@ def sample_images(shard_dir: str, count: int) -> tuple[list, list[str]]:
     for _, files in shards.iter_samples(Path(shard_dir) / manifest["shards"][0]["file"]):
         if len(images) >= count:
             break
-        images.append(Image.open(io.BytesIO(files["jpg"])).convert("RGB"))
+        image = Image.open(io.BytesIO(files["jpg"])).convert("RGB")
+        images.append(ImageOps.fit(image, (224, 224)))
         captions.append(" ".join(json.loads(files["json"])["tags"]))
     return images, captions
 

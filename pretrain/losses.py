@@ -34,8 +34,14 @@ def softmax_khot_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def sigmoid_bce_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Independent per-tag sigmoid binary cross-entropy, mean over tags and images."""
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+    """Independent per-tag sigmoid binary cross-entropy, summed over tags, mean over images.
+
+    Summing over the K tags keeps each logit's gradient at the usual scale; a mean over
+    17k tags would shrink it 17,000-fold, and the loss would barely train at the
+    learning rates that suit the softmax loss.
+    """
+    per_logit = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return per_logit.sum(dim=1).mean()
 
 
 def single_label_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:

@@ -49,7 +49,8 @@ class OptimConfig:
 
     def lr(self, images_seen: int, global_batch: int, total_images: int) -> float:
         """The learning rate after `images_seen` images of a `total_images` run."""
-        return lr_at(images_seen, peak=peak_lr(self.lr_per_256, global_batch), start=self.lr_per_256,
+        peak = peak_lr(self.lr_per_256, global_batch)
+        return lr_at(images_seen, peak=peak, start=min(self.lr_per_256, peak),
                      warmup_images=self.warmup_images, total_images=total_images,
                      schedule=self.schedule, steps=self.steps, final_lr=self.final_lr)
 
@@ -91,8 +92,10 @@ def lr_at(images_seen: int, *, peak: float, start: float = 0.1, warmup_images: i
     Args:
         images_seen: images consumed so far, over all workers.
         peak: the rate reached at the end of warm-up (see `peak_lr`).
-        start: the rate at image 0; the recipe starts from lr_per_256, the rate of a
-            256-image batch, whose default is 0.1.
+        start: the rate at image 0. Goyal et al. ramp up from the rate of a 256-image
+            batch (lr_per_256, 0.1 by default) to the peak of a larger batch;
+            OptimConfig.lr starts at min(lr_per_256, peak), so a global batch under 256
+            holds its (lower) peak from the start instead of ramping downhill.
         warmup_images: length of the linear ramp from `start` to `peak`.
         total_images: length of the whole run; past it the last value holds.
         schedule: "step" halves the rate `steps` times at equally spaced points that cut

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +20,8 @@ from pretrain.losses import make_loss
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer
 
+say = engine.say
+
 
 def loss_kind(requested: str, label_type: str) -> str:
     if requested != "auto":
@@ -30,12 +31,14 @@ def loss_kind(requested: str, label_type: str) -> str:
 
 def prepare_model(model: torch.nn.Module, cfg, env: dist.DistEnv, device: torch.device):
     """Device placement, memory format, SyncBN, DDP and compile; returns (wrapped, bare)."""
-    gpu = device.type == "cuda"
-    if cfg.train.sync_bn and env.world_size > 1:
+    gpu, distributed = device.type == "cuda", torch.distributed.is_initialized()
+    if cfg.train.sync_bn and distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device, memory_format=torch.channels_last if gpu and cfg.train.channels_last else torch.preserve_format)
+    # The loaders hand over channels_last images on every device; weights in the same
+    # layout keep the gradients in it too, as DDP's buckets expect.
+    model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
     wrapped = model
-    if env.world_size > 1:
+    if distributed:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if gpu else None,
                                           gradient_as_bucket_view=True)
     if cfg.train.compile:
@@ -44,7 +47,7 @@ def prepare_model(model: torch.nn.Module, cfg, env: dist.DistEnv, device: torch.
 
 
 def build_job(cfg: PretrainConfig, config_dict: dict, env: dist.DistEnv, device: torch.device,
-              model: torch.nn.Module, manifest: dict) -> engine.Job:
+              model: torch.nn.Module, manifest: dict, resume_at: int = 0) -> engine.Job:
     run_dir = Path(cfg.run_dir)
     loader = make_loader(cfg.data.loader, cfg.data.train, env.rank, env.world_size, device, "train")
     wrapped, bare = prepare_model(model, cfg, env, device)
@@ -61,8 +64,9 @@ def build_job(cfg: PretrainConfig, config_dict: dict, env: dist.DistEnv, device:
         accum_steps=cfg.train.accum_steps, bf16=cfg.train.bf16 and device.type == "cuda",
         max_bad_steps=cfg.train.max_bad_steps, log_every=cfg.log.every_steps,
         checkpoint_every=cfg.checkpoint.every_images, keep=cfg.checkpoint.keep, config=config_dict,
-        loggers=make_loggers(run_dir, env.is_main, config_dict, cfg.log.wandb, cfg.log.project, cfg.log.name),
-        evaluate=evaluate, eval_every=cfg.eval.every_images)
+        loggers=make_loggers(run_dir, env.is_main, config_dict, cfg.log.wandb, cfg.log.project, cfg.log.name,
+                             resume_at),
+        evaluate=evaluate, eval_every=cfg.eval.every_images, stop_check_steps=cfg.train.stop_check_steps)
 
 
 def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progress:
@@ -74,43 +78,82 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progr
         torch.manual_seed(cfg.seed)
         manifest = shards.read_manifest(cfg.data.train)
         run_dir = Path(cfg.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        state = resume_state(run_dir, env, config_dict, cfg.resume_with_changes)
+        progress = engine.Progress(**state["progress"]) if state else engine.Progress()
+        if progress.images_seen >= cfg.train.total_images:
+            if env.is_main and not (run_dir / "backbone.pt").is_file():  # stopped between the two
+                export(state["model"], cfg.model.name, config_dict, run_dir / "backbone.pt")
+            say(env, f"{run_dir} is a finished run ({progress.images_seen} images); nothing to do "
+                     "(a new run_dir starts afresh)")
+            return progress
         if env.is_main:  # what ran, beside what it produced
+            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
         num_classes = manifest["num_classes"]
         model = init_model(num_classes) if init_model else build_model(
             cfg.model.name, num_classes, zero_init_residual=cfg.model.zero_init_residual)
-        job = build_job(cfg, config_dict, env, device, model, manifest)
-        progress = engine.Progress()
-        latest = checkpoint.latest(run_dir)
-        if latest is not None:
-            engine.restore(job, progress, checkpoint.load(latest))
-            say(env, f"resumed from {latest.name} ({progress.images_seen} images seen)")
+        job = build_job(cfg, config_dict, env, device, model, manifest, progress.images_seen)
+        if state:
+            engine.restore(job, progress, state)
+            say(env, f"resumed from {progress.images_seen} images")
         else:
             if env.is_main and cfg.log.wandb != "off" and cfg.log.sample_images > 0:
                 job.loggers.log_images(*sample_images(cfg.data.train, cfg.log.sample_images))
             say(env, f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
                      f"{num_classes} labels, global batch {job.global_batch}, {env.world_size} rank(s) on {device.type}")
-        if cfg.train.bottleneck_seconds > 0:
-            report_bottleneck(job, cfg.train.bottleneck_seconds)
-        progress = engine.train(job, progress)
-        if progress.images_seen >= job.total_images:
-            if job.evaluate is not None:
-                job.loggers.log({"images_seen": progress.images_seen, **job.evaluate()})
-            if env.is_main:
-                export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
-                say(env, f"done: {progress.images_seen} images; backbone at {run_dir / 'backbone.pt'}")
-        job.loggers.close()
+            if cfg.train.bottleneck_seconds > 0:
+                report_bottleneck(job, cfg.train.bottleneck_seconds)
+        try:
+            progress = engine.train(job, progress)
+            engine.evaluate(job, progress)
+        finally:
+            job.loggers.close()
+        if env.is_main:
+            export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
+            say(env, f"done: {progress.images_seen} images; backbone at {run_dir / 'backbone.pt'}")
         return progress
     finally:
         dist.close()
 
 
+# Keys a resumed run may change freely: they alter how a run is watched, not what it computes.
+FREE_KEYS = ("log.", "data.loader.workers", "dist_timeout_s", "train.bottleneck_seconds", "resume_with_changes")
+
+
+def resume_state(run_dir: Path, env: dist.DistEnv, config: dict, allow_changes: bool) -> dict | None:
+    """The newest checkpoint's state (rank 0 picks it for all ranks), or None for a fresh
+    run. A run directory that holds a run of another config is refused, naming the keys."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run_dir {run_dir} is a file, not a directory")
+    latest = dist.from_main(checkpoint.latest(run_dir) if env.is_main else None)
+    if latest is None:
+        return None
+    state = checkpoint.load(latest)
+    changed = [f"{k}: {a!r} -> {b!r}" for k, a, b in diff(state["config"], config)
+               if not k.startswith(FREE_KEYS)]
+    if changed and not allow_changes:
+        raise ValueError(f"run_dir {run_dir} holds a run with another config ({'; '.join(changed[:6])}"
+                         f"{'; ...' if len(changed) > 6 else ''}): use a new run_dir to start afresh, or "
+                         "add resume_with_changes=true to continue this run with the new values")
+    return state
+
+
+def diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((prefix + key, a, b))
+    return found
+
+
 def report_bottleneck(job: engine.Job, seconds: float) -> None:
-    """Loader alone vs model step alone. The bare model takes the probe steps, so no rank
-    waits in a collective for another; weights, BN statistics and RNGs are put back after,
-    so the run trains exactly as without the probe."""
-    weights, rng = copy.deepcopy(job.module.state_dict()), checkpoint.rng_state()
+    """Loader alone vs model step alone, once, when a run starts. The bare model takes the
+    probe steps, so no rank waits in a collective for another; weights, BN statistics and
+    RNGs are put back after, so the run trains exactly as without the probe."""
+    weights, rng = copy.deepcopy(job.module.state_dict()), checkpoint.rng_state(job.device)
 
     def step(images, targets):
         with torch.autocast(job.device.type, torch.bfloat16, enabled=job.bf16):
@@ -122,7 +165,7 @@ def report_bottleneck(job: engine.Job, seconds: float) -> None:
         say(job.env, str(measure(job.loader, step, seconds)))
     finally:
         job.module.load_state_dict(weights)
-        checkpoint.set_rng_state(rng)
+        checkpoint.set_rng_state(rng, job.device)
 
 
 def export(state_dict: dict, name: str, config: dict, path: Path) -> Path:
@@ -144,6 +187,3 @@ def export_run(run_dir: str, out: str | None) -> Path:
     return export(state["model"], state["config"]["model"]["name"], state["config"], path)
 
 
-def say(env: dist.DistEnv, text: str) -> None:
-    if env.is_main:
-        print(text, file=sys.stderr, flush=True)

@@ -57,7 +57,7 @@ def final_checkpoint(run_dir: Path) -> Path:
 
 def test_loss_goes_down(shard_dir, tmp_path, capsys):
     cfg = config(shard_dir, tmp_path / "run", "train.total_images=640", "checkpoint.every_images=640",
-                 "optim.lr_per_256=0.4", "data.loader.sqrt_resample=false", "train.bottleneck_seconds=0.5")
+                 "optim.lr_per_256=3.2", "data.loader.sqrt_resample=false", "train.bottleneck_seconds=0.5")
     progress = run(cfg, to_dict(cfg))
     assert progress.images_seen == 640
     assert "bounds this run" in capsys.readouterr().err
@@ -143,21 +143,31 @@ def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run's weights differ from the uninterrupted run"
 
 
-def test_sigterm_checkpoints_and_stops(shard_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_checkpoints_and_exits_128_plus_signal(shard_dir, tmp_path, sig):
+    """Ctrl-C acts as SLURM's SIGTERM: a checkpoint at the next step, then 128 + signal.
+    Sent to the whole process group, as a terminal does, so loader workers get it too."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(cli("pretrain", f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY,
-                                "train.total_images=100000", "checkpoint.every_images=100000"),
-                            cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                "train.total_images=100000", "checkpoint.every_images=100000",
+                                "data.loader.workers=2"),
+                            cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
         time.sleep(0.1)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
     saved = checkpoint.latest(run_dir)
-    assert saved is not None and "stop signal" in err
-    assert checkpoint.load(saved)["progress"]["images_seen"] > 0
+    assert saved is not None and f"stopped by {signal.Signals(sig).name}" in err
+    seen = checkpoint.load(saved)["progress"]["images_seen"]
+    assert seen > 0 and "Traceback" not in err
+    resumed = subprocess.run(cli("pretrain", f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY,
+                                 "train.total_images=" + str(seen + 16), "resume_with_changes=true"),
+                             cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and f"resumed from {seen} images" in resumed.stderr, resumed.stderr[-2000:]
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(shard_dir, tmp_path):

@@ -71,9 +71,9 @@ class Job(NamedTuple):
 class Batch(tuple):
     """(images, targets); `keys` names the samples, for checks and debugging."""
 
-    def __new__(cls, images: torch.Tensor, targets: torch.Tensor, keys: list[str]):
+    def __new__(cls, images: torch.Tensor, targets: torch.Tensor, keys: list[str], rows: np.ndarray):
         batch = super().__new__(cls, (images, targets))
-        batch.keys = keys
+        batch.keys, batch.rows = keys, rows  # rows: catalog rows, to tell wrap-around repeats in eval
         return batch
 
 
@@ -95,6 +95,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend.startswith("dali") and not dali_available():
         raise ValueError(f"backend '{backend}' needs nvidia-dali, which is not installed; use 'wds'")
     return backend
+
+
+def cores_per_rank() -> int:
+    """This process's cores, shared with the other ranks on its node: torchrun gives every
+    rank the node's whole CPU set, so 8 ranks each taking every core would start 8x too
+    many workers."""
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
 def make_loader(cfg: LoaderConfig, directory: str | Path, rank: int = 0, world_size: int = 1,
@@ -185,13 +193,13 @@ class Loader:
             for job, (images, rows, failed) in zip(jobs, source):
                 self._note_failures(failed, rows)
                 self.consumed += len(job.rows)
-                yield Batch(images, self._targets(rows), [self.catalog.keys[r] for r in rows])
+                yield Batch(images, self._targets(rows), [self.catalog.keys[r] for r in rows], rows)
         finally:
             source.close()
         self._roll()
 
     def _source(self, jobs: list[Job]):
-        workers = self.cfg.workers or len(os.sched_getaffinity(0))
+        workers = self.cfg.workers or cores_per_rank()
         if self.backend == "dali":
             from data_tools.loaders import dali
             seed = int(np.random.default_rng(jobs[0].seed if jobs else 0).integers(2**31))
@@ -217,6 +225,16 @@ class Loader:
         else:
             targets = torch.from_numpy(c.label_idx[c.label_ptr[rows]])
         return targets.to(self.device, non_blocking=True)
+
+    @property
+    def catalog_bad(self) -> int:
+        """Samples the catalog skipped: the same count on every rank."""
+        return sum(self.catalog.bad.values())
+
+    @property
+    def decode_failures(self) -> int:
+        """Samples this rank failed to decode so far."""
+        return sum(len(v) for v in self._failed.values())
 
     @property
     def bad_samples(self) -> Counter:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import signal
 import time
 
 import torch
@@ -74,6 +75,17 @@ class Batches(IterableDataset):
             read.close()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C and SLURM's signals reach every process of the job: the training process
+    decides when to stop (after a checkpoint), so a worker must not die under it first.
+    A worker still ends with its parent (DataLoader's watchdog)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @functools.cache
 def recycle_large_blocks() -> None:
     """glibc gives every freed block over 32 MiB straight back to the kernel, so each
@@ -98,7 +110,8 @@ def batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, 
     size = max(len(job.rows) for job in jobs)
     ring = Ring(workers * PREFETCH + 1, (size, sizes.image, sizes.image, 3))
     data = Batches(catalog, jobs, train, sizes, use_dali, ring)
-    for slot, rows, failed in DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH):
+    for slot, rows, failed in DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
+                                         worker_init_fn=ignore_stop_signals):
         images = ring.data[slot][:len(rows)]
         if cuda:  # uint8 crosses the bus, 4x less than float
             images = images.to(device)
