@@ -2,7 +2,7 @@
 VENV ?= .venv
 PIP_ENV = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench gpu-check
 setup: $(VENV)/.installed
 
 # The registry's torch (a CUDA build, which runs on CPU too) with its matching torchvision;
@@ -24,3 +24,10 @@ bench: setup
 	$(VENV)/bin/python bench/build.py
 	$(VENV)/bin/python bench/loader.py
 	$(VENV)/bin/python bench/train_step.py
+
+# On a machine with a CUDA GPU: GPU tests, DALI decode, ResNeXt-101 bf16 img/s and MFU, NCCL DDP;
+# one table, written into docs/benchmarks.md. GPU_PYTHON: an interpreter that already has torch
+# with CUDA (a GPU machine without registries cannot build the venv).
+GPU_PYTHON ?= $(VENV)/bin/python
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py

@@ -35,7 +35,7 @@ class MemoryBatches:
 
     def __init__(self, images, targets, steps):
         self.images, self.targets, self.steps = images, targets, steps
-        self.bad_samples = Counter()
+        self.bad_samples, self.catalog_bad, self.decode_failures = Counter(), 0, 0
 
     def __iter__(self):
         for _ in range(self.steps):
