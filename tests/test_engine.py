@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from conftest import build_shards, write_corpus
+from data_tools import shards
 from data_tools.loaders import LoaderConfig, cores_per_rank, make_loader
 from data_tools.loaders.bottleneck import measure
 from launch.config import to_dict
@@ -138,11 +140,27 @@ sys.exit(main())
     return script
 
 
+def with_unlabelled_samples(shard_dir: Path, out: Path, count: int) -> Path:
+    """A copy of `shard_dir` plus one shard of `count` samples without labels, which the
+    catalog skips and counts (the same count on every rank)."""
+    shutil.copytree(shard_dir, out)
+    manifest = shards.read_manifest(out)
+    jpeg = next(shards.iter_samples(out / manifest["shards"][0]["file"]))[1]["jpg"]
+    number = len(manifest["shards"])
+    name = shards.shard_file("extra", number)
+    written = shards.write_shard(out / name, [(f"unlabelled{i}", jpeg, {"labels": []}) for i in range(count)])
+    manifest["shards"].append({"shard": number, "file": name, "index": shards.index_file(name),
+                               "samples": count, **written})
+    shards.write_json(out / "manifest.json", manifest)
+    return out
+
+
 def test_a_skipped_step_leaves_batchnorm_statistics_finite(shard_dir, tmp_path):
     run_dir = tmp_path / "run"
+    data = with_unlabelled_samples(shard_dir, tmp_path / "shards", 3)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", str(31500 + os.getpid() % 1000), str(poisoning_script(tmp_path)),
-                           "pretrain", f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY,
+                           "pretrain", f"data.train={data}", f"run_dir={run_dir}", *TINY,
                            "train.total_images=96", "checkpoint.every_images=96", "data.loader.workers=1"],
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -154,7 +172,7 @@ def test_a_skipped_step_leaves_batchnorm_statistics_finite(shard_dir, tmp_path):
         [k for k, v in buffers.items() if not torch.isfinite(v).all()][:3]
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert all("grad_norm" in r for r in rows if "loss" in r)
-    assert rows[-1]["bad_samples"] == 0
+    assert rows[-1]["bad_samples"] == 3  # counted once, not once per rank
 
 
 def test_a_run_dir_with_another_config_is_refused_in_one_line(shard_dir, tmp_path):
