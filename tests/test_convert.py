@@ -369,7 +369,7 @@ PLACES_BREAKS = {
                                                            "/a/airfield/00000001.jpg 365"), "outside 0..2"),
     "folder_vs_category": ("train", lambda r: replace_line(r / "places365_train_standard.txt", 3,
                                                            "/b/bus_station/indoor/00000001.jpg 2"),
-                           "folder is not their category"),
+                           "folder is not the category of their index"),
     "val_listed_missing": ("val", lambda r: (r / "val_256" / "Places365_val_00000002.jpg").unlink(),
                            "missing: .*Places365_val_00000002.jpg"),
     "category_gap": ("val", lambda r: replace_line(r / "categories_places365.txt", 2, "/b/bus_station/indoor 7"),

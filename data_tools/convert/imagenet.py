@@ -17,7 +17,7 @@ import csv
 import re
 from pathlib import Path
 
-from data_tools.convert.listing import (Item, LayoutError, Listing, image_files, match_disk, problem,
+from data_tools.convert.listing import (Item, LayoutError, Listing, image_files, match_disk, problem, quote,
                                         read_rows, unique)
 from data_tools.wordnet import WordNet
 
@@ -48,9 +48,9 @@ def find_devkit(root: Path) -> Path | None:
 
 def read_mapping(path: Path) -> list[str]:
     rows = unique(read_rows(path, (str, str), "WNID WORDS"), path, "wnid")
-    bad = [where for wnid, (where, _) in rows.items() if not WNID.fullmatch(wnid)]
+    bad = [number for wnid, (number, _) in rows.items() if not WNID.fullmatch(wnid)]
     if bad:
-        raise problem(f"{path}: {len(bad)} line(s) not starting with a wnid (n + 8 digits):", bad)
+        raise problem(f"{path}: {len(bad)} line(s) not starting with a wnid (n + 8 digits):", quote(path, bad), len(bad))
     return list(rows)
 
 
@@ -72,8 +72,8 @@ def read_meta(path: Path) -> dict[int, str]:
     return ids
 
 
-def read_solution(path: Path) -> dict[str, tuple[str, str]]:
-    """File name -> (wnid, where) from LOC_val_solution.csv; rows may come in any order."""
+def read_solution(path: Path) -> dict[str, str]:
+    """File name -> wnid from LOC_val_solution.csv; rows may come in any order."""
     labels, bad = {}, []
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
@@ -81,29 +81,27 @@ def read_solution(path: Path) -> dict[str, tuple[str, str]]:
         if header != ["ImageId", "PredictionString"]:
             raise LayoutError(f"{path}: header must be 'ImageId,PredictionString', found {','.join(header or [])!r}")
         for number, row in enumerate(rows, 2):
-            where = f"{path.name}:{number}: {','.join(row)[:100]}"
             words = row[1].split() if len(row) == 2 else []
-            if not words or not WNID.fullmatch(words[0]) or not row[0]:
-                bad.append(where)
-            elif row[0] + ".JPEG" in labels:
-                bad.append(where + " (repeated)")
+            if not words or not WNID.fullmatch(words[0]) or not row[0] or row[0] + ".JPEG" in labels:
+                bad.append(number)
             else:
-                labels[row[0] + ".JPEG"] = (words[0], where)
+                labels[row[0] + ".JPEG"] = words[0]
     if bad:
-        raise problem(f"{path}: {len(bad)} malformed or repeated row(s), expected 'ImageId,WNID X Y X Y ...':", bad)
+        raise problem(f"{path}: {len(bad)} malformed or repeated row(s), expected 'ImageId,WNID X Y X Y ...':",
+                      quote(path, bad), len(bad))
     return labels
 
 
-def read_ground_truth(path: Path, ids: dict[int, str] | None) -> dict[str, tuple[str, str]]:
-    """File name -> (wnid, where): line k labels ILSVRC2012_val_0000000k.JPEG."""
+def read_ground_truth(path: Path, ids: dict[int, str] | None) -> dict[str, str]:
+    """File name -> wnid: line k labels ILSVRC2012_val_0000000k.JPEG."""
     if ids is None:
         raise LayoutError(f"{path} needs the devkit's {META} beside it to map ILSVRC2012_IDs to wnids")
     rows = read_rows(path, (int,), "ILSVRC2012_ID")
-    bad = [where for where, (i,) in rows if i not in ids]
+    bad = [number for number, (i,) in rows if i not in ids]
     if bad:
         raise problem(f"{path}: {len(bad)} ILSVRC2012_ID(s) out of range (not a leaf synset of meta.mat, "
-                      f"1..{len(ids)}):", bad)
-    return {VAL_NAME.format(k): (ids[i], where) for k, (where, (i,)) in enumerate(rows, 1)}
+                      f"1..{len(ids)}):", quote(path, bad), len(bad))
+    return {VAL_NAME.format(k): ids[i] for k, (_, (i,)) in enumerate(rows, 1)}
 
 
 def val_labels(root: Path, devkit: Path | None, ids: dict[int, str] | None) -> tuple[str, dict] | None:
@@ -115,9 +113,11 @@ def val_labels(root: Path, devkit: Path | None, ids: dict[int, str] | None) -> t
         sources.append((str(devkit / GROUND_TRUTH), read_ground_truth(devkit / GROUND_TRUTH, ids)))
     if len(sources) == 2:
         (name_a, a), (name_b, b) = sources
-        lines = [f"{name}: only in {Path(name_a).name}" for name in a if name not in b] + \
-                [f"{name}: only in {Path(name_b).name}" for name in b if name not in a] + \
-                [f"{a[name][1]} vs {b[name][1]}" for name in a if name in b and a[name][0] != b[name][0]]
+        short_a, short_b = Path(name_a).name, Path(name_b).name
+        lines = [f"{name}: only in {short_a}" for name in a if name not in b] + \
+                [f"{name}: only in {short_b}" for name in b if name not in a] + \
+                [f"{name}: {short_a} says {a[name]}, {short_b} says {b[name]}"
+                 for name in a if name in b and a[name] != b[name]]
         if lines:
             raise problem(f"{name_a} and {name_b} disagree on {len(lines)} image(s):", lines)
     return sources[0] if sources else None
@@ -144,8 +144,8 @@ def folder_items(images: Path, on_disk: set[str], split: str) -> list[tuple[str,
 def check_folders_against(labels: tuple[str, dict], items: list[tuple[str, str]], images: Path) -> None:
     label_file, by_name = labels
     match_disk(list(by_name), {Path(path).name for path, _ in items}, label_file, images)
-    wrong = [f"{by_name[Path(path).name][1]} (file in folder {wnid})" for path, wnid in items
-             if by_name[Path(path).name][0] != wnid]
+    wrong = [f"{path}: {Path(label_file).name} says {by_name[Path(path).name]}" for path, wnid in items
+             if by_name[Path(path).name] != wnid]
     if wrong:
         raise problem(f"{label_file} disagrees with the class folders for {len(wrong)} image(s):", wrong)
 
@@ -181,7 +181,7 @@ def read(root: Path, cfg) -> Listing:
                               f"{GROUND_TRUTH} (+ {META}) under {root / DEVKITS[0]}")
         label_file, by_name = labels
         match_disk(list(by_name), on_disk, label_file, images)
-        items = [(name, by_name[name][0]) for name in sorted(by_name)]
+        items = [(name, by_name[name]) for name in sorted(by_name)]
     else:
         items = folder_items(images, on_disk, cfg.split)
         if labels is not None:

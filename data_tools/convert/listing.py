@@ -85,28 +85,44 @@ class LabelledSource:
         return digest.hexdigest()
 
 
-def read_rows(path: Path, columns: tuple[Callable, ...], form: str) -> list[tuple[str, tuple]]:
-    """Each non-blank line as (where, converted fields); every malformed line is reported.
+def read_rows(path: Path, columns: tuple[Callable, ...], form: str) -> list[tuple[int, tuple]]:
+    """Each non-blank line as (line number, its fields converted); every malformed line is reported.
 
-    `where` is 'file:line: text', ready to quote in an error.
+    Line numbers, not texts, are kept (a train list has millions of lines); `quote` fetches
+    the texts for an error.
     """
     rows, bad = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, 1):
-            text = line.strip().lstrip("\ufeff")
-            if not text:
+            parts = line.strip().split(None, len(columns) - 1)
+            if not parts:
                 continue
-            where = f"{path.name}:{number}: {text}"
-            parts = text.split(maxsplit=len(columns) - 1)
             try:
                 if len(parts) != len(columns):
                     raise ValueError
-                rows.append((where, tuple(convert(part) for convert, part in zip(columns, parts))))
+                rows.append((number, tuple(map(_apply, columns, parts))))
             except ValueError:
-                bad.append(where)
+                bad.append(number)
     if bad:
-        raise problem(f"{path}: {len(bad)} malformed line(s), expected '{form}':", bad)
+        raise problem(f"{path}: {len(bad)} malformed line(s), expected '{form}':", quote(path, bad), len(bad))
     return rows
+
+
+def _apply(convert: Callable, text: str):
+    return convert(text)
+
+
+def quote(path: Path, numbers: Iterable[int]) -> list[str]:
+    """'file:line: text' for the first SHOWN of these line numbers."""
+    wanted = sorted(numbers)[:SHOWN]
+    found = {}
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if number in wanted:
+                found[number] = f"{path.name}:{number}: {line.strip()}"
+            if not wanted or number >= wanted[-1]:
+                break
+    return [found[n] for n in wanted if n in found]
 
 
 def require_files(directory: Path, names: Iterable[str], dataset: str) -> None:
@@ -115,16 +131,17 @@ def require_files(directory: Path, names: Iterable[str], dataset: str) -> None:
         raise LayoutError(f"{directory} is not a {dataset} root: {', '.join(missing)} not found")
 
 
-def unique(rows: list[tuple[str, tuple]], path: Path, what: str) -> dict:
-    """First field -> (where, rest); a repeated first field is an error."""
+def unique(rows: list[tuple[int, tuple]], path: Path, what: str, column: int = 0) -> dict:
+    """Key (the fields[column]) -> (line number, fields); a repeated key is an error."""
     out, repeated = {}, []
-    for where, (key, *rest) in rows:
+    for number, fields in rows:
+        key = fields[column]
         if key in out:
-            repeated.append(where)
+            repeated.append(number)
         else:
-            out[key] = (where, rest)
+            out[key] = (number, fields)
     if repeated:
-        raise problem(f"{path}: {len(repeated)} repeated {what}(s):", repeated)
+        raise problem(f"{path}: {len(repeated)} repeated {what}(s):", quote(path, repeated), len(repeated))
     return out
 
 

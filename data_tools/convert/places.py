@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_tools.convert.listing import (Item, LayoutError, Listing, image_files, match_disk, problem,
+from data_tools.convert.listing import (Item, LayoutError, Listing, image_files, match_disk, problem, quote,
                                         read_rows, require_files, unique)
 
 PUBLISHED = {"train": (1_803_460, 365), "val": (36_500, 365)}
@@ -22,14 +22,14 @@ IMAGE_DIRS = {"train": ("data_256_standard", "data_large_standard", "data_256", 
 
 def read_categories(path: Path) -> list[str]:
     rows = read_rows(path, (str, int), "/l/CATEGORY INDEX")
-    by_index = unique([(where, (index, name)) for where, (name, index) in rows], path, "index")
     unique(rows, path, "category")
+    by_index = unique(rows, path, "index", column=1)
     if sorted(by_index) != list(range(len(by_index))):
-        lines = [where for index, (where, _) in by_index.items() if not 0 <= index < len(by_index)]
-        raise problem(f"{path}: indices must be 0..{len(by_index) - 1} without gaps:", lines or ["(gaps)"])
-    bad = [where for where, (name, _) in rows if not name.startswith("/")]
+        wrong = [number for index, (number, _) in by_index.items() if not 0 <= index < len(by_index)]
+        raise problem(f"{path}: indices must be 0..{len(by_index) - 1} without gaps:", quote(path, wrong))
+    bad = [number for number, (name, _) in rows if not name.startswith("/")]
     if bad:
-        raise problem(f"{path}: category names start with '/' (as in /a/airfield):", bad)
+        raise problem(f"{path}: category names start with '/' (as in /a/airfield):", quote(path, bad), len(bad))
     return [by_index[i][1][0] for i in range(len(by_index))]
 
 
@@ -52,21 +52,22 @@ def read(root: Path, cfg) -> Listing:
     list_path = root / LISTS[cfg.split]
     listed = unique(read_rows(list_path, (str, int), "PATH INDEX"), list_path, "image")
 
-    out_of_range = [where for where, (label,) in listed.values() if not 0 <= label < len(classes)]
+    out_of_range = [number for number, (_, label) in listed.values() if not 0 <= label < len(classes)]
     if out_of_range:
-        raise problem(f"{list_path}: {len(out_of_range)} index(es) outside 0..{len(classes) - 1}:", out_of_range)
+        raise problem(f"{list_path}: {len(out_of_range)} index(es) outside 0..{len(classes) - 1}:",
+                      quote(list_path, out_of_range), len(out_of_range))
     if cfg.split == "train":
         # A train path starts with its category: the two label sources must agree.
-        disagree = [f"{where} (index {label} is {classes[label]})" for path, (where, (label,)) in listed.items()
-                    if path.rsplit("/", 1)[0] != classes[label]]
+        disagree = [number for path, (number, (_, label)) in listed.items() if path.rsplit("/", 1)[0] != classes[label]]
         if disagree:
-            raise problem(f"{list_path}: {len(disagree)} image(s) whose folder is not their category:", disagree)
+            raise problem(f"{list_path}: {len(disagree)} image(s) whose folder is not the category of their index:",
+                          quote(list_path, disagree), len(disagree))
 
     images = image_dir(root, cfg.split, cfg.image_root)
-    relative = {path: path.lstrip("/") for path in listed}
-    match_disk(list(relative.values()), image_files(images, cfg.progress), str(list_path), images)
+    relative = [path.lstrip("/") for path in listed]
+    match_disk(relative, image_files(images, cfg.progress), str(list_path), images)
     prefix = images.relative_to(root).as_posix()
-    items = [Item(f"{prefix}/{relative[path]}", classes[label]) for path, (_, (label,)) in listed.items()]
+    items = [Item(f"{prefix}/{path}", classes[label]) for path, (_, (_, label)) in zip(relative, listed.values())]
     lemmas = {name: name.split("/", 2)[-1] for name in classes}
     names = (lambda: (f"Places365_val_{i:08d}.jpg" for i in range(1, 36_501))) if cfg.split == "val" else None
     return Listing("places", cfg.split, root, classes, lemmas, items, PUBLISHED[cfg.split], names)
