@@ -13,6 +13,7 @@ import scipy.io
 
 from conftest import REPO, photo
 from data_tools import shards, vocab
+from data_tools.build import merge
 from data_tools.convert import ConvertConfig, convert, places
 from data_tools.convert.listing import Item, LayoutError, Listing, completeness, partial_message
 from data_tools.verify import verify
@@ -462,3 +463,13 @@ def test_reused_output_of_another_split_is_refused(tmp_path):
     run_convert("cub", tmp_path / "cub", tmp_path / "out")
     with pytest.raises(ValueError, match="holds shards of a different build"):
         run_convert("cub", tmp_path / "cub", tmp_path / "out", "split=test")
+
+
+def test_parts_merge_into_the_single_run(tmp_path):
+    imagenet_train(tmp_path / "in")
+    whole = run_convert("imagenet", tmp_path / "in", tmp_path / "whole")
+    for i in range(2):
+        run_convert("imagenet", tmp_path / "in", tmp_path / "parts", f"part={i}/2")
+    merged = merge(str(tmp_path / "parts"))
+    assert merged["shards"] == whole["shards"] and merged["source"] == whole["source"]
+    assert_verifies(tmp_path / "parts")
