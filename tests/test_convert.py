@@ -305,6 +305,9 @@ def break_imagenet(kind: str, root: Path) -> None:
     elif kind == "sources_disagree":
         write_solution(root)
         write_devkit(root, VAL_LABELS[:-1] + [WNIDS[0]])
+    elif kind == "meta_not_devkit":
+        data = write_devkit(root)
+        scipy.io.savemat(data / "meta.mat", {"classes": np.arange(3)})
     elif kind == "wnid_not_a_class":
         write_solution(root, VAL_LABELS[:-1] + ["n01491361"])
     elif kind == "train_name_vs_folder":
@@ -319,6 +322,7 @@ IMAGENET_BREAKS = {
     "csv_header": "header must be 'ImageId,PredictionString'",
     "devkit_id_out_of_range": "ILSVRC2012_validation_ground_truth.txt:3: 1001",
     "sources_disagree": "disagree on 1 image",
+    "meta_not_devkit": "meta.mat is not the devkit's meta.mat",
     "wnid_not_a_class": r"1 wnid\(s\) out of range",
     "train_name_vs_folder": "n01440764/n01443537_7.JPEG",
 }
@@ -351,6 +355,8 @@ CUB_BREAKS = {
                  "repeated image id"),
     "listed_missing": (lambda r: next((r / "images").rglob("*_0002_3.jpg")).unlink(), "1 listed file"),
     "unlisted": (lambda r: save_jpeg(r / "images" / CUB_CLASSES[0] / "extra.jpg", 7), "not listed: .*extra.jpg"),
+    "zero_width_box": (lambda r: replace_line(r / "bounding_boxes.txt", 6, "6 1.0 2.0 0.0 10.5"),
+                       "bounding_boxes.txt:6: 6 1.0 2.0 0.0 10.5"),
     "no_classes_file": (lambda r: (r / "classes.txt").unlink(), "classes.txt not found"),
     "class_id_gap": (lambda r: replace_line(r / "classes.txt", 3, "5 003.Sooty_Albatross"), "classes.txt:3"),
 }
