@@ -104,6 +104,7 @@ class Labeler:
     """Raw tags → sorted unique canonical ids (WordNet synsets, or the ImageFolder class)."""
 
     def __init__(self, source, wordnet_dir: str | None):
+        self.source = source
         self.single = source.single_label
         self.wordnet = None if self.single else WordNet(wordnet_dir)
         self.unknown_tags = 0
@@ -123,7 +124,7 @@ class Labeler:
     def lemma(self, sid: str) -> str:
         if self.wordnet is not None:
             return self.wordnet.lemma(sid)
-        return sid
+        return self.source.lemma(sid)
 
 
 def record_problem(record: Record, ids: list[str]) -> str:
@@ -182,7 +183,7 @@ def samples_per_shard(cfg: ShardConfig, sizes: list[int]) -> int:
 
 
 def plan(source, labeler: Labeler, index_of: dict[str, int], per_shard: int, part: tuple[int, int], dropped: Counter):
-    """Yield (shard index, [(key, path, labels, tags)]) for this part's shards."""
+    """Yield (shard index, [(key, path, labels, json meta)]) for this part's shards."""
     mine, parts = part
     shard, group = 0, []
     for record in source:
@@ -194,7 +195,7 @@ def plan(source, labeler: Labeler, index_of: dict[str, int], per_shard: int, par
             dropped["no_vocab_tag"] += 1
             continue
         if shard % parts == mine:
-            group.append((record.key, record.path, labels, record.tags))
+            group.append((record.key, record.path, labels, record.sample_meta()))
         else:
             group.append(None)  # keep positions so every part cuts shards at the same records
         if len(group) == per_shard:
@@ -209,7 +210,7 @@ def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRu
     """Worker: read, check and convert each image, write the shard, then its stats file."""
     tag_counts, bad, converted, examples = Counter(), Counter(), Counter(), []
     samples = []
-    for key, path, labels, tags in group:
+    for key, path, labels, meta in group:
         try:
             with open(path, "rb") as f:
                 jpeg, conversions = prepare(f.read(), rules)
@@ -224,7 +225,7 @@ def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRu
             continue
         converted.update(conversions)
         tag_counts.update(labels)
-        samples.append((key, jpeg, {"labels": labels, "tags": tags, "path": path}))
+        samples.append((key, jpeg, {"labels": labels, **meta}))
     tar = shards.shard_file(name, shard)
     info = shards.write_shard(Path(out) / tar, samples)
     stats = {
@@ -321,9 +322,17 @@ def check_fingerprint(out: Path, fingerprint: dict) -> None:
 
 
 def build(cfg: BuildConfig) -> dict:
-    part = parse_part(cfg.part)
     source = open_source(cfg)
-    labeler = Labeler(source, cfg.vocab.wordnet_dir)
+    return write_dataset(cfg, source, Labeler(source, cfg.vocab.wordnet_dir))
+
+
+def write_dataset(cfg, source, labeler: Labeler, extra: dict | None = None) -> dict:
+    """Both passes over any source; `wsl data convert` enters here with its own labelled source.
+
+    `cfg` needs output, part, workers, progress, images, shards (and vocab for multi-label
+    data); `extra` adds top-level manifest keys.
+    """
+    part = parse_part(cfg.part)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -345,7 +354,7 @@ def build(cfg: BuildConfig) -> dict:
     jobs = plan(source, labeler, index_of, per_shard, part, dropped)
     results = run_jobs(cfg, out, jobs, rules, len(entries), mine)
 
-    manifest = assemble(results, entries, source, dropped, per_shard, inputs_hash, cfg)
+    manifest = {**assemble(results, entries, source, dropped, per_shard, inputs_hash, cfg), **(extra or {})}
     shards.write_json(out / manifest_name(part), manifest)
     return manifest
 

@@ -23,10 +23,14 @@ class Record:
     path: str = ""
     tags: list[str] = field(default_factory=list)
     error: str = ""                 # why the input line itself is unusable
+    meta: dict | None = None        # the sample's json beside `labels`; None: its tags and path
 
     @property
     def key(self) -> str:
         return f"{self.index:012d}"
+
+    def sample_meta(self) -> dict:
+        return {"tags": self.tags, "path": self.path} if self.meta is None else self.meta
 
 
 class ManifestSource:
@@ -106,6 +110,9 @@ class ImageFolderSource:
     def __iter__(self) -> Iterator[Record]:
         for index, (path, cls) in enumerate(self.files):
             yield Record(index, path, [cls])
+
+    def lemma(self, cls: str) -> str:
+        return cls
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()

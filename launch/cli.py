@@ -32,6 +32,23 @@ def data_build(args) -> int:
     return 0
 
 
+def data_convert(args) -> int:
+    import json
+
+    from data_tools.build import summary
+    from data_tools.convert import ConvertConfig, convert, describe
+    # JSON-quoted, so a path YAML would misread ("a: b", "yes", "123") stays the string given.
+    given = {"dataset": args.dataset, "root": args.root, "output": args.output, "split": args.split, "part": args.part}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
+    manifest = convert(make_config(ConvertConfig, args.config, overrides + args.overrides))
+    print(summary(manifest))
+    print(describe(manifest))
+    if manifest["num_samples"] == 0:
+        print("wsl: error: no usable image in the input", file=sys.stderr)
+        return 1
+    return 0
+
+
 def data_merge(args) -> int:
     from data_tools.build import merge, summary
     print(summary(merge(args.directory)))
@@ -92,6 +109,14 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--part", metavar="i/N", help="build only slice i of N (e.g. a SLURM array task)")
     p.set_defaults(func=data_build)
+    p = data_cmds.add_parser("convert", help="ImageNet, CUB-200-2011 or Places365 as distributed -> shards")
+    p.add_argument("dataset", choices=("imagenet", "cub", "places"))
+    p.add_argument("root", help="the dataset's folder as distributed")
+    p.add_argument("output", help="the shard directory")
+    p.add_argument("--split", help="imagenet: train|val, cub: train|test, places: train|val (default: train)")
+    p.add_argument("--part", metavar="i/N", help="convert only slice i of N; then `wsl data merge OUTPUT`")
+    add_config_args(p)
+    p.set_defaults(func=data_convert)
     p = data_cmds.add_parser("merge", help="join the manifests of a --part i/N build")
     p.add_argument("directory")
     p.set_defaults(func=data_merge)
@@ -118,7 +143,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    # argparse gives a '*' positional only the words before the first option, so dotted
+    # overrides after one (`wsl data convert cub ROOT OUT --split test key=value`) come back here.
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in rest):
+        args.overrides += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except USER_ERRORS as err:
