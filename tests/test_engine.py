@@ -223,3 +223,12 @@ def test_bottleneck_probe_on_a_tiny_set_measures_and_keeps_its_time(tmp_path):
     took = time.perf_counter() - start
     assert report.loader_ips > 0 and report.step_ips > 0
     assert took < 2 * 1.0 + 6, f"the probe took {took:.1f} s for 1 s of each measurement"
+
+
+def test_an_eval_boundary_at_the_end_evaluates_once(shard_dir, tmp_path):
+    cfg = config(shard_dir, tmp_path / "run", f"data.val={shard_dir}", "train.total_images=64",
+                 "checkpoint.every_images=64", "eval.every_images=32", "eval.max_images=16")
+    run(cfg, to_dict(cfg))
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["images_seen"] for r in rows if "val/mAP" in r] == [32, 64]
+    assert all(r["val/images"] == 16 for r in rows if "val/mAP" in r)

@@ -67,8 +67,8 @@ def test_sigmoid_bce_matches_hand_computation():
     # softplus(x) - t * x per entry
     terms = [0.6931471805599453, 2.1269280110429727, 1.3132616875182228,
              1.3132616875182228, 0.6931471805599453, 0.6931471805599453]
-    expected = sum(terms) / 6
-    assert expected == pytest.approx(1.1388154879598757)
+    expected = sum(terms) / 2  # summed over the 3 tags, averaged over the 2 images
+    assert expected == pytest.approx(3 * 1.1388154879598757)
     assert sigmoid_bce_loss(logits, targets).item() == pytest.approx(expected, rel=1e-6)
 
 

@@ -115,7 +115,7 @@ def test_two_gloo_ranks_match_one_rank_with_accumulation(tmp_path):
 
 
 def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
-    # The bottleneck probe runs at each start: the resumed run must not be perturbed by it.
+    # The bottleneck probe runs when the run starts: the run must not be perturbed by it.
     common = [f"data.train={shard_dir}", *TINY, "train.total_images=320", "checkpoint.every_images=64",
               "train.bottleneck_seconds=0.3"]
     straight = subprocess.run(cli("pretrain", f"run_dir={tmp_path / 'straight'}", *common), cwd=REPO,
