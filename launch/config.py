@@ -7,6 +7,10 @@ the key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -207,3 +211,59 @@ def to_dict(obj) -> dict:
 def dump(obj, path: str | Path) -> None:
     """Write the resolved config, so a run directory says exactly what ran."""
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def annotated_yaml(obj, title: str) -> str:
+    """The config as YAML that loads back, each key with the comment beside its field in
+    the source, its range and its choices."""
+    rows: list[tuple[str, str]] = []
+    _rows(obj, 0, rows)
+    width = min(48, max(len(text) for text, _ in rows) + 2)
+    lines = [f"# {title}"]
+    for text, note in rows:
+        lines.append(f"{text:<{width}}# {note}".rstrip() if note else text)
+    return "\n".join(lines)
+
+
+def _rows(obj, depth: int, rows: list) -> None:
+    comments = field_comments(type(obj))
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, indent = getattr(obj, f.name), "  " * depth
+        notes = [comments.get(f.name, "")]
+        if dataclasses.is_dataclass(value):
+            rows.append((f"{indent}{f.name}:", notes[0]))
+            _rows(value, depth + 1, rows)
+            continue
+        choices = _choices(hints[f.name])
+        if choices:
+            notes.append(f"one of {', '.join(map(str, choices))}")
+        if "range" in f.metadata:
+            notes.append(f"in {f.metadata['range']}")
+        rows.append((f"{indent}{f.name}: {_scalar(value)}", "; ".join(n for n in notes if n)))
+
+
+def _choices(hint: Any) -> tuple:
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return ()
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+    return text.removesuffix("\n...\n").strip()
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """{field: the `# comment` on its line} read from the class's source."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    names = {f.name for f in dataclasses.fields(cls)}
+    first: dict[int, str] = {}  # line -> the field declared on it
+    comments: dict[str, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        line, column = token.start
+        if token.type == tokenize.NAME and line not in first:
+            first[line] = token.string if column == 4 and token.string in names else ""
+        elif token.type == tokenize.COMMENT and first.get(line):
+            comments.setdefault(first[line], token.string.lstrip("#").strip())
+    return comments
