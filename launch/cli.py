@@ -137,7 +137,7 @@ def add_stage_parsers(parser: argparse.ArgumentParser, tree: dict, words: tuple 
     commands = parser.add_subparsers(dest=f"stage_word_{len(words)}", required=True, metavar="STAGE")
     for word, rest in tree.items():
         stage = " ".join((*words, word))
-        p = commands.add_parser(word, help=f"the config of `wsl {stage}`" if not rest else None)
+        p = commands.add_parser(word, help=f"`wsl {stage} ...` stages" if rest else f"the config of `wsl {stage}`")
         if rest:
             add_stage_parsers(p, rest, (*words, word))
         else:
