@@ -377,7 +377,7 @@ def check_output(out: Path, source) -> None:
         raise ValueError(f"output {out} is a file; give a directory for the shards")
     target, inputs = out.resolve(), Path(source.root).resolve()
     if target == inputs or target in inputs.parents:
-        raise ValueError(f"output {out} holds the input images ({inputs}); choose a directory of its own")
+        raise ValueError(f"output {out} is or holds the input folder {inputs}; choose a directory of its own")
     if source.single_label and inputs in target.parents:
         raise ValueError(f"output {out} is inside the input image folder {inputs}, where it would "
                          "read as a class; choose a directory outside it")
@@ -414,15 +414,23 @@ def build(cfg: BuildConfig) -> dict:
     rules = ImageRules(cfg.images.max_side, cfg.images.max_pixels, cfg.images.quality)
     jobs = plan(source, labeler, index_of, per_shard, part, tally.dropped)
     results = run_jobs(cfg, out, jobs, rules, len(entries), mine)
-    if results and not any(r["samples"] for r in results):
-        remove_shards(out, part)
-        for r in results:
-            stats_path(out, r["shard"]).unlink()
+    if part[1] == 1 and not any(r["samples"] for r in results):
+        discard(out, results)
         raise ValueError(f"no usable image in the input, nothing kept in {out}: {bad_line(results)}")
 
     manifest = assemble(results, entries, source, tally, per_shard, inputs_hash, cfg)
     shards.write_json(out / manifest_name(part), manifest)
     return manifest
+
+
+def discard(out: Path, results: list[dict]) -> None:
+    """Remove what a build without a single usable image wrote: nothing may pass for shards."""
+    remove_shards(out, (0, 1))
+    for path in [*(stats_path(out, r["shard"]) for r in results), out / ".build" / "fingerprint.json",
+                 out / "vocabulary.tsv"]:
+        path.unlink(missing_ok=True)
+    if not any((out / ".build").iterdir()):
+        (out / ".build").rmdir()
 
 
 def bad_line(results: list[dict]) -> str:
@@ -486,6 +494,8 @@ def merge(directory: str) -> dict:
             if p[key] != first[key]:
                 raise ValueError(f"cannot merge: parts disagree on '{key}' (built from different inputs or settings)")
     results = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["shard"])
+    if not any(s["samples"] for s in results):
+        raise ValueError(f"cannot merge: no part of {directory} holds a usable image")
     merged = dict(first)
     merged.update({
         "num_samples": sum(s["samples"] for s in results),

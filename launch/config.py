@@ -221,7 +221,8 @@ def annotated_yaml(obj, title: str) -> str:
     width = min(48, max(len(text) for text, _ in rows) + 2)
     lines = [f"# {title}"]
     for text, note in rows:
-        lines.append(f"{text:<{width}}# {note}".rstrip() if note else text)
+        # YAML needs a space before '#' for a comment; a long line gets two.
+        lines.append(f"{text:<{max(width, len(text) + 2)}}# {note}" if note else text)
     return "\n".join(lines)
 
 

@@ -116,7 +116,7 @@ def test_yes_for_a_choice_lists_the_choices():
 
 def test_wsl_config_prints_yaml_that_loads_back_with_comments_and_ranges(capsys, tmp_path):
     preset = str(REPO / "configs" / "pretrain" / "tiny.yaml")
-    overrides = ["run_dir=runs/x", "data.train=shards", "data.loader.batch_size=1e3", "optim.weight_decay=5e-5"]
+    overrides = [f"run_dir=runs/{'x' * 60}", "data.train=shards", "data.loader.batch_size=1e3", "optim.weight_decay=5e-5"]
     code, out, err = run(capsys, "config", "pretrain", "-c", preset, *overrides)
     assert code == 0 and err == ""
     lines = out.splitlines()
