@@ -12,6 +12,18 @@ from launch.config import build as make_config
 
 USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
 
+def user_errors() -> tuple:
+    """USER_ERRORS, and W&B's UsageError (log.wandb=online without an API key) once W&B is loaded."""
+    wandb = sys.modules.get("wandb")
+    return USER_ERRORS + ((wandb.errors.UsageError,) if wandb is not None else ())
+
+
+def describe(err: Exception) -> str:
+    if type(err).__module__.startswith("wandb"):
+        return f"W&B: {err} (log.wandb=offline logs without an account)"
+    return str(err)
+
+
 # Every configurable stage: `wsl config STAGE` prints its config. A new stage adds one line.
 STAGES = {
     "data build": "data_tools.build:BuildConfig",
@@ -222,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(with_default_command(argv))
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         if os.environ.get("WSL_DEBUG"):
             raise
-        print(f"wsl: error: {err}", file=sys.stderr)
+        print(f"wsl: error: {describe(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("wsl: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -167,6 +170,17 @@ def test_pretrain_errors_are_one_line_before_the_run_directory(capsys, tmp_path,
     for expected, argv in cases.items():
         assert expected in one_error(capsys, *argv), argv
     assert not run_dir.exists()
+
+
+def test_wandb_online_without_an_api_key_is_one_line(shard_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # HOME: no ~/.netrc key
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "pretrain", "-c", str(REPO / "configs/pretrain/tiny.yaml"),
+                           f"data.train={shard_dir}", f"run_dir={tmp_path / 'run'}", "log.wandb=online",
+                           "data.loader.workers=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("wsl: error: W&B: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "log.wandb=offline" in proc.stderr
 
 
 def test_export_has_its_own_help_and_refuses_a_missing_folder(capsys, tmp_path):
