@@ -69,7 +69,7 @@ class ManifestSource:
             return malformed(index, f"a JSON {type(item).__name__}, not an object: {shorten(line)}")
         path, tags = item.get("path"), item.get("tags", [])
         if "path" not in item:
-            return malformed(index, f"no 'path' field (fields: {', '.join(map(str, item)) or 'none'})")
+            return malformed(index, f"no 'path' field (fields: {', '.join(map(str, item))[:80] or 'none'})")
         if not isinstance(path, str) or not path:
             return malformed(index, f"'path' is {path!r}, not a file path")
         if isinstance(tags, str):
@@ -96,8 +96,10 @@ def malformed(index: int, detail: str) -> Record:
     return Record(index, error="malformed_line", detail=detail)
 
 
-def shorten(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+def shorten(text: str, limit: int = 60) -> str:
+    """The line as Python would quote it (tabs and control bytes visible), cut to `limit`."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else quoted[:limit] + "..."
 
 
 class ImageFolderSource:
