@@ -58,9 +58,6 @@ def one_error(capsys, *argv: str) -> str:
     return err.strip()
 
 
-PRETRAIN = ["pretrain", "data.train=/nowhere", "run_dir=/nowhere/run"]
-
-
 @pytest.mark.parametrize("override, key, words", [
     ("data.loader.batch_size=0", "data.loader.batch_size", "[1, inf)"),
     ("data.loader.workers=-1", "data.loader.workers", "[0, 1024]"),
@@ -119,7 +116,8 @@ def test_yes_for_a_choice_lists_the_choices():
 
 def test_wsl_config_prints_yaml_that_loads_back_with_comments_and_ranges(capsys, tmp_path):
     preset = str(REPO / "configs" / "pretrain" / "tiny.yaml")
-    overrides = [f"run_dir=runs/{'x' * 60}", "data.train=shards", "data.loader.batch_size=1e3", "optim.weight_decay=5e-5"]
+    overrides = [f"run_dir=runs/{'x' * 60}", "data.train=shards", "data.loader.batch_size=1e3",
+                 "optim.weight_decay=5e-5"]
     code, out, err = run(capsys, "config", "pretrain", "-c", preset, *overrides)
     assert code == 0 and err == ""
     lines = out.splitlines()
@@ -175,9 +173,10 @@ def test_pretrain_errors_are_one_line_before_the_run_directory(capsys, tmp_path,
 def test_wandb_online_without_an_api_key_is_one_line(shard_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # HOME: no ~/.netrc key
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "pretrain", "-c", str(REPO / "configs/pretrain/tiny.yaml"),
-                           f"data.train={shard_dir}", f"run_dir={tmp_path / 'run'}", "log.wandb=online",
-                           "data.loader.workers=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    tiny = str(REPO / "configs" / "pretrain" / "tiny.yaml")
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "pretrain", "-c", tiny, f"data.train={shard_dir}",
+                           f"run_dir={tmp_path / 'run'}", "log.wandb=online", "data.loader.workers=1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("wsl: error: W&B: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "log.wandb=offline" in proc.stderr
