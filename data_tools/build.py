@@ -14,16 +14,17 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data_tools import shards, vocab
+from data_tools.fields import bounded
 from data_tools.images import BadImage, ImageRules, prepare
 from data_tools.sources import ImageFolderSource, ManifestSource, Record
 from data_tools.wordnet import WordNet
@@ -31,6 +32,11 @@ from data_tools.wordnet import WordNet
 FORMAT = "wsl-shards/1"
 SIZE_SAMPLE = 1000      # records whose file size estimates the shard length
 BAD_EXAMPLES = 10       # bad paths kept in the manifest
+# Every file a build (and `wsl data stats`) writes into its output directory.
+SHARD_FILE = re.compile(r"[^-/.]+-(?P<shard>\d{6,})\.(tar|idx)(\.tmp)?")
+BUILD_FILE = re.compile(rf"\.build|vocabulary\.tsv|manifest(\.part-\d{{5}}-of-\d{{5}})?\.json|zipf\.png"
+                        rf"|{SHARD_FILE.pattern}|.*\.tmp")
+EARLY_CHECK = 1000      # records after which a mostly malformed manifest stops the build
 
 
 @dataclass
@@ -42,36 +48,36 @@ class InputConfig:
 
 @dataclass
 class VocabConfig:
-    top_k: int = 17000
-    min_count: int = 1
+    top_k: int = bounded(17000, lo=1)            # labels kept: the synsets with the most images
+    min_count: int = bounded(1, lo=1)            # images a synset needs to be kept
     restrict: str | None = None      # file of synset ids, e.g. the ImageNet-1k wnids
     wordnet_dir: str | None = None   # default: Debian's /usr/share/wordnet
 
 
 @dataclass
 class ImageConfig:
-    max_side: int | None = None
-    max_pixels: int = 89_478_485
-    quality: int = 95
+    max_side: int | None = bounded(None, lo=32)  # longer side above this is downscaled (None: keep)
+    max_pixels: int = bounded(89_478_485, lo=1)  # larger images are skipped as decompression bombs
+    quality: int = bounded(95, lo=1, hi=100)     # JPEG quality of converted images
 
 
 @dataclass
 class ShardConfig:
-    name: str = "train"
-    target_mb: float = 256.0
-    samples: int | None = None       # fixed samples per shard; overrides target_mb
+    name: str = "train"              # shard files are NAME-000000.tar
+    target_mb: float = bounded(256.0, lo=0, open_lo=True)  # shard size aimed at
+    samples: int | None = bounded(None, lo=1)   # fixed samples per shard; overrides target_mb
 
 
 @dataclass
 class BuildConfig:
-    output: str = ""
+    output: str = ""                 # the shard directory (new, empty or an earlier build of this input)
     input: InputConfig = field(default_factory=InputConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     images: ImageConfig = field(default_factory=ImageConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
-    part: str = "0/1"
-    workers: int = 0                 # 0: one per core; 1: no worker processes
-    seed: int = 0                    # order of an ImageFolder's files
+    part: str = "0/1"                # i/N: build every N-th shard from shard i (a SLURM array task)
+    workers: int = bounded(0, lo=0, hi=1024)  # 0: one per core; 1: no worker processes
+    seed: int = bounded(0, lo=0, hi=2**32 - 1)  # order of an ImageFolder's files
     progress: bool = True
 
     def check(self) -> None:
@@ -80,12 +86,6 @@ class BuildConfig:
         if (self.input.manifest is None) == (self.input.imagefolder is None):
             raise ValueError("give exactly one of 'input.manifest' and 'input.imagefolder'")
         parse_part(self.part)
-        if self.vocab.top_k < 1 or self.vocab.min_count < 1:
-            raise ValueError("'vocab.top_k' and 'vocab.min_count' must be >= 1")
-        if self.shards.samples is not None and self.shards.samples < 1:
-            raise ValueError("'shards.samples' must be >= 1")
-        if self.shards.target_mb <= 0:
-            raise ValueError("'shards.target_mb' must be > 0")
         if "-" in self.shards.name or "/" in self.shards.name or "." in self.shards.name:
             raise ValueError("'shards.name' may not contain '-', '/' or '.'")
 
@@ -143,36 +143,74 @@ def open_source(cfg: BuildConfig):
     return ImageFolderSource(cfg.input.imagefolder, cfg.seed)
 
 
-def count_pass(source, labeler: Labeler, progress: bool) -> tuple[Counter, Counter, list[int], int]:
-    """Images per synset, records dropped by reason, a sample of file sizes, records kept."""
-    counts, dropped, sizes, kept = Counter(), Counter(), [], 0
+@dataclass
+class Tally:
+    """What the count pass learns: images per synset, records dropped by reason, a sample
+    of file sizes, records kept, and the first malformed manifest lines."""
+    counts: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    sizes: list[int] = field(default_factory=list)
+    kept: int = 0
+    records: int = 0
+    malformed: list[dict] = field(default_factory=list)
+
+
+def count_pass(source, labeler: Labeler, progress: bool) -> Tally:
+    tally = Tally()
     for record in tqdm(source, desc="count tags", unit="img", disable=not progress, mininterval=1):
-        ids = labeler(record)
-        problem = record_problem(record, ids)
-        if problem:
-            dropped[problem] += 1
-            continue
-        counts.update(ids)
-        kept += 1
-        if len(sizes) < SIZE_SAMPLE:
-            try:
-                sizes.append(os.stat(record.path).st_size)
-            except OSError:
-                pass
+        count(tally, record, labeler(record))
+        if tally.records == EARLY_CHECK:
+            check_lines(source, tally)
+    check_lines(source, tally)
     if not source.single_label:
-        dropped["tags_not_in_wordnet"] = labeler.unknown_tags
-    return counts, dropped, sizes, kept
+        tally.dropped["tags_not_in_wordnet"] = labeler.unknown_tags
+    return tally
 
 
-def choose_vocab(cfg: BuildConfig, source, labeler: Labeler, counts: Counter) -> list[vocab.Entry]:
+def count(tally: Tally, record: Record, ids: list[str]) -> None:
+    tally.records += 1
+    problem = record_problem(record, ids)
+    if problem:
+        tally.dropped[problem] += 1
+        if record.error and len(tally.malformed) < BAD_EXAMPLES:
+            tally.malformed.append({"key": record.key, "path": "", "line": record.line,
+                                    "reason": record.error, "detail": record.detail})
+        return
+    tally.counts.update(ids)
+    tally.kept += 1
+    if len(tally.sizes) < SIZE_SAMPLE:
+        try:
+            tally.sizes.append(os.stat(record.path).st_size)
+        except OSError:
+            pass
+
+
+def check_lines(source, tally: Tally) -> None:
+    """Stop when most manifest lines are malformed: the manifest is of another kind (other
+    field names, TSV named .jsonl), and every later message would mislead."""
+    bad = tally.dropped["malformed_line"]
+    if not bad or bad * 2 <= tally.records:
+        return
+    expected = ('path<TAB>tags lines' if source.tsv else
+                'JSON objects with "path" (a file) and "tags" (a list or a string)')
+    first = "; ".join(f"line {e['line']}: {e['detail']}" for e in tally.malformed[:3])
+    raise ValueError(f"input.manifest {source.path}: {bad} of {tally.records} lines read are not "
+                     f"{expected}; first bad lines: {first}")
+
+
+def choose_vocab(cfg: BuildConfig, source, labeler: Labeler, tally: Tally) -> list[vocab.Entry]:
     if source.single_label:
         chosen = list(source.classes)
     else:
+        if not tally.counts:
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(tally.dropped.items()) if v)
+            raise ValueError(f"no record of the input has a tag WordNet knows ({tally.records} records; {dropped})")
         restrict = vocab.read_synset_list(cfg.vocab.restrict) if cfg.vocab.restrict else None
-        chosen = vocab.select(counts, cfg.vocab.top_k, cfg.vocab.min_count, restrict)
+        chosen = vocab.select(tally.counts, cfg.vocab.top_k, cfg.vocab.min_count, restrict)
     if not chosen:
-        raise ValueError("the vocabulary is empty: no tag of the input reached vocab.min_count")
-    return [vocab.Entry(sid, labeler.lemma(sid), counts[sid]) for sid in chosen]
+        raise ValueError("the vocabulary is empty: no tag of the input reached vocab.min_count"
+                         + (" within vocab.restrict" if cfg.vocab.restrict else ""))
+    return [vocab.Entry(sid, labeler.lemma(sid), tally.counts[sid]) for sid in chosen]
 
 
 def samples_per_shard(cfg: ShardConfig, sizes: list[int]) -> int:
@@ -310,53 +348,106 @@ def manifest_name(part: tuple[int, int]) -> str:
     return "manifest.json" if n == 1 else f"manifest.part-{i:05d}-of-{n:05d}.json"
 
 
-def check_fingerprint(out: Path, fingerprint: dict) -> None:
+def check_fingerprint(out: Path, fingerprint: dict, part: tuple[int, int]) -> None:
+    """Refuse to mix two builds in one directory, unless the earlier one finished no shard
+    (then a corrected re-run takes the directory over)."""
     path = out / ".build" / "fingerprint.json"
-    if path.is_file():
-        if json.loads(path.read_text()) != fingerprint:
+    if path.is_file() and json.loads(path.read_text()) != fingerprint:
+        if any((out / ".build").glob("[0-9]*.json")):
             raise ValueError(f"{out} holds shards of a different build (other inputs, vocabulary "
                              "or settings); choose an empty output directory")
-        return
+        remove_shards(out, part)
     path.parent.mkdir(parents=True, exist_ok=True)
     shards.write_json(path, fingerprint)
 
 
+def remove_shards(out: Path, part: tuple[int, int]) -> None:
+    """Delete this part's shard files (parts running beside it keep theirs)."""
+    mine, parts = part
+    for path in out.iterdir():
+        match = SHARD_FILE.fullmatch(path.name)
+        if match and int(match["shard"]) % parts == mine:
+            path.unlink()
+
+
+def check_output(out: Path, source) -> None:
+    """Before any work: the output is a directory of its own, not the input, not a
+    folder of other files (a re-run's earlier build is fine)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file; give a directory for the shards")
+    target, inputs = out.resolve(), Path(source.root).resolve()
+    if target == inputs or target in inputs.parents:
+        raise ValueError(f"output {out} is or holds the input folder {inputs}; choose a directory of its own")
+    if source.single_label and inputs in target.parents:
+        raise ValueError(f"output {out} is inside the input image folder {inputs}, where it would "
+                         "read as a class; choose a directory outside it")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not BUILD_FILE.fullmatch(p.name))
+        if foreign:
+            raise ValueError(f"output {out} holds files that no `wsl data build` wrote "
+                             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                             "choose an empty or new directory")
+
+
 def build(cfg: BuildConfig) -> dict:
     source = open_source(cfg)
-    return write_dataset(cfg, source, Labeler(source, cfg.vocab.wordnet_dir))
+    return write_dataset(cfg, source, lambda: Labeler(source, cfg.vocab.wordnet_dir))
 
 
-def write_dataset(cfg, source, labeler: Labeler, extra: dict | None = None) -> dict:
+def write_dataset(cfg, source, make_labeler, extra: dict | None = None) -> dict:
     """Both passes over any source; `wsl data convert` enters here with its own labelled source.
 
     `cfg` needs output, part, workers, progress, images, shards (and vocab for multi-label
-    data); `extra` adds top-level manifest keys.
+    data); `make_labeler()` makes the Labeler once the output is checked; `extra` adds
+    top-level manifest keys.
     """
     part = parse_part(cfg.part)
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, source)
+    labeler = make_labeler()
 
-    counts, dropped, sizes, kept = count_pass(source, labeler, cfg.progress)
-    entries = choose_vocab(cfg, source, labeler, counts)
-    per_shard = samples_per_shard(cfg.shards, sizes)
+    tally = count_pass(source, labeler, cfg.progress)
+    entries = choose_vocab(cfg, source, labeler, tally)
+    per_shard = samples_per_shard(cfg.shards, tally.sizes)
     inputs_hash = source.fingerprint()
     vocab_hash = hashlib.sha256("\n".join(e.synset for e in entries).encode()).hexdigest()
+    out.mkdir(parents=True, exist_ok=True)
     check_fingerprint(out, {"inputs_sha256": inputs_hash, "vocab_sha256": vocab_hash,
-                            "samples_per_shard": per_shard, "config": content_config(cfg)})
+                            "samples_per_shard": per_shard, "config": content_config(cfg)}, part)
     vocab.write(out / "vocabulary.tsv", entries)
 
     # Records without a vocabulary tag are only known in the write pass: the bar's total
     # is an upper bound.
-    total = -(-kept // per_shard)
+    total = -(-tally.kept // per_shard)
     mine = len(range(part[0], total, part[1]))
     index_of = {e.synset: i for i, e in enumerate(entries)}
     rules = ImageRules(cfg.images.max_side, cfg.images.max_pixels, cfg.images.quality)
-    jobs = plan(source, labeler, index_of, per_shard, part, dropped)
+    jobs = plan(source, labeler, index_of, per_shard, part, tally.dropped)
     results = run_jobs(cfg, out, jobs, rules, len(entries), mine)
+    if part[1] == 1 and not any(r["samples"] for r in results):
+        discard(out, results)
+        raise ValueError(f"no usable image in the input, nothing kept in {out}: {bad_line(results)}")
 
-    manifest = {**assemble(results, entries, source, dropped, per_shard, inputs_hash, cfg), **(extra or {})}
+    manifest = {**assemble(results, entries, source, tally, per_shard, inputs_hash, cfg), **(extra or {})}
     shards.write_json(out / manifest_name(part), manifest)
     return manifest
+
+
+def discard(out: Path, results: list[dict]) -> None:
+    """Remove what a build without a single usable image wrote: nothing may pass for shards."""
+    remove_shards(out, (0, 1))
+    for path in [*(stats_path(out, r["shard"]) for r in results), out / ".build" / "fingerprint.json",
+                 out / "vocabulary.tsv"]:
+        path.unlink(missing_ok=True)
+    if not any((out / ".build").iterdir()):
+        (out / ".build").rmdir()
+
+
+def bad_line(results: list[dict]) -> str:
+    counts = add_counts(r["bad"] for r in results)
+    first = first_examples(r["bad_examples"] for r in results)[:3]
+    return (", ".join(f"{k}={v}" for k, v in counts.items())
+            + "; first: " + ", ".join(f"{e['path']} ({e['reason']})" for e in first))
 
 
 def add_counts(counts) -> dict:
@@ -365,11 +456,13 @@ def add_counts(counts) -> dict:
 
 
 def first_examples(lists) -> list[dict]:
-    """The BAD_EXAMPLES earliest bad samples in input order, wherever they were found."""
-    return sorted((e for examples in lists for e in examples), key=lambda e: e["key"])[:BAD_EXAMPLES]
+    """The BAD_EXAMPLES earliest bad samples in input order, wherever they were found (a
+    malformed line, found by every part's count pass, once)."""
+    unique = {e["key"]: e for examples in lists for e in examples}
+    return [unique[key] for key in sorted(unique)[:BAD_EXAMPLES]]
 
 
-def assemble(results: list[dict], entries: list[vocab.Entry], source, dropped: Counter,
+def assemble(results: list[dict], entries: list[vocab.Entry], source, tally: Tally,
              per_shard: int, inputs_hash: str, cfg: BuildConfig) -> dict:
     tag_counts = [sum(col) for col in zip(*(r["tag_counts"] for r in results))] or [0] * len(entries)
     return {
@@ -385,9 +478,9 @@ def assemble(results: list[dict], entries: list[vocab.Entry], source, dropped: C
         "shards": [{k: r[k] for k in ("shard", "file", "index", "samples", "bytes", "sha256")} for r in results],
         "tag_counts": tag_counts,
         "bad_samples": add_counts(r["bad"] for r in results),
-        "bad_examples": first_examples(r["bad_examples"] for r in results),
+        "bad_examples": first_examples([tally.malformed, *(r["bad_examples"] for r in results)]),
         "converted": add_counts(r["converted"] for r in results),
-        "dropped": dict(sorted(dropped.items())),
+        "dropped": dict(sorted(tally.dropped.items())),
         "inputs_sha256": inputs_hash,
         "config": content_config(cfg),
     }
@@ -411,6 +504,8 @@ def merge(directory: str) -> dict:
             if p[key] != first[key]:
                 raise ValueError(f"cannot merge: parts disagree on '{key}' (built from different inputs or settings)")
     results = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["shard"])
+    if not any(s["samples"] for s in results):
+        raise ValueError(f"cannot merge: no part of {directory} holds a usable image")
     merged = dict(first)
     merged.update({
         "num_samples": sum(s["samples"] for s in results),
@@ -435,5 +530,7 @@ def summary(manifest: dict) -> str:
         if shown:
             lines.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     for example in manifest["bad_examples"][:5]:
-        lines.append(f"  bad: {example['path']} ({example['reason']})")
+        where = example["path"] or f"manifest line {example['line']}"
+        detail = f": {example['detail']}" if example.get("detail") else ""
+        lines.append(f"  bad: {where} ({example['reason']}){detail}")
     return "\n".join(lines)

@@ -34,9 +34,13 @@ class Range:
         return True
 
     def __str__(self) -> str:
-        lo = "-inf" if self.lo is None else f"{self.lo:g}"
-        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        lo = "-inf" if self.lo is None else _number(self.lo)
+        hi = "inf" if self.hi is None else _number(self.hi)
         return f"{'(' if self.open_lo or self.lo is None else '['}{lo}, {hi}{')' if self.open_hi or self.hi is None else ']'}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,

@@ -24,6 +24,8 @@ class Record:
     tags: list[str] = field(default_factory=list)
     error: str = ""                 # why the input line itself is unusable
     meta: dict | None = None        # the sample's json beside `labels`; None: its tags and path
+    line: int = 0                   # line number in a manifest (1-based), for messages
+    detail: str = ""                # what is wrong with that line, in words
 
     @property
     def key(self) -> str:
@@ -48,11 +50,14 @@ class ManifestSource:
     def __iter__(self) -> Iterator[Record]:
         with open(self.path, "rb") as f:
             index = 0
-            for raw in f:
+            for number, raw in enumerate(f, start=1):
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if number == 1:
+                    line = line.removeprefix("\ufeff")  # a BOM some editors write
                 if not line.strip() or line.startswith("#") and self.tsv:
                     continue
                 record = self._parse_tsv(line, index) if self.tsv else self._parse_json(line, index)
+                record.line = number
                 yield record
                 index += 1
 
@@ -62,21 +67,25 @@ class ManifestSource:
     def _parse_json(self, line: str, index: int) -> Record:
         try:
             item = json.loads(line.strip())
-        except json.JSONDecodeError:
-            return Record(index, error="malformed_line")
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"]:
-            return Record(index, error="malformed_line")
-        tags = item.get("tags", [])
+        except json.JSONDecodeError as err:
+            return malformed(index, f"not JSON ({err.msg}): {shorten(line)}")
+        if not isinstance(item, dict):
+            return malformed(index, f"a JSON {type(item).__name__}, not an object: {shorten(line)}")
+        path, tags = item.get("path"), item.get("tags", [])
+        if "path" not in item:
+            return malformed(index, f"no 'path' field (fields: {', '.join(map(str, item))[:80] or 'none'})")
+        if not isinstance(path, str) or not path:
+            return malformed(index, f"'path' is {path!r}, not a file path")
         if isinstance(tags, str):
             tags = tags.replace(",", " ").split()
         if not isinstance(tags, list):
-            return Record(index, path=item["path"], error="malformed_line")
-        return Record(index, self._resolve(item["path"]), [str(t) for t in tags])
+            return malformed(index, f"'tags' is {json.dumps(tags)[:80]}, not a list or a string")
+        return Record(index, self._resolve(path), [str(t) for t in tags])
 
     def _parse_tsv(self, line: str, index: int) -> Record:
         path, _, tags = line.partition("\t")
         if not path.strip():
-            return Record(index, error="malformed_line")
+            return malformed(index, f"no path before the tab: {shorten(line)}")
         return Record(index, self._resolve(path.strip()), tags.replace(",", " ").split())
 
     def fingerprint(self) -> str:
@@ -85,6 +94,16 @@ class ManifestSource:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
+
+
+def malformed(index: int, detail: str) -> Record:
+    return Record(index, error="malformed_line", detail=detail)
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """The line as Python would quote it (tabs and control bytes visible), cut to `limit`."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else quoted[:limit] + "..."
 
 
 class ImageFolderSource:

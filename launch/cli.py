@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,26 @@ from launch.config import ConfigError
 from launch.config import build as make_config
 from pretrain.stop import Interrupted
 
-USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, ValueError)
+USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+
+def user_errors() -> tuple:
+    """USER_ERRORS, and W&B's UsageError (log.wandb=online without an API key) once W&B is loaded."""
+    wandb = sys.modules.get("wandb")
+    return USER_ERRORS + ((wandb.errors.UsageError,) if wandb is not None else ())
+
+
+def describe(err: Exception) -> str:
+    if type(err).__module__.startswith("wandb"):
+        return f"W&B: {err} (log.wandb=offline logs without an account)"
+    return str(err)
+
+
+# Every configurable stage: `wsl config STAGE` prints its config. A new stage adds one line.
+STAGES = {
+    "data build": "data_tools.build:BuildConfig",
+    "pretrain": "pretrain.config:PretrainConfig",
+}
+PRETRAIN_COMMANDS = ("train", "export")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +44,7 @@ def data_build(args) -> int:
     from data_tools.build import BuildConfig, build, summary
     overrides = args.overrides + ([f"part={args.part}"] if args.part else [])
     cfg = make_config(BuildConfig, args.config, overrides)
-    manifest = build(cfg)
-    print(summary(manifest))
-    if manifest["num_samples"] == 0:
-        print("wsl: error: no usable image in the input", file=sys.stderr)
-        return 1
+    print(summary(build(cfg)))
     return 0
 
 
@@ -76,22 +92,97 @@ def data_stats(args) -> int:
 
 
 def pretrain(args) -> int:
-    if args.overrides[:1] == ["export"]:
-        return pretrain_export(args.overrides[1:])
     from launch.config import to_dict
     from pretrain.config import PretrainConfig
     from pretrain.train import run
     cfg = make_config(PretrainConfig, args.config, args.overrides)
+    check_pretrain(cfg)
     run(cfg, to_dict(cfg))
     return 0
 
 
-def pretrain_export(rest: list[str]) -> int:
+def check_pretrain(cfg) -> None:
+    """What the config says about the world (files, data, device), checked before the run
+    directory is made: each a one-line error instead of a traceback minutes in."""
+    from pretrain import dist
+    from pretrain.models import MODELS
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise ConfigError(f"config key 'run_dir' = {cfg.run_dir} is a file; give a directory")
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a model (known: {', '.join(MODELS)})")
+    train = read_shards("data.train", cfg.data.train)
+    if cfg.data.val:
+        val = read_shards("data.val", cfg.data.val)
+        if (val["label_type"], val["num_classes"]) != (train["label_type"], train["num_classes"]):
+            raise ConfigError(f"data.val has {val['num_classes']} {val['label_type']}-label classes, data.train "
+                              f"{train['num_classes']} {train['label_type']}-label: build both with one vocabulary")
+    wanted = {"softmax": "multi", "sigmoid": "multi", "ce": "single"}.get(cfg.train.loss, train["label_type"])
+    if wanted != train["label_type"]:
+        raise ConfigError(f"config key 'train.loss' = {cfg.train.loss} needs {wanted}-label data, but data.train "
+                          f"is {train['label_type']}-label (train.loss=auto picks the right one)")
+    try:
+        dist.pick_device(cfg.device, dist.read_env())
+    except RuntimeError as err:  # no GPU for device=cuda, a half-set torchrun environment
+        raise ConfigError(str(err)) from None
+
+
+def read_shards(key: str, directory: str) -> dict:
+    from data_tools import shards
+    try:
+        return shards.read_manifest(directory)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config key '{key}': {err}") from None
+
+
+def pretrain_export(args) -> int:
     from pretrain.train import export_run
-    if len(rest) not in (1, 2):
-        raise ConfigError("usage: wsl pretrain export RUN_DIR [OUT.pt]")
-    print(f"backbone written to {export_run(rest[0], rest[1] if len(rest) == 2 else None)}")
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"run directory not found: {args.run_dir}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        out = out / "backbone.pt"
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    print(f"backbone written to {export_run(args.run_dir, out and str(out))}")
     return 0
+
+
+def show_config(args) -> int:
+    """`wsl config STAGE ...`: the resolved config with each key's comment and range."""
+    from launch.config import annotated_yaml, check_sections
+    module, name = STAGES[args.stage].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    cfg = make_config(cls, args.config, args.overrides, check=False)
+    print(annotated_yaml(cfg, f"wsl {args.stage}: defaults, then {' '.join(args.config) or 'no config file'}, "
+                              f"then {' '.join(args.overrides) or 'no override'}"))
+    try:
+        check_sections(cfg)
+    except ConfigError as err:  # a config still being written (no run_dir yet) is worth showing
+        print(f"# not runnable as is: {err}")
+    return 0
+
+
+def add_stage_parsers(parser: argparse.ArgumentParser, tree: dict, words: tuple = ()) -> None:
+    """`wsl config data build ...`: one sub-command per word of each STAGES key."""
+    commands = parser.add_subparsers(dest=f"stage_word_{len(words)}", required=True, metavar="STAGE")
+    for word, rest in tree.items():
+        stage = " ".join((*words, word))
+        p = commands.add_parser(word, help=f"`wsl {stage} ...` stages" if rest else f"the config of `wsl {stage}`")
+        if rest:
+            add_stage_parsers(p, rest, (*words, word))
+        else:
+            add_config_args(p)
+            p.set_defaults(func=show_config, stage=stage)
+
+
+def stage_tree() -> dict:
+    """{'data': {'build': {}}, 'pretrain': {}} from the STAGES keys."""
+    tree: dict = {}
+    for stage in STAGES:
+        node = tree
+        for word in stage.split():
+            node = node.setdefault(word, {})
+    return tree
 
 
 def demo(args) -> int:
@@ -131,10 +222,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG path (default: DIR/zipf.png)")
     p.set_defaults(func=data_stats)
 
-    p = stages.add_parser("pretrain", help="train a ResNeXt on hashtag shards (`wsl pretrain export RUN_DIR` "
-                                           "writes its backbone)")
+    pretrain_parser = stages.add_parser(
+        "pretrain", help="train a ResNeXt on hashtag shards; `wsl pretrain -c A.yaml k=v` is `wsl pretrain train ...`")
+    pretrain_cmds = pretrain_parser.add_subparsers(dest="command", required=True)
+    p = pretrain_cmds.add_parser("train", help="train (the default command): a run directory resumes by itself")
     add_config_args(p)
     p.set_defaults(func=pretrain)
+    p = pretrain_cmds.add_parser("export", help="write the backbone of a run's newest checkpoint, for fine-tuning",
+                                 description="Write the backbone (every weight but the classifier) of RUN_DIR's "
+                                             "newest checkpoint, with its model name and config.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `wsl pretrain` run directory")
+    p.add_argument("out", nargs="?", metavar="OUT.pt", help="where to write it (default: RUN_DIR/backbone.pt; "
+                                                             "a folder: OUT/backbone.pt)")
+    p.set_defaults(func=pretrain_export)
+
+    p = stages.add_parser("config", help="print a stage's resolved config with each key's comment and range",
+                          description="Print the config a stage would run with, as YAML: defaults, then the "
+                                      "config files, then the overrides; each key with its comment and range. "
+                                      f"Stages: {', '.join(STAGES)}.")
+    add_stage_parsers(p, stage_tree())
 
     p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
     p.add_argument("--workdir", default="demo")
@@ -142,21 +248,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_default_command(argv: list[str]) -> list[str]:
+    """`wsl pretrain -c a.yaml k=v` means `wsl pretrain train -c a.yaml k=v`."""
+    if argv[:1] == ["pretrain"] and (argv[1:2] == [] or argv[1] not in (*PRETRAIN_COMMANDS, "-h", "--help")):
+        return ["pretrain", "train", *argv[1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = make_parser()
     # argparse gives a '*' positional only the words before the first option, so dotted
     # overrides after one (`wsl data convert cub ROOT OUT --split test key=value`) come back here.
-    args, rest = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(with_default_command(argv))
     if rest and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in rest):
         args.overrides += rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         if os.environ.get("WSL_DEBUG"):
             raise
-        print(f"wsl: error: {err}", file=sys.stderr)
+        print(f"wsl: error: {describe(err)}", file=sys.stderr)
         return 2
     except Interrupted as err:  # the checkpoint is written
         print(f"wsl: {err}", file=sys.stderr)

@@ -7,12 +7,18 @@ the key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from data_tools.fields import check_ranges
 
 
 class ConfigError(ValueError):
@@ -65,18 +71,52 @@ def set_dotted(tree: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def build(cls: type, files: list[str] = (), overrides: list[str] = ()):
-    """Make a `cls` instance from defaults, YAML files (in order) and dotted overrides."""
+def build(cls: type, files: list[str] = (), overrides: list[str] = (), check: bool = True):
+    """Make a `cls` instance from defaults, YAML files (in order) and dotted overrides.
+
+    Types and declared ranges are always checked; `check=False` skips the cross-field
+    `check()` methods (`wsl config` shows a config that still lacks, say, its run_dir)."""
     tree: dict = {}
     for path in files:
         tree = merge(tree, load_yaml(path))
     for text in overrides:
         keys, value = parse_override(text)
         set_dotted(tree, keys, value)
-    return from_dict(cls, tree)
+    obj = from_dict(cls, tree, check=False)
+    if check:
+        check_sections(obj)
+    return obj
 
 
-def from_dict(cls: type, data: dict, prefix: str = ""):
+def from_dict(cls: type, data: dict, check: bool = True):
+    """A checked `cls` instance: types, then every declared range, then each check()."""
+    obj = _make(cls, data, "")
+    try:
+        check_ranges(obj)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if check:
+        check_sections(obj)
+    return obj
+
+
+def check_sections(obj, prefix: str = "") -> None:
+    """Each section's cross-field check(), innermost first; errors name the section."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_sections(value, prefix + f.name + ".")
+    check = getattr(obj, "check", None)
+    if check is None:
+        return
+    try:
+        check()
+    except ValueError as err:
+        where = f"in section '{prefix.rstrip('.')}': " if prefix else ""
+        raise ConfigError(f"{where}{err}") from None
+
+
+def _make(cls: type, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -86,11 +126,7 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
         raise ConfigError(f"unknown config key '{key}' (known here: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
     values = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
-    obj = cls(**values)
-    check = getattr(obj, "check", None)
-    if check is not None:
-        check()
-    return obj
+    return cls(**values)
 
 
 def _coerce(hint: Any, value: Any, key: str):
@@ -108,7 +144,7 @@ def _coerce(hint: Any, value: Any, key: str):
                 continue
         raise ConfigError(f"config key '{key}' = {value!r} is not a valid {_name(hint)}")
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value or {}, key + ".")
+        return _make(hint, value or {}, key + ".")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
@@ -119,23 +155,49 @@ def _coerce(hint: Any, value: Any, key: str):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
         return dict(value)
     if origin is typing.Literal:
-        choices = typing.get_args(hint)
-        if isinstance(value, bool) and ("off" if not value else "on") in choices:
-            value = "off" if not value else "on"  # YAML 1.1 reads a bare off/on as a bool
-        if value not in choices:
-            raise ConfigError(f"config key '{key}' = {value!r} must be one of {', '.join(map(str, choices))}")
-        return value
+        return _choice(typing.get_args(hint), value, key)
     if hint is Any:
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint in (int, float):
+        return _number(hint, value, key)
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    if hint in (int, float, bool, str):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ConfigError(f"config key '{key}' = {value!r} must be of type {hint.__name__}")
-        return value
+    if hint in (bool, str) and not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' = {value!r} must be of type {hint.__name__}")
     return value
+
+
+def _choice(choices: tuple, value: Any, key: str):
+    listed = ", ".join(map(str, choices))
+    if isinstance(value, bool):
+        # YAML 1.1 reads a bare yes/no/on/off/true/false as a bool.
+        word = "off" if not value else "on"
+        if word in choices:
+            return word
+        raise ConfigError(f"config key '{key}' must be one of {listed}; got a yes/no value "
+                          f"(YAML reads yes, no, on, off, true and false as booleans)")
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' = {value!r} must be one of {listed}")
+    return value
+
+
+def _number(hint: type, value: Any, key: str):
+    """An int or float; `1e6` counts as an int, and PyYAML's strings '1e6' / '1e-4' as numbers."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value) if hint is int and value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            number = value
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(f"config key '{key}' = {value!r} must be of type {hint.__name__}")
+    if hint is float:
+        return float(number)
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigError(f"config key '{key}' = {value!r} must be a whole number")
+        return int(number)
+    return number
 
 
 def _name(hint: Any) -> str:
@@ -149,3 +211,60 @@ def to_dict(obj) -> dict:
 def dump(obj, path: str | Path) -> None:
     """Write the resolved config, so a run directory says exactly what ran."""
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def annotated_yaml(obj, title: str) -> str:
+    """The config as YAML that loads back, each key with the comment beside its field in
+    the source, its range and its choices."""
+    rows: list[tuple[str, str]] = []
+    _rows(obj, 0, rows)
+    width = min(48, max(len(text) for text, _ in rows) + 2)
+    lines = [f"# {title}"]
+    for text, note in rows:
+        # YAML needs a space before '#' for a comment; a long line gets two.
+        lines.append(f"{text:<{max(width, len(text) + 2)}}# {note}" if note else text)
+    return "\n".join(lines)
+
+
+def _rows(obj, depth: int, rows: list) -> None:
+    comments = field_comments(type(obj))
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, indent = getattr(obj, f.name), "  " * depth
+        notes = [comments.get(f.name, "")]
+        if dataclasses.is_dataclass(value):
+            rows.append((f"{indent}{f.name}:", notes[0]))
+            _rows(value, depth + 1, rows)
+            continue
+        choices = _choices(hints[f.name])
+        if choices:
+            notes.append(f"one of {', '.join(map(str, choices))}")
+        if "range" in f.metadata:
+            notes.append(f"in {f.metadata['range']}")
+        rows.append((f"{indent}{f.name}: {_scalar(value)}", "; ".join(n for n in notes if n)))
+
+
+def _choices(hint: Any) -> tuple:
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return ()
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+    return text.removesuffix("\n...\n").strip()
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """{field: the `# comment` on its line} read from the class's source."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    names = {f.name for f in dataclasses.fields(cls)}
+    first: dict[int, str] = {}  # line -> the field declared on it
+    comments: dict[str, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        line, column = token.start
+        if token.type == tokenize.NAME and line not in first:
+            first[line] = token.string if column == 4 and token.string in names else ""
+        elif token.type == tokenize.COMMENT and first.get(line):
+            comments.setdefault(first[line], token.string.lstrip("#").strip())
+    return comments

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data_tools.fields import bounded
 from data_tools.loaders import LoaderConfig
 from pretrain.optim import OptimConfig
 
@@ -23,50 +24,45 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    total_images: int = 1_000_000
-    accum_steps: int = 1               # global batch = loader.batch_size x world size x accum_steps
+    total_images: int = bounded(100_000_000, lo=1)  # length of the run, in training images
+    accum_steps: int = bounded(1, lo=1, hi=1024)  # global batch = loader.batch_size x world size x accum_steps
     loss: Literal["softmax", "sigmoid", "ce", "auto"] = "auto"  # auto: softmax (k-hot/k) or ce
     bf16: bool = True                  # autocast on GPU
-    channels_last: bool = True         # on GPU
+    channels_last: bool = True         # weights in the loaders' channels_last layout
     compile: bool = False
     sync_bn: bool = False
-    max_bad_steps: int = 5             # consecutive non-finite losses before the run stops
-    bottleneck_seconds: float = 3.0    # loader vs model speed report when a run starts (0: skip)
-    stop_check_steps: int = 10         # ranks agree on a stop signal every this many steps
-
-    def check(self) -> None:
-        if self.total_images < 1 or self.accum_steps < 1 or self.max_bad_steps < 1 or self.stop_check_steps < 1:
-            raise ValueError("'train.total_images', 'train.accum_steps', 'train.max_bad_steps' and "
-                             "'train.stop_check_steps' must be >= 1")
+    max_bad_steps: int = bounded(5, lo=1)  # consecutive non-finite losses before the run stops
+    bottleneck_seconds: float = bounded(3.0, lo=0, hi=600)  # loader vs model speed report when a run starts (0: skip)
+    stop_check_steps: int = bounded(10, lo=1)  # ranks agree on a stop signal every this many steps
 
 
 @dataclass
 class CheckpointConfig:
-    every_images: int = 5_000_000
-    keep: int = 3
+    every_images: int = bounded(5_000_000, lo=1)  # and on a stop signal (Ctrl-C, SIGTERM, SIGUSR1/2)
+    keep: int = bounded(3, lo=1)       # newest checkpoints kept
 
 
 @dataclass
 class LogConfig:
-    every_steps: int = 20
+    every_steps: int = bounded(20, lo=1)  # metrics.jsonl / W&B row every this many steps
     wandb: Literal["auto", "online", "offline", "off"] = "auto"
     project: str = "wsl"
     name: str | None = None
-    sample_images: int = 8             # images with their tags shown in W&B
+    sample_images: int = bounded(8, lo=0, hi=256)  # images with their tags shown in W&B
 
 
 @dataclass
 class EvalConfig:
-    every_images: int = 0              # 0: only at the end
-    max_images: int = 50_000
+    every_images: int = bounded(0, lo=0)  # 0: only at the end
+    max_images: int = bounded(50_000, lo=1)  # validation images scored
 
 
 @dataclass
 class PretrainConfig:
     run_dir: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-    dist_timeout_s: float = 600.0      # a dead rank fails the job after this, never a hang
+    seed: int = bounded(0, lo=0, hi=2**32 - 1)  # weights init
+    dist_timeout_s: float = bounded(600.0, lo=0, open_lo=True)  # a dead rank fails the job after this, never a hang
     resume_with_changes: bool = False  # continue a run_dir whose checkpoint has another config
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
+
+from data_tools.fields import bounded
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 SCHEDULES = ("step", "cosine")
@@ -19,33 +22,19 @@ IMAGENET_EPOCH = 1_281_167
 
 @dataclass
 class OptimConfig:
-    lr_per_256: float = 0.1            # scaled linearly with the global batch (Goyal et al. 2017)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr_per_256: float = bounded(0.1, lo=0, open_lo=True)  # scaled linearly with the global batch (Goyal et al. 2017)
+    momentum: float = bounded(0.9, lo=0, hi=1, open_hi=True)
+    weight_decay: float = bounded(1e-4, lo=0)
     nesterov: bool = True
     skip_bn_bias: bool = True          # no weight decay on norm parameters and biases
-    warmup_images: int = 5 * IMAGENET_EPOCH   # Goyal et al.'s 5 ImageNet epochs
-    schedule: str = "step"             # "step" or "cosine"
-    steps: int = 13                    # halvings for "step"; the paper halves 13 times
-    final_lr: float = 0.0              # floor of "cosine"
+    warmup_images: int = bounded(5 * IMAGENET_EPOCH, lo=0)  # Goyal et al.'s 5 ImageNet epochs
+    schedule: Literal["step", "cosine"] = "step"
+    steps: int = bounded(13, lo=0, hi=64)  # halvings for "step"; the paper halves 13 times
+    final_lr: float = bounded(0.0, lo=0)   # floor of "cosine"
 
     def check(self) -> None:
-        if self.lr_per_256 <= 0:
-            raise ValueError(f"config key 'lr_per_256' must be > 0, got {self.lr_per_256}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"config key 'momentum' must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("config key 'nesterov' needs 'momentum' > 0")
-        if self.weight_decay < 0:
-            raise ValueError(f"config key 'weight_decay' must be >= 0, got {self.weight_decay}")
-        if self.warmup_images < 0:
-            raise ValueError(f"config key 'warmup_images' must be >= 0, got {self.warmup_images}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"config key 'schedule' = {self.schedule!r} must be one of {', '.join(SCHEDULES)}")
-        if self.steps < 0:
-            raise ValueError(f"config key 'steps' must be >= 0, got {self.steps}")
-        if self.final_lr < 0:
-            raise ValueError(f"config key 'final_lr' must be >= 0, got {self.final_lr}")
 
     def lr(self, images_seen: int, global_batch: int, total_images: int) -> float:
         """The learning rate after `images_seen` images of a `total_images` run."""

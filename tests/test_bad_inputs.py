@@ -20,6 +20,7 @@ from PIL import Image
 
 from conftest import REPO, photo
 from data_tools import shards
+from data_tools.build import BAD_EXAMPLES
 from data_tools.images import BadImage, ImageRules, prepare
 from data_tools.sources import ManifestSource
 from data_tools.verify import verify
@@ -289,6 +290,73 @@ def test_manifest_lines_that_cannot_be_used_are_marked(tmp_path):
     assert records[0].path == str(tmp_path / "base" / "imgs/a.jpg") and records[2].path == "/abs/c.jpg"
 
 
+def test_malformed_lines_say_what_is_wrong_with_their_line_number(tmp_path):
+    jsonl = tmp_path / "tags.jsonl"
+    jsonl.write_text('{"path": "a.jpg", "tags": ["#dog"]}\n\n'
+                     '{"file": "a.jpg", "hashtags": ["#dog"]}\n'
+                     '{"path": 3, "tags": ["#dog"]}\n'
+                     '{"path": "a.jpg", "tags": {"a": 1}}\n'
+                     'a.jpg\t#dog\n')
+    records = list(ManifestSource(str(jsonl)))
+    assert [r.line for r in records] == [1, 3, 4, 5, 6]
+    assert [r.detail for r in records] == [
+        "", "no 'path' field (fields: file, hashtags)", "'path' is 3, not a file path",
+        """'tags' is {"a": 1}, not a list or a string""", "not JSON (Expecting value): 'a.jpg\\t#dog'"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".tsv"])
+def test_a_byte_order_mark_keeps_the_first_line(tmp_path, suffix):
+    manifest = tmp_path / f"tags{suffix}"
+    lines = ['{"path": "a.jpg", "tags": ["#dog"]}', '{"path": "b.jpg", "tags": ["#cat"]}']
+    if suffix == ".tsv":
+        lines = ["a.jpg\t#dog", "b.jpg\t#cat"]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    records = list(ManifestSource(str(manifest)))
+    assert [(r.error, r.path, r.tags) for r in records] == [
+        ("", str(tmp_path / "a.jpg"), ["#dog"]), ("", str(tmp_path / "b.jpg"), ["#cat"])]
+
+
+def build_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from launch.cli import main
+    code = main(["data", "build", "progress=false", "workers=1", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_manifest_with_other_field_names_names_expected_and_seen(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    lines = []
+    for i in range(6):
+        (tmp_path / "imgs" / f"{i}.jpg").write_bytes(good_jpeg(i))
+        lines.append(json.dumps({"file": f"imgs/{i}.jpg", "hashtags": ["#dog"]}))
+    lines.insert(2, json.dumps({"path": "imgs/0.jpg", "tags": ["#dog"]}))
+    (tmp_path / "tags.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = build_cli(capsys, f"input.manifest={tmp_path / 'tags.jsonl'}", f"output={tmp_path / 'out'}")
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert "6 of 7 lines read are not JSON objects with \"path\" (a file) and \"tags\"" in err
+    assert "line 1: no 'path' field (fields: file, hashtags); line 2: no 'path'" in err
+    assert "line 4: no 'path'" in err and "vocabulary is empty" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_with_a_few_malformed_lines_still_builds(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    lines = []
+    for i in range(4):
+        (tmp_path / "imgs" / f"{i}.jpg").write_bytes(good_jpeg(i))
+        lines.append(json.dumps({"path": f"imgs/{i}.jpg", "tags": ["#dog"]}))
+    lines[1] = json.dumps({"path": "imgs/1.jpg", "tags": 5})
+    (tmp_path / "tags.jsonl").write_text("\n".join(lines) + "\n")
+    code, out, _ = build_cli(capsys, f"input.manifest={tmp_path / 'tags.jsonl'}", f"output={tmp_path / 'out'}")
+    assert code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 3 and manifest["dropped"]["malformed_line"] == 1
+    assert manifest["bad_examples"] == [{"key": f"{1:012d}", "path": "", "line": 2, "reason": "malformed_line",
+                                         "detail": "'tags' is 5, not a list or a string"}]
+    assert "bad: manifest line 2 (malformed_line): 'tags' is 5, not a list" in out
+
+
 @pytest.mark.parametrize("line", ["\t#dog #cat", "\tdog"])
 def test_tsv_line_with_an_empty_path_is_malformed(tmp_path, line):
     tsv = tmp_path / "tags.tsv"
@@ -419,8 +487,12 @@ def test_bad_and_dropped_are_counted_by_reason(bad_build):
     assert {k: v for k, v in manifest["dropped"].items() if v} == dict(dropped)
     converted = Counter(c for case in CASES if case[3][0] == "ok" for c in case[3][1])
     assert manifest["converted"] == dict(converted)
-    examples = {(e["key"], e["reason"]) for e in manifest["bad_examples"]}
-    assert examples == {(key_of(n, o), o[1]) for n, _, _, o in CASES if o[0] == "bad"}
+    bad = [(key_of(n, o), o[1]) for n, _, _, o in CASES if o[0] == "bad"]
+    malformed = [(f"{len(CASES) + i:012d}", "malformed_line") for i in range(len(MALFORMED))]
+    examples = manifest["bad_examples"]
+    assert [(e["key"], e["reason"]) for e in examples] == sorted(bad + malformed)[:BAD_EXAMPLES]
+    first_malformed = next(e for e in examples if e["reason"] == "malformed_line")
+    assert first_malformed["line"] == len(CASES) + 1 and first_malformed["detail"].startswith("not JSON")
 
 
 def test_summary_lists_counts_and_first_bad_paths(bad_build):

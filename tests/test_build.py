@@ -22,6 +22,8 @@ from PIL import Image
 from conftest import REPO, build_shards, photo
 from data_tools import shards
 from data_tools.build import BuildConfig, build, merge
+from data_tools.synthetic import write_corpus
+from data_tools.verify import verify
 from data_tools.wordnet import WordNet
 from launch.config import build as make_config
 
@@ -299,3 +301,78 @@ def test_max_side_downscales_and_counts_resized(tmp_path):
     assert manifest["converted"].get("non_jpeg") == 1
     # Three images were downscaled; 128x96 is scaled by the JPEG decoder's 1/2 draft alone.
     assert manifest["converted"].get("resized") == 3, manifest["converted"]
+
+
+# -- the output directory ---------------------------------------------------------------------
+
+def build_cli(capsys, *args: str) -> tuple[int, str]:
+    from launch.cli import main
+    code = main(["data", "build", "progress=false", "workers=1", "shards.samples=4", *args])
+    return code, capsys.readouterr().err
+
+
+def one_error(code: int, err: str) -> str:
+    assert code == 2 and err.count("\n") == 1 and err.startswith("wsl: error: "), (code, err)
+    return err
+
+
+def test_a_build_of_missing_images_leaves_nothing_that_verifies_and_the_fix_reuses_it(tmp_path, capsys):
+    root = tmp_path / "corpus"
+    manifest = write_corpus(root, 10)
+    wrong = root / "wrong.jsonl"  # paths one folder off, so every image is missing
+    wrong.write_text(manifest.read_text().replace('"imgs/', '"images/'))
+    out = tmp_path / "out"
+    err = one_error(*build_cli(capsys, f"input.manifest={wrong}", f"output={out}"))
+    assert "no usable image in the input" in err and "missing_file=" in err
+    assert str(root / "images" / "00000.jpg") in err
+    assert list(out.iterdir()) == []
+
+    # The corrected manifest, into the same directory: no finished shard, so it is reused.
+    code, err = build_cli(capsys, f"input.manifest={manifest}", f"output={out}")
+    assert code == 0, err
+    assert verify(str(out), workers=1, progress=False) == []
+    assert json.loads((out / "manifest.json").read_text())["num_samples"] > 0
+
+    # Now it holds finished shards: another build is refused, and nothing is touched.
+    before = {p.name: sha256(p) for p in out.iterdir() if p.is_file()}
+    err = one_error(*build_cli(capsys, f"input.manifest={manifest}", f"output={out}", "vocab.top_k=2"))
+    assert "holds shards of a different build" in err
+    assert {p.name: sha256(p) for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_killed_build_with_no_finished_shard_may_be_reused(tmp_path, capsys):
+    manifest = write_corpus(tmp_path / "corpus", 10)
+    out = tmp_path / "out"
+    # What a build killed before its first shard leaves: a fingerprint and a stray shard.
+    (out / ".build").mkdir(parents=True)
+    (out / ".build" / "fingerprint.json").write_text('{"inputs_sha256": "other"}')
+    (out / "train-000007.tar").write_bytes(b"half a shard")
+    code, err = build_cli(capsys, f"input.manifest={manifest}", f"output={out}")
+    assert code == 0, err
+    assert not (out / "train-000007.tar").exists()
+    assert verify(str(out), workers=1, progress=False) == []
+
+
+@pytest.mark.parametrize("where", ["file", "foreign", "input", "parent_of_input", "inside_folder"])
+def test_an_output_that_is_not_a_directory_of_its_own_is_refused(tmp_path, capsys, where):
+    root = tmp_path / "data"
+    manifest = write_corpus(root, 4)
+    folder = root / "imgs"
+    source = f"input.manifest={manifest}"
+    out = {"file": manifest, "foreign": tmp_path / "notes", "input": root, "parent_of_input": tmp_path,
+           "inside_folder": folder / "shards"}[where]
+    if where == "foreign":
+        out.mkdir()
+        (out / "todo.txt").write_text("mine\n")
+    if where == "inside_folder":
+        (folder / "cls").mkdir()
+        for image in list(folder.glob("*.jpg")):
+            image.rename(folder / "cls" / image.name)
+        source = f"input.imagefolder={folder}"
+    before = sorted(tmp_path.rglob("*"))
+    err = one_error(*build_cli(capsys, source, f"output={out}"))
+    expected = {"file": "is a file", "foreign": "holds files that no `wsl data build` wrote (todo.txt)",
+                "input": f"is or holds the input folder {root}", "parent_of_input": "is or holds the input folder",
+                "inside_folder": "inside the input image folder"}[where]
+    assert f"output {out} " in err and expected in err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -72,7 +72,7 @@ def convert(cfg: ConvertConfig) -> dict:
               file=sys.stderr)
     cfg = dataclasses.replace(cfg, shards=dataclasses.replace(cfg.shards, name=cfg.shards.name or cfg.split))
     source = LabelledSource(listing, cfg.seed)
-    return write_dataset(cfg, source, Labeler(source, None), extra={"source": status})
+    return write_dataset(cfg, source, lambda: Labeler(source, None), extra={"source": status})
 
 
 def describe(manifest: dict) -> str:

@@ -25,6 +25,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from data_tools.fields import bounded, check_ranges
 from data_tools.loaders import catalog as catalogs
 from data_tools.loaders import plan as plans
 from data_tools.loaders import transforms
@@ -36,30 +37,23 @@ PHASES = ("train", "eval")
 @dataclass
 class LoaderConfig:
     backend: Literal["auto", "dali", "dali-cpu", "wds"] = "auto"  # auto: dali on a GPU, dali-cpu on CPU
-    batch_size: int = 64             # per rank
-    workers: int = 0                 # worker processes (wds) or threads (dali); 0: every core we may use
-    image_size: int = 224
-    resize_size: int = 256           # eval: shorter side before the centre crop
-    min_scale: float = 0.08          # train: smallest RandomResizedCrop area, as a fraction
-    shuffle_buffer: int = 10_000     # train: a rank's samples are shuffled within windows this long
+    batch_size: int = bounded(64, lo=1)          # per rank
+    workers: int = bounded(0, lo=0, hi=1024)     # worker processes (wds) or threads (dali); 0: every core we may use
+    image_size: int = bounded(224, lo=8)         # side of the square crop the model sees
+    resize_size: int = bounded(256, lo=8)        # eval: shorter side before the centre crop
+    min_scale: float = bounded(0.08, lo=0, hi=1, open_lo=True)  # train: smallest RandomResizedCrop area, as a fraction
+    shuffle_buffer: int = bounded(10_000, lo=1)  # train: a rank's samples are shuffled within windows this long
     sqrt_resample: bool | None = None  # None: on for hashtag (multi-label) data, off for single-label
-    seed: int = 0
+    seed: int = bounded(0, lo=0, hi=2**32 - 1)   # shard order and augmentation draws
     drop_last: bool | None = None    # None: train drops a last partial batch, eval keeps it
 
     def check(self) -> None:
+        """Cross-field checks; the ranges are declared above (check_ranges)."""
         if self.backend not in BACKENDS:
             raise ValueError(f"config key 'backend' must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        for key in ("batch_size", "image_size", "resize_size", "shuffle_buffer"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"config key '{key}' must be >= 1")
-        if self.workers < 0:
-            raise ValueError("config key 'workers' must be >= 0 (0: every core)")
         if self.resize_size < self.image_size:
-            raise ValueError("config key 'resize_size' must be >= image_size (eval crops image_size out of it)")
-        if not 0 < self.min_scale <= 1:
-            raise ValueError("config key 'min_scale' must be in (0, 1]")
-        if self.seed < 0:
-            raise ValueError("config key 'seed' must be >= 0")
+            raise ValueError(f"config key 'resize_size' ({self.resize_size}) must be >= 'image_size' "
+                             f"({self.image_size}): eval crops image_size out of it")
 
 
 class Job(NamedTuple):
@@ -113,6 +107,7 @@ def make_loader(cfg: LoaderConfig, directory: str | Path, rank: int = 0, world_s
 class Loader:
     def __init__(self, cfg: LoaderConfig, directory: str | Path, rank: int, world_size: int,
                  device: str | torch.device, phase: str):
+        check_ranges(cfg)
         cfg.check()
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
