@@ -1,0 +1,223 @@
+"""`wsl data dedup` on generated photos: copies found, unrelated kept, outputs sound."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import build_shards, photo
+from data_tools import shards
+from data_tools.dedup import copies
+from data_tools.verify import verify
+from launch.cli import main
+
+EDITS = ["half", "jpeg30", "crop80", "flip", "colour", "border"]
+SIZE = (200, 150)
+
+
+def write_images(root: Path, images: dict[str, Image.Image]) -> Path:
+    """JPEGs under root and a JSONL manifest naming them, every image tagged #dog."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "tags.jsonl", "w") as f:
+        for name, im in images.items():
+            im.save(root / name, quality=92)
+            f.write(json.dumps({"path": name, "tags": ["#dog"]}) + "\n")
+    return root / "tags.jsonl"
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """An evaluation set of 12 photos; a training set of 24 unrelated photos, one edited
+    copy of each of the first six evaluation photos and an exact copy of the seventh."""
+    root = tmp_path_factory.mktemp("dedup")
+    rng = np.random.default_rng(7)
+    originals = {f"val_{i:02d}.jpg": photo(rng, *SIZE) for i in range(12)}
+    val = root / "val"
+    build_shards(write_images(root / "val_imgs", originals), val, "shards.samples=5", "shards.name=val")
+    train_images = {f"other_{i:02d}.jpg": photo(rng, *SIZE) for i in range(24)}
+    expected = {}
+    for i, edit in enumerate(EDITS):
+        name = f"copy_{edit}.jpg"
+        train_images[name] = copies.EDITS[edit](originals[f"val_{i:02d}.jpg"])
+        expected[name] = f"val_{i:02d}.jpg"
+    train_images["copy_exact.jpg"] = originals["val_06.jpg"]
+    expected["copy_exact.jpg"] = "val_06.jpg"
+    train = root / "train"
+    build_shards(write_images(root / "train_imgs", train_images), train, "shards.samples=8")
+    return {"root": root, "val": val, "train": train, "expected": expected}
+
+
+def dedup(*args: str) -> int:
+    return main(["data", "dedup", *args, "progress=false", "workers=1"])
+
+
+def matches(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "matches.jsonl").read_text().splitlines()]
+
+
+def keys_of(directory: Path) -> set[str]:
+    manifest = shards.read_manifest(directory)
+    return {key for e in manifest["shards"] for key, _ in shards.iter_samples(directory / e["file"])}
+
+
+@pytest.fixture(scope="module")
+def one_run(sets):
+    out = sets["root"] / "out"
+    code = dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
+                 "--apply", str(sets["root"] / "filtered"))
+    assert code == 0
+    return out
+
+
+def test_copies_found_unrelated_kept(sets, one_run):
+    found = {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(one_run)}
+    assert found == sets["expected"]
+    assert all(m["against"] == "val" for m in matches(one_run))
+    summary = json.loads((one_run / "summary.json").read_text())
+    assert summary["removed"] == len(sets["expected"])
+    assert summary["against"][0]["matched_train_samples"] == len(sets["expected"])
+    assert summary["calibration"]["recall"] > 0.5 and summary["calibration"]["precision"] is not None
+
+
+def test_apply_passes_verify_and_lacks_exactly_the_removed(sets, one_run):
+    filtered = sets["root"] / "filtered"
+    assert verify(str(filtered), workers=1, progress=False) == []
+    removed = {m["train_key"] for m in matches(one_run)}
+    assert len(removed) == len(sets["expected"])
+    assert keys_of(filtered) == keys_of(sets["train"]) - removed
+    record = shards.read_manifest(filtered)["dedup"]
+    val_manifest = shards.read_manifest(sets["val"])
+    assert record["against"] == [{"name": "val", "directory": str(sets["val"].resolve()),
+                                  "fingerprint": shards.fingerprint(val_manifest), "num_samples": 12}]
+    assert record["removed"] == len(removed) and record["self"] is False
+    assert record["descriptor"].startswith("dct") and 0 < record["threshold"] < 1
+    assert set(record["calibration"]) == {"precision", "recall"}
+
+
+def test_parts_merged_equal_one_run(sets, one_run):
+    out = sets["root"] / "parts"
+    common = ["--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out)]
+    assert dedup(*common, "--part", "0/2") == 0
+    assert not (out / "matches.jsonl").exists()  # part 1/2 is still to come
+    assert dedup(*common, "--part", "1/2") == 0
+    assert dedup(*common, "--merge") == 0
+    assert (out / "matches.jsonl").read_text() == (one_run / "matches.jsonl").read_text()
+
+
+def test_merge_before_all_parts_is_one_clear_error(sets, capsys):
+    out = sets["root"] / "early_merge"
+    common = ["--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(out)]
+    assert dedup(*common, "--part", "0/3") == 0
+    assert dedup(*common, "--merge") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not scanned yet" in err[0]
+
+
+def test_reused_out_with_other_settings_refused(sets, one_run, capsys):
+    code = dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(one_run),
+                 "threshold=0.5")
+    assert code == 2
+    assert "another dedup run" in capsys.readouterr().err
+
+
+def corrupt_copy(train: Path, dest: Path) -> str:
+    """The training set with one image's bytes replaced by garbage; returns its key."""
+    shutil.copytree(train, dest)
+    manifest = shards.read_manifest(dest)
+    entry = manifest["shards"][0]
+    samples = [(key, files["jpg"], json.loads(files["json"])) for key, files in shards.iter_samples(dest / entry["file"])]
+    bad_key = samples[1][0]
+    samples[1] = (bad_key, b"\xff\xd8\xff\xe0 not really a jpeg", samples[1][2])
+    entry.update(shards.write_shard(dest / entry["file"], samples))
+    shards.write_json(dest / "manifest.json", manifest)
+    return bad_key
+
+
+def test_corrupt_image_counted_and_left_out(sets):
+    train = sets["root"] / "train_corrupt"
+    bad_key = corrupt_copy(sets["train"], train)
+    out, filtered = sets["root"] / "out_corrupt", sets["root"] / "filtered_corrupt"
+    assert dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(out),
+                 "--apply", str(filtered)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train"]["undecodable"] == 1
+    assert summary["train"]["undecodable_examples"][0]["key"] == bad_key
+    assert verify(str(filtered), workers=1, progress=False) == []
+    assert bad_key not in keys_of(filtered)
+    assert shards.read_manifest(filtered)["bad_samples"]["undecodable"] == 1
+
+
+def test_self_dedup_keeps_one_per_component(tmp_path, sets):
+    rng = np.random.default_rng(11)
+    twin = photo(rng, *SIZE)
+    images = {f"u_{i:02d}.jpg": photo(rng, *SIZE) for i in range(10)}
+    images.update({"twin_a.jpg": twin, "twin_b.jpg": copies.half(twin), "twin_c.jpg": copies.flip(copies.flip(twin))})
+    train = tmp_path / "train"
+    build_shards(write_images(tmp_path / "imgs", images), train, "shards.samples=4")
+    out = tmp_path / "out"
+    assert dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(out), "--self") == 0
+    found = matches(out)
+    assert {m["against"] for m in found} == {"self"}
+    assert sorted(Path(m["train_path"]).name for m in found) == ["twin_b.jpg", "twin_c.jpg"]
+    assert {Path(m["eval_path"]).name for m in found} == {"twin_a.jpg"}
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "--against"),
+    (["--against", "/nonexistent/val"], "no such directory"),
+    (["--against", "EMPTY"], "holds no samples"),
+    (["--against", "VAL", "threshold=2"], "threshold"),
+    (["--against", "VAL", "calibration.images=0"], "calibration.images"),
+    (["--against", "VAL", "workers=-1"], "workers"),
+    (["--against", "VAL", "descriptor.name=learned"], "descriptor.checkpoint"),
+    (["--against", "VAL", "descriptor.name=learned", "descriptor.checkpoint=/nonexistent.pt"], "not found"),
+    (["--against", "VAL", "--against", "VAL"], "distinct names"),
+    (["--against", "VAL", "--part", "2/2"], "part"),
+])
+def test_bad_input_is_one_clear_error(sets, tmp_path, capsys, args, words):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    manifest = shards.read_manifest(sets["val"])
+    shards.write_json(empty / "manifest.json", {**manifest, "shards": [], "num_samples": 0, "num_shards": 0})
+    args = [str(sets["val"]) if a == "VAL" else str(empty) if a == "EMPTY" else a for a in args]
+    code = dedup("--train", str(sets["train"]), "--out", str(tmp_path / "out"), *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and words in err[0], err
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def colourful_share(png: Path) -> float:
+    """Share of pixels with clear colour: thumbnails of photos have it, text and page do not."""
+    hsv = np.asarray(Image.open(png).convert("RGB").convert("HSV"), dtype=np.int16)
+    return float(((hsv[..., 1] > 60) & (hsv[..., 2] > 40)).mean())
+
+
+def test_report_opens_in_headless_chromium_and_shows_the_pairs(sets, one_run, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/install-system-deps.sh installs it as root)")
+    report = one_run / "report.html"
+    page = report.read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 * len(sets["expected"])
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1000,2400", report.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert colourful_share(shot) > 0.03
+    # The same page with the thumbnails removed shows no such colour: the pixels are the images.
+    bare = tmp_path / "bare.html"
+    bare.write_text(page.replace("data:image/jpeg;base64,", "data:image/jpeg;base64,x"))
+    blank = tmp_path / "bare.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={blank}", "--window-size=1000,2400", bare.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert colourful_share(blank) < 0.005
