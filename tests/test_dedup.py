@@ -113,6 +113,7 @@ def test_merge_before_all_parts_is_one_clear_error(sets, capsys):
     out = sets["root"] / "early_merge"
     common = ["--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(out)]
     assert dedup(*common, "--part", "0/3") == 0
+    assert "2 shard(s) of other parts still to scan" in capsys.readouterr().err
     assert dedup(*common, "--merge") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not scanned yet" in err[0]
@@ -173,7 +174,8 @@ def test_self_dedup_keeps_one_per_component(tmp_path, sets):
     (["--against", "EMPTY"], "holds no samples"),
     (["--against", "VAL", "threshold=2"], "threshold"),
     (["--against", "VAL", "calibration.images=0"], "calibration.images"),
-    (["--against", "VAL", "workers=-1"], "workers"),
+    (["--against", "VAL", "search.nprobe=0"], "search.nprobe"),
+    (["--against", "VAL", "descriptor.block=64"], "descriptor.block"),
     (["--against", "VAL", "descriptor.name=learned"], "descriptor.checkpoint"),
     (["--against", "VAL", "descriptor.name=learned", "descriptor.checkpoint=/nonexistent.pt"], "not found"),
     (["--against", "VAL", "--against", "VAL"], "distinct names"),
@@ -221,3 +223,41 @@ def test_report_opens_in_headless_chromium_and_shows_the_pairs(sets, one_run, tm
                     f"--screenshot={blank}", "--window-size=1000,2400", bare.as_uri()],
                    check=True, capture_output=True, timeout=120)
     assert colourful_share(blank) < 0.005
+
+
+def tiny_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    """The three kinds of local checkpoint the learned descriptor reads, with random weights."""
+    import torch
+    import torchvision
+    from pretrain.models import build_model
+    from pretrain.train import export
+
+    backbone = export(build_model("resnext_tiny", 5).state_dict(), "resnext_tiny", {}, tmp_path / "backbone.pt")
+    net = torchvision.models.resnet18(weights=None)
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    scripted = torch.jit.script(torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1).eval())
+    scripted.save(str(tmp_path / "sscd_like.torchscript.pt"))
+    return {"backbone": (backbone, []),
+            "torchvision": (tmp_path / "resnet18.pth", ["descriptor.arch=resnet18"]),
+            "torchscript": (tmp_path / "sscd_like.torchscript.pt", [])}
+
+
+@pytest.mark.parametrize("kind", ["backbone", "torchvision", "torchscript"])
+def test_learned_descriptor_from_local_checkpoint(sets, tmp_path, kind):
+    path, extra = tiny_checkpoints(tmp_path)[kind]
+    out = tmp_path / "out"
+    assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
+                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.size=64", *extra) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["descriptor"] == f"learned:{path.name}"
+    assert summary["calibration"]["threshold_source"] == "calibrated"
+    exact = [m for m in matches(out) if Path(m["train_path"]).name == "copy_exact.jpg"]
+    assert exact and exact[0]["eval_path"].endswith("val_06.jpg") and exact[0]["score"] > 0.999
+
+
+def test_state_dict_of_another_architecture_is_one_clear_error(sets, tmp_path, capsys):
+    path, _ = tiny_checkpoints(tmp_path)["torchvision"]
+    code = dedup("--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(tmp_path / "out"),
+                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.arch=resnet50")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not fit torchvision's resnet50" in err[0]

@@ -8,6 +8,7 @@ photographs (bench/dedup.py); one without is calibrated on the run's own images.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Protocol
 
 import numpy as np
@@ -120,7 +121,9 @@ def load_network(path: str, arch: str | None):
     if not Path(path).is_file():
         raise FileNotFoundError(f"descriptor checkpoint not found: {path}")
     try:
-        return torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is what SSCD ships
+            return torch.jit.load(path, map_location="cpu")
     except (RuntimeError, ValueError):
         pass  # not TorchScript: a pickled state dict
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -137,8 +140,18 @@ def load_network(path: str, arch: str | None):
     if not hasattr(torchvision.models, arch):
         raise ValueError(f"'descriptor.arch' = {arch!r} is not a torchvision model")
     net = getattr(torchvision.models, arch)(weights=None)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is neither TorchScript nor a state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ValueError(f"{path} does not fit torchvision's {arch}: {detail}") from None
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit torchvision's {arch}: {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected weights (e.g. {(missing + unexpected)[0]})")
     return _feature_map(net)
 
 
