@@ -261,3 +261,13 @@ def test_state_dict_of_another_architecture_is_one_clear_error(sets, tmp_path, c
                  "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.arch=resnet50")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "does not fit torchvision's resnet50" in err[0]
+
+
+def test_truncated_shard_is_one_clear_error(sets, tmp_path, capsys):
+    train = tmp_path / "train"
+    shutil.copytree(sets["train"], train)
+    tar = train / shards.read_manifest(train)["shards"][1]["file"]
+    tar.write_bytes(tar.read_bytes()[:1500])
+    code = dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(tmp_path / "out"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unreadable shard" in err[0] and tar.name in err[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tarfile
 import time
 import zlib
 from collections import defaultdict
@@ -121,15 +122,18 @@ def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sampl
     `sample_every` images come back for calibration."""
     descriptor = make_descriptor(desc_cfg)
     keys, paths, images, bad = [], [], [], []
-    for key, files in shards.iter_samples(Path(tar)):
-        try:
-            im = views.query_view(views.decode(files.get("jpg", b"")))
-        except views.Undecodable as err:
-            bad.append({"key": key, "shard": Path(tar).name, "reason": str(err)[:200]})
-            continue
-        keys.append(key)
-        paths.append(_source_path(files))
-        images.append(im)
+    try:
+        for key, files in shards.iter_samples(Path(tar)):
+            try:
+                im = views.query_view(views.decode(files.get("jpg", b"")))
+            except views.Undecodable as err:
+                bad.append({"key": key, "shard": Path(tar).name, "reason": str(err)[:200]})
+                continue
+            keys.append(key)
+            paths.append(_source_path(files))
+            images.append(im)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise ValueError(f"{tar}: unreadable shard ({err}); check the set with `wsl data verify`") from None
     if index_side:
         per = [views.index_views(im) for im in images]
         flat = [v for group in per for v in group]
