@@ -247,7 +247,7 @@ def test_learned_descriptor_from_local_checkpoint(sets, tmp_path, kind):
     path, extra = tiny_checkpoints(tmp_path)[kind]
     out = tmp_path / "out"
     assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
-                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.size=64", *extra) == 0
+                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.size=32", *extra) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["descriptor"] == f"learned:{path.name}"
     assert summary["calibration"]["threshold_source"] == "calibrated"

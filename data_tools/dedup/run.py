@@ -116,11 +116,22 @@ def open_set(spec: str, role: str) -> ShardSet:
     return ShardSet(name or path.resolve().name, path, manifest)
 
 
+_DESCRIPTORS: dict[str, object] = {}
+
+
+def cached_descriptor(desc_cfg: DescriptorConfig):
+    """One descriptor per process and config: a network is loaded once, not per shard."""
+    key = json.dumps(asdict(desc_cfg), sort_keys=True)
+    if key not in _DESCRIPTORS:
+        _DESCRIPTORS[key] = make_descriptor(desc_cfg)
+    return _DESCRIPTORS[key]
+
+
 def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sample_every: int = 0) -> dict:
     """Worker: every sample of one shard decoded and described (the query view, or all
     the index views), undecodable images counted; the thumbnails of about one in
     `sample_every` images come back for calibration."""
-    descriptor = make_descriptor(desc_cfg)
+    descriptor = cached_descriptor(desc_cfg)
     keys, paths, images, bad = [], [], [], []
     try:
         for key, files in shards.iter_samples(Path(tar)):
@@ -265,7 +276,7 @@ def run(cfg: DedupConfig) -> dict | None:
     if cfg.merge and todo:
         raise ValueError(f"cannot merge: {len(todo)} training shard(s) not scanned yet, e.g. {todo[0]}")
 
-    descriptor = make_descriptor(cfg.descriptor)
+    descriptor = cached_descriptor(cfg.descriptor)
     index, thumbnails, against_bad = build_index(cfg, sets, descriptor)
     timings = {"index_s": round(time.time() - started, 2)}
     threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)

@@ -10,6 +10,8 @@ import numpy as np
 
 from data_tools.dedup import copies, views
 
+TRAIN_PER_CELL = 39  # FAISS warns below this many k-means training points per IVF cell
+
 
 @dataclass
 class EvalImage:
@@ -23,9 +25,11 @@ def make_index(dim: int, kind: str, nlist: int, nprobe: int, vectors: np.ndarray
     """Exact inner-product search (`flat`), or an inverted file (`ivf`) that scans
     `nprobe` of `nlist` cells: sub-millisecond queries against millions of views. A GPU
     index when faiss was built with GPU support and a GPU is present."""
-    if kind == "ivf" and len(vectors) >= 39 * nlist:  # FAISS wants ~39 training points per cell
+    if kind == "ivf" and len(vectors) >= TRAIN_PER_CELL * nlist:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
+        # k-means on a fixed sample: as good cells as on all vectors, at a fraction of the time.
+        sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
         index.nprobe = nprobe
     else:
         index = faiss.IndexFlatIP(dim)
