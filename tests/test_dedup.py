@@ -180,13 +180,18 @@ def test_self_dedup_keeps_one_per_component(tmp_path, sets):
     (["--against", "VAL", "descriptor.name=learned", "descriptor.checkpoint=/nonexistent.pt"], "not found"),
     (["--against", "VAL", "--against", "VAL"], "distinct names"),
     (["--against", "VAL", "--part", "2/2"], "part"),
+    (["--against", "VAL", "--apply", "NONEMPTY"], "not empty"),
 ])
 def test_bad_input_is_one_clear_error(sets, tmp_path, capsys, args, words):
     empty = tmp_path / "empty"
     empty.mkdir()
     manifest = shards.read_manifest(sets["val"])
     shards.write_json(empty / "manifest.json", {**manifest, "shards": [], "num_samples": 0, "num_shards": 0})
-    args = [str(sets["val"]) if a == "VAL" else str(empty) if a == "EMPTY" else a for a in args]
+    nonempty = tmp_path / "nonempty"
+    nonempty.mkdir()
+    (nonempty / "precious.txt").write_text("not ours")
+    named = {"VAL": sets["val"], "EMPTY": empty, "NONEMPTY": nonempty}
+    args = [str(named.get(a, a)) for a in args]
     code = dedup("--train", str(sets["train"]), "--out", str(tmp_path / "out"), *args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -268,6 +268,9 @@ def run(cfg: DedupConfig) -> dict | None:
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"against sets need distinct names, got {names}; use --against NAME=DIR")
+    if cfg.apply:
+        from data_tools.dedup.apply import check_target
+        check_target(Path(cfg.apply))  # refused now, not after the scan
     out = Path(cfg.out)
     state = out / ".dedup"
     mine, parts = parse_part(cfg.part)
