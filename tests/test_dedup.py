@@ -276,3 +276,13 @@ def test_truncated_shard_is_one_clear_error(sets, tmp_path, capsys):
     code = dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(tmp_path / "out"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unreadable shard" in err[0] and tar.name in err[0]
+
+
+def test_report_caps_the_pairs_and_says_so(sets, tmp_path):
+    out = tmp_path / "out"
+    assert dedup("--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(out),
+                 "report_pairs=2", "near_misses=1") == 0
+    page = (out / "report.html").read_text()
+    assert f"Showing the 2 highest-scoring of {len(sets['expected'])} matches" in page
+    assert page.count("data:image/jpeg;base64,") == 2 * (2 + 1)
+    assert len(matches(out)) == len(sets["expected"])  # the cap is the page's, not the results'
