@@ -241,11 +241,13 @@ def scan_shard(result: dict, index: EvalIndex, threshold: float, near_misses: in
     return found
 
 
-def settings(cfg: DedupConfig, train: ShardSet, sets: list[ShardSet], threshold: float) -> dict:
-    """What decides the results: a reused OUT must have been made with the same."""
+def settings(cfg: DedupConfig, train: ShardSet, sets: list[ShardSet]) -> dict:
+    """What decides the results (the threshold follows from these: calibration is seeded):
+    a reused OUT must have been made with the same."""
     return {"train": shards.fingerprint(train.manifest),
             "against": [[s.name, shards.fingerprint(s.manifest)] for s in sets],
-            "descriptor": asdict(cfg.descriptor), "threshold": threshold, "self_dedup": cfg.self_dedup}
+            "descriptor": asdict(cfg.descriptor), "threshold": cfg.threshold,
+            "calibration": asdict(cfg.calibration), "search": asdict(cfg.search), "self_dedup": cfg.self_dedup}
 
 
 def check_settings(state: Path, wanted: dict) -> None:
@@ -279,14 +281,32 @@ def run(cfg: DedupConfig) -> dict | None:
     if cfg.merge and todo:
         raise ValueError(f"cannot merge: {len(todo)} training shard(s) not scanned yet, e.g. {todo[0]}")
 
-    descriptor = cached_descriptor(cfg.descriptor)
-    index, thumbnails, against_bad = build_index(cfg, sets, descriptor)
-    timings = {"index_s": round(time.time() - started, 2)}
-    threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)
-    check_settings(state, settings(cfg, train, sets, threshold))
+    check_settings(state, settings(cfg, train, sets))
     (state / "shards").mkdir(parents=True, exist_ok=True)
+    saved = state / "calibration.json"  # the threshold and what the index found, for --merge
+    if todo or not saved.is_file():
+        descriptor = cached_descriptor(cfg.descriptor)
+        index, thumbnails, against_bad = build_index(cfg, sets, descriptor)
+        threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)
+        facts = {"threshold": threshold, "calibration": calibration, "against_bad": against_bad,
+                 "index": {"kind": cfg.search.index, "images": len(index.images), "views": int(index.index.ntotal)},
+                 "timings": {"index_s": round(time.time() - started, 2)}}
+        shards.write_json(saved, facts)
+        scan_started = time.time()
+        scan(cfg, train, todo, index, threshold, state)
+        facts["timings"]["scan_s"] = round(time.time() - scan_started, 2)
+    else:  # every shard is scanned: joining needs no index, only what it decided
+        facts = json.loads(saved.read_text())
+    missing = [e["file"] for e in entries if not (state / "shards" / f"{e['file']}.json").is_file()]
+    if missing:
+        print(f"part {cfg.part} done; {len(missing)} shard(s) of other parts still to scan, then run "
+              "the same command with --merge", file=sys.stderr)
+        return None
+    return finish(cfg, train, sets, facts)
 
-    scan_started = time.time()
+
+def scan(cfg: DedupConfig, train: ShardSet, todo: list[str], index: EvalIndex, threshold: float,
+         state: Path) -> None:
     tars = [str(train.directory / name) for name in todo]
     bar = tqdm(total=len(tars), desc="scan training shards", unit="shard", disable=not cfg.progress)
     for name, result in zip(todo, shard_tasks(cfg, tars, index_side=False)):
@@ -296,17 +316,11 @@ def run(cfg: DedupConfig) -> dict | None:
         shards.write_json(state / "shards" / f"{name}.json", found)
         bar.update()
     bar.close()
-    timings["scan_s"] = round(time.time() - scan_started, 2)
-    missing = [e["file"] for e in entries if not (state / "shards" / f"{e['file']}.json").is_file()]
-    if missing:
-        print(f"part {cfg.part} done; {len(missing)} shard(s) of other parts still to scan, then run "
-              "the same command with --merge", file=sys.stderr)
-        return None
-    return finish(cfg, train, sets, index, threshold, calibration, against_bad, timings)
 
 
-def finish(cfg, train: ShardSet, sets, index: EvalIndex, threshold: float, calibration: dict,
-           against_bad: dict, timings: dict) -> dict:
+def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
+    """Join the shards' results: --self, matches.jsonl, summary.json, report.html, --apply."""
+    threshold, against_bad = facts["threshold"], facts["against_bad"]
     from data_tools.dedup import report
     out = Path(cfg.out)
     results = [json.loads((out / ".dedup" / "shards" / f"{e['file']}.json").read_text())
@@ -323,8 +337,8 @@ def finish(cfg, train: ShardSet, sets, index: EvalIndex, threshold: float, calib
     summary = {
         "train": {"directory": str(train.directory), "samples": sum(r["samples"] for r in results),
                   "undecodable": len(bad), "undecodable_examples": bad[:BAD_EXAMPLES]},
-        "against": [{"name": s.name, "directory": str(s.directory.resolve()), "fingerprint": shards.fingerprint(s.manifest),
-                     "num_samples": s.manifest["num_samples"],
+        "against": [{"name": s.name, "directory": str(s.directory.resolve()),
+                     "fingerprint": shards.fingerprint(s.manifest), "num_samples": s.manifest["num_samples"],
                      "matched_train_samples": len({m["train_key"] for m in matches if m["against"] == s.name}),
                      "undecodable": len(against_bad.get(s.name, []))} for s in sets],
         "self": {"enabled": cfg.self_dedup,
@@ -332,9 +346,9 @@ def finish(cfg, train: ShardSet, sets, index: EvalIndex, threshold: float, calib
         "removed": len(removed),
         "descriptor": descriptor_name(cfg),
         "threshold": threshold,
-        "calibration": calibration,
-        "index": {"kind": cfg.search.index, "images": len(index.images), "views": int(index.index.ntotal)},
-        "timings": {**timings, "total_s": round(sum(timings.values()), 2)},
+        "calibration": facts["calibration"],
+        "index": facts["index"],
+        "timings": facts["timings"],
     }
     shards.write_json(out / "summary.json", summary)
     near = sorted((n for r in results for n in r["near"]), key=lambda n: -n["score"])[:cfg.near_misses]
