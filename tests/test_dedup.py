@@ -286,3 +286,25 @@ def test_report_caps_the_pairs_and_says_so(sets, tmp_path):
     assert f"Showing the 2 highest-scoring of {len(sets['expected'])} matches" in page
     assert page.count("data:image/jpeg;base64,") == 2 * (2 + 1)
     assert len(matches(out)) == len(sets["expected"])  # the cap is the page's, not the results'
+
+
+def test_interrupted_run_resumes_from_its_finished_shards(sets, one_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(one_run, out)
+    done = sorted((out / ".dedup" / "shards").glob("*.json"))
+    done[-1].unlink()  # as if stopped before the last shard
+    kept = {p: p.stat().st_mtime_ns for p in done[:-1]}
+    assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out)) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished shards not redone
+    assert (out / "matches.jsonl").read_text() == (one_run / "matches.jsonl").read_text()
+
+
+def test_frame_is_cut_back_to_the_image():
+    from data_tools.dedup import views
+    rng = np.random.default_rng(3)
+    im = photo(rng, 160, 120)
+    framed = copies.border(im, 0.1)            # 16 px of black on every side, image shrunk inside
+    cut = views.cut_border(framed)
+    slack = 2 * views.BLEND + 1                 # the blended rows go with the frame, on both sides
+    assert abs(cut.width - 128) <= slack and abs(cut.height - 88) <= slack
+    assert views.cut_border(im).size == im.size  # a photo without a frame is left whole
