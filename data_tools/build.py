@@ -462,9 +462,18 @@ def first_examples(lists) -> list[dict]:
     return [unique[key] for key in sorted(unique)[:BAD_EXAMPLES]]
 
 
+def shard_entries(results: list[dict]) -> list[dict]:
+    """The manifest's `shards` list from the writers' per-shard stats."""
+    return [{k: r[k] for k in ("shard", "file", "index", "samples", "bytes", "sha256")} for r in results]
+
+
+def sum_tag_counts(results: list[dict], num_classes: int) -> list[int]:
+    return [sum(col) for col in zip(*(r["tag_counts"] for r in results))] or [0] * num_classes
+
+
 def assemble(results: list[dict], entries: list[vocab.Entry], source, tally: Tally,
              per_shard: int, inputs_hash: str, cfg: BuildConfig) -> dict:
-    tag_counts = [sum(col) for col in zip(*(r["tag_counts"] for r in results))] or [0] * len(entries)
+    tag_counts = sum_tag_counts(results, len(entries))
     return {
         "format": FORMAT,
         "name": cfg.shards.name,
@@ -475,7 +484,7 @@ def assemble(results: list[dict], entries: list[vocab.Entry], source, tally: Tal
         "num_shards": len(results),
         "samples_per_shard": per_shard,
         "part": cfg.part,
-        "shards": [{k: r[k] for k in ("shard", "file", "index", "samples", "bytes", "sha256")} for r in results],
+        "shards": shard_entries(results),
         "tag_counts": tag_counts,
         "bad_samples": add_counts(r["bad"] for r in results),
         "bad_examples": first_examples([tally.malformed, *(r["bad_examples"] for r in results)]),

@@ -28,6 +28,8 @@ def describe(err: Exception) -> str:
 # Every configurable stage: `wsl config STAGE` prints its config. A new stage adds one line.
 STAGES = {
     "data build": "data_tools.build:BuildConfig",
+    "data convert": "data_tools.convert:ConvertConfig",
+    "data dedup": "data_tools.dedup.run:DedupConfig",
     "pretrain": "pretrain.config:PretrainConfig",
 }
 PRETRAIN_COMMANDS = ("train", "export")
@@ -80,6 +82,29 @@ def data_verify(args) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     print(f"{args.directory}: all shards, samples and images check out")
+    return 0
+
+
+def data_dedup(args) -> int:
+    import json
+    from data_tools.dedup.run import DedupConfig, run
+    flags = [f"train={args.train}"] if args.train else []
+    flags += [f"out={args.out}"] if args.out else []
+    flags += [f"apply={args.apply}"] if args.apply else []
+    flags += ["self_dedup=true"] if args.self else []
+    flags += ["merge=true"] if args.merge else []
+    flags += [f"part={args.part}"] if args.part else []
+    # --against values go in as a YAML list of strings, whatever characters the paths hold.
+    flags += [f"against={json.dumps(args.against)}"] if args.against else []
+    cfg = make_config(DedupConfig, args.config, args.overrides + flags)
+    summary = run(cfg)
+    if summary is None:
+        return 0
+    print(f"{summary['removed']} of {summary['train']['samples']} training samples match "
+          f"(threshold {summary['threshold']:.4f}, {summary['descriptor']}); "
+          f"{summary['train']['undecodable']} undecodable; report: {Path(cfg.out) / 'report.html'}")
+    if cfg.apply:
+        print(f"filtered shards: {cfg.apply} ({summary['apply']['num_samples']} samples)")
     return 0
 
 
@@ -216,6 +241,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=data_verify)
+    p = data_cmds.add_parser("dedup", help="find (and with --apply remove) training images that copy "
+                                           "evaluation images")
+    add_config_args(p)
+    p.add_argument("--train", metavar="DIR", help="training shards (a `wsl data build` output)")
+    p.add_argument("--against", metavar="[NAME=]DIR", action="append",
+                   help="evaluation shards to filter against; repeat for several sets")
+    p.add_argument("--out", metavar="DIR", help="matches.jsonl, summary.json, report.html")
+    p.add_argument("--apply", metavar="OUT", help="also write the filtered training shards here")
+    p.add_argument("--self", action="store_true", help="also remove near-duplicates within the training set")
+    p.add_argument("--part", metavar="i/N", help="scan only training shards i, i+N, ... (a SLURM array task)")
+    p.add_argument("--merge", action="store_true", help="join the finished --part results (scan nothing)")
+    p.set_defaults(func=data_dedup)
     p = data_cmds.add_parser("stats", help="label frequency table and Zipf plot")
     p.add_argument("directory")
     p.add_argument("--top", type=int, default=20)

@@ -1,0 +1,432 @@
+"""`wsl data dedup`: find the training samples that copy an evaluation image.
+
+1. Index: every image of every `--against` set, cut of its frame, as several views
+   (views.index_views), described and put in one FAISS index.
+2. Threshold: the descriptor's measured default, a given `threshold`, or — for a
+   descriptor without one — calibrated on synthetic copies of the against images; the
+   calibration's precision and recall are reported either way.
+3. Scan: the training shards, one task per shard in worker processes, never more than a
+   few shards in memory. Each shard's result is a file under OUT/.dedup/shards, so a
+   re-run resumes and `--part i/N` scans shards i, i+N, ...; the run without `--part`
+   (or with `--merge`) joins them.
+4. Finish: `--self` links training images closer than the threshold (k-NN graph) and
+   keeps one per connected component; then matches.jsonl, summary.json, report.html.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tarfile
+import time
+import zlib
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from data_tools import shards
+from data_tools.build import parse_part
+from data_tools.dedup import views
+from data_tools.dedup.descriptors import make_descriptor
+from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
+from data_tools.fields import bounded, check_ranges
+
+BATCH = 256          # images described per call
+BAD_EXAMPLES = 10
+
+
+@dataclass
+class DescriptorConfig:
+    name: Literal["dct", "learned"] = "dct"
+    side: int = bounded(32, lo=8, hi=256)          # dct: grey thumbnail side
+    block: int = bounded(8, lo=2, hi=64)           # dct: low-frequency block kept
+    checkpoint: str | None = None                  # learned: TorchScript, backbone.pt or state dict
+    arch: str | None = None                        # learned: torchvision model of a plain state dict
+    size: int = bounded(224, lo=32, hi=1024)       # learned: input side
+    batch: int = bounded(64, lo=1, hi=4096)        # learned: images per forward
+
+
+@dataclass
+class SearchConfig:
+    index: Literal["flat", "ivf"] = "flat"         # flat: exact; ivf: sub-ms queries at millions of views
+    nlist: int = bounded(1024, lo=1)
+    nprobe: int = bounded(32, lo=1)
+    self_k: int = bounded(10, lo=2, hi=1000)       # --self: neighbours per training image
+
+
+@dataclass
+class CalibrationConfig:
+    images: int = bounded(500, lo=2)               # against images copied synthetically
+    precision: float = bounded(0.99, lo=0, hi=1, open_lo=True)  # target when calibrating
+    seed: int = 0
+
+
+@dataclass
+class DedupConfig:
+    train: str = ""
+    against: list[str] = field(default_factory=list)   # DIR or NAME=DIR
+    out: str = ""
+    apply: str | None = None                            # write filtered shards here
+    self_dedup: bool = False
+    threshold: float | None = bounded(None, lo=-1, hi=1)  # None: the descriptor's, or calibrated
+    descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    part: str = "0/1"
+    merge: bool = False                                 # only join finished shard results
+    workers: int = bounded(0, lo=0, hi=1024)            # 0: one per core
+    report_pairs: int = bounded(300, lo=1)              # matched pairs shown in report.html
+    near_misses: int = bounded(50, lo=0)                # closest non-matches shown
+    progress: bool = True
+
+    def check(self) -> None:
+        if not self.train:
+            raise ValueError("config key 'train' is required (the training shard directory, --train)")
+        if not self.out:
+            raise ValueError("config key 'out' is required (the result directory, --out)")
+        if not self.against:
+            raise ValueError("give at least one evaluation set to filter against (--against DIR or NAME=DIR)")
+        if self.descriptor.name == "learned" and not self.descriptor.checkpoint:
+            raise ValueError("'descriptor.checkpoint' is required for descriptor 'learned' (a local file)")
+        if self.descriptor.block > self.descriptor.side:
+            raise ValueError("'descriptor.block' must be <= 'descriptor.side'")
+        parse_part(self.part)
+
+
+@dataclass
+class ShardSet:
+    name: str
+    directory: Path
+    manifest: dict
+
+
+def open_set(spec: str, role: str) -> ShardSet:
+    name, _, directory = spec.rpartition("=")
+    path = Path(directory)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{role} set {spec!r}: no such directory")
+    manifest = shards.read_manifest(path)
+    if manifest.get("num_samples", 0) == 0 or not manifest.get("shards"):
+        raise ValueError(f"{role} set {spec!r} holds no samples")
+    return ShardSet(name or path.resolve().name, path, manifest)
+
+
+_DESCRIPTORS: dict[str, object] = {}
+
+
+def cached_descriptor(desc_cfg: DescriptorConfig):
+    """One descriptor per process and config: a network is loaded once, not per shard."""
+    key = json.dumps(asdict(desc_cfg), sort_keys=True)
+    if key not in _DESCRIPTORS:
+        _DESCRIPTORS[key] = make_descriptor(desc_cfg)
+    return _DESCRIPTORS[key]
+
+
+def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sample_every: int = 0) -> dict:
+    """Worker: every sample of one shard decoded and described (the query view, or all
+    the index views), undecodable images counted; the thumbnails of about one in
+    `sample_every` images come back for calibration."""
+    descriptor = cached_descriptor(desc_cfg)
+    keys, paths, images, bad = [], [], [], []
+    try:
+        for key, files in shards.iter_samples(Path(tar)):
+            try:
+                im = views.query_view(views.decode(files.get("jpg", b"")))
+            except views.Undecodable as err:
+                bad.append({"key": key, "shard": Path(tar).name, "reason": str(err)[:200]})
+                continue
+            keys.append(key)
+            paths.append(_source_path(files))
+            images.append(im)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise ValueError(f"{tar}: unreadable shard ({err}); check the set with `wsl data verify`") from None
+    if index_side:
+        per = [views.index_views(im) for im in images]
+        flat = [v for group in per for v in group]
+        vectors = np.concatenate([descriptor.describe(flat[i:i + BATCH]) for i in range(0, len(flat), BATCH)]
+                                 or [np.zeros((0, descriptor.dim), np.float32)])
+        counts = [len(group) for group in per]
+    else:
+        vectors = np.concatenate([descriptor.describe(images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
+                                 or [np.zeros((0, descriptor.dim), np.float32)])
+        counts = [1] * len(images)
+    # Sampled by key, so the calibration set does not depend on how shards reach workers.
+    thumbnails = {key: im for key, im in zip(keys, images)
+                  if sample_every and zlib.crc32(key.encode()) % sample_every == 0}
+    return {"keys": keys, "paths": paths, "vectors": vectors, "counts": counts, "bad": bad,
+            "thumbnails": thumbnails}
+
+
+def _source_path(files: dict) -> str:
+    try:
+        return str(json.loads(files["json"]).get("path", ""))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return ""
+
+
+def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_every: int = 0):
+    """describe_shard over `tars`, in order, a bounded number in flight."""
+    workers = cfg.workers or os.cpu_count() or 1
+    if cfg.descriptor.name == "learned" or workers == 1:
+        # One network on one device: batches, not processes, are the parallelism.
+        for tar in tars:
+            yield describe_shard(tar, cfg.descriptor, index_side, sample_every)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        pending = []
+        for tar in tars:
+            pending.append(pool.submit(describe_shard, tar, cfg.descriptor, index_side, sample_every))
+            if len(pending) > 2 * workers:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor) -> tuple[EvalIndex, dict, dict]:
+    """The index over all against sets, a sample of thumbnails for calibration, bad counts."""
+    total = sum(s.manifest["num_samples"] for s in sets)
+    every = max(1, total // cfg.calibration.images)
+    images, vectors, owner, thumbnails, bad = [], [], [], {}, {}
+    tars = [(s, e["file"], str(s.directory / e["file"])) for s in sets for e in s.manifest["shards"]]
+    bar = tqdm(total=total, desc="index against", unit="img", disable=not cfg.progress)
+    results = shard_tasks(cfg, [t for _, _, t in tars], index_side=True, sample_every=every)
+    for (s, shard, _), result in zip(tars, results):
+        for key, path, count in zip(result["keys"], result["paths"], result["counts"]):
+            if key in result["thumbnails"] and len(thumbnails) < cfg.calibration.images:
+                thumbnails[len(images)] = result["thumbnails"][key]
+            owner += [len(images)] * count
+            images.append(EvalImage(s.name, key, path, shard))
+        vectors.append(result["vectors"])
+        bad.setdefault(s.name, []).extend(result["bad"])
+        bar.update(len(result["keys"]) + len(result["bad"]))
+    bar.close()
+    if not images:
+        raise ValueError("no image of the against set(s) decodes: nothing to filter against")
+    index = EvalIndex(descriptor, images, np.concatenate(vectors), np.asarray(owner, np.int64),
+                      cfg.search.index, cfg.search.nlist, cfg.search.nprobe)
+    return index, thumbnails, bad
+
+
+def settle_threshold(cfg: DedupConfig, descriptor, index: EvalIndex, thumbnails: dict) -> tuple[float, dict]:
+    positive, negative = index.calibrate(thumbnails, cfg.calibration.seed)
+    if cfg.threshold is not None:
+        threshold, source = cfg.threshold, "given"
+    elif descriptor.threshold is not None:
+        threshold, source = descriptor.threshold, "descriptor default (bench/dedup.py)"
+    else:
+        threshold, source = choose_threshold(positive, negative, cfg.calibration.precision), "calibrated"
+    return float(threshold), {**operating_point(positive, negative, threshold), "threshold_source": source}
+
+
+def scan_shard(result: dict, index: EvalIndex, threshold: float, near_misses: int, shard: str,
+               keep_keys: bool) -> dict:
+    scores, who = index.best(result["vectors"])
+    matches, near = [], []
+    for pos, (key, path, score, eval_id) in enumerate(zip(result["keys"], result["paths"], scores, who)):
+        hit = index.images[eval_id]
+        row = {"train_key": key, "train_path": path, "train_shard": shard, "against": hit.set_name,
+               "eval_key": hit.key, "eval_path": hit.path, "eval_shard": hit.shard,
+               "score": round(float(score), 5)}
+        (matches if score >= threshold else near).append(row)
+    near = sorted(near, key=lambda r: -r["score"])[:near_misses]
+    found = {"shard": shard, "samples": len(result["keys"]) + len(result["bad"]), "matches": matches,
+             "near": near, "bad": result["bad"]}
+    if keep_keys:  # --self joins every shard's images at the end
+        found.update(keys=result["keys"], paths=result["paths"])
+    return found
+
+
+def settings(cfg: DedupConfig, train: ShardSet, sets: list[ShardSet]) -> dict:
+    """What decides the results (the threshold follows from these: calibration is seeded):
+    a reused OUT must have been made with the same."""
+    return {"train": shards.fingerprint(train.manifest),
+            "against": [[s.name, shards.fingerprint(s.manifest)] for s in sets],
+            "descriptor": asdict(cfg.descriptor), "threshold": cfg.threshold,
+            "calibration": asdict(cfg.calibration), "search": asdict(cfg.search), "self_dedup": cfg.self_dedup}
+
+
+def check_settings(state: Path, wanted: dict) -> None:
+    path = state / "settings.json"
+    if path.is_file():
+        if json.loads(path.read_text()) != wanted:
+            raise ValueError(f"{state.parent} holds results of another dedup run (other sets, descriptor "
+                             "or threshold); choose an empty --out directory")
+        return
+    state.mkdir(parents=True, exist_ok=True)
+    shards.write_json(path, wanted)
+
+
+def run(cfg: DedupConfig) -> dict | None:
+    """The whole stage; returns the summary, or None when this `--part` is done but others are not."""
+    check_ranges(cfg)
+    started = time.time()
+    train = open_set(cfg.train, "training")
+    sets = [open_set(spec, "against") for spec in cfg.against]
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"against sets need distinct names, got {names}; use --against NAME=DIR")
+    if cfg.apply:
+        from data_tools.dedup.apply import check_target
+        check_target(Path(cfg.apply))  # refused now, not after the scan
+    out = Path(cfg.out)
+    state = out / ".dedup"
+    mine, parts = parse_part(cfg.part)
+    entries = train.manifest["shards"]
+    todo = [e["file"] for e in entries[mine::parts] if not (state / "shards" / f"{e['file']}.json").is_file()]
+    if cfg.merge and todo:
+        raise ValueError(f"cannot merge: {len(todo)} training shard(s) not scanned yet, e.g. {todo[0]}")
+
+    check_settings(state, settings(cfg, train, sets))
+    (state / "shards").mkdir(parents=True, exist_ok=True)
+    saved = state / "calibration.json"  # the threshold and what the index found, for --merge
+    if todo or not saved.is_file():
+        descriptor = cached_descriptor(cfg.descriptor)
+        index, thumbnails, against_bad = build_index(cfg, sets, descriptor)
+        threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)
+        facts = {"threshold": threshold, "calibration": calibration, "against_bad": against_bad,
+                 "index": {"kind": cfg.search.index, "images": len(index.images), "views": int(index.index.ntotal)},
+                 "timings": {"index_s": round(time.time() - started, 2)}}
+        shards.write_json(saved, facts)
+        scan_started = time.time()
+        scan(cfg, train, todo, index, threshold, state)
+        facts["timings"]["scan_s"] = round(time.time() - scan_started, 2)
+    else:  # every shard is scanned: joining needs no index, only what it decided
+        facts = json.loads(saved.read_text())
+    missing = [e["file"] for e in entries if not (state / "shards" / f"{e['file']}.json").is_file()]
+    if missing:
+        print(f"part {cfg.part} done; {len(missing)} shard(s) of other parts still to scan, then run "
+              "the same command with --merge", file=sys.stderr)
+        return None
+    return finish(cfg, train, sets, facts)
+
+
+def scan(cfg: DedupConfig, train: ShardSet, todo: list[str], index: EvalIndex, threshold: float,
+         state: Path) -> None:
+    tars = [str(train.directory / name) for name in todo]
+    bar = tqdm(total=len(tars), desc="scan training shards", unit="shard", disable=not cfg.progress)
+    for name, result in zip(todo, shard_tasks(cfg, tars, index_side=False)):
+        if cfg.self_dedup:  # before the result file, whose presence marks the shard done
+            np.save(state / "shards" / f"{name}.npy", result["vectors"].astype(np.float16))
+        found = scan_shard(result, index, threshold, cfg.near_misses, name, cfg.self_dedup)
+        shards.write_json(state / "shards" / f"{name}.json", found)
+        bar.update()
+    bar.close()
+
+
+def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
+    """Join the shards' results: --self, matches.jsonl, summary.json, report.html, --apply."""
+    threshold, against_bad = facts["threshold"], facts["against_bad"]
+    from data_tools.dedup import report
+    out = Path(cfg.out)
+    results = [json.loads((out / ".dedup" / "shards" / f"{e['file']}.json").read_text())
+               for e in train.manifest["shards"]]
+    matches = [m for r in results for m in r["matches"]]
+    if cfg.self_dedup:
+        matches += self_matches(cfg, out, train, results, threshold, {m["train_key"] for m in matches})
+    with open(out / "matches.jsonl.tmp", "w") as f:
+        for m in matches:
+            f.write(json.dumps(m) + "\n")
+    os.replace(out / "matches.jsonl.tmp", out / "matches.jsonl")
+    bad = [b for r in results for b in r["bad"]]
+    removed = {m["train_key"] for m in matches}
+    summary = {
+        "train": {"directory": str(train.directory), "samples": sum(r["samples"] for r in results),
+                  "undecodable": len(bad), "undecodable_examples": bad[:BAD_EXAMPLES]},
+        "against": [{"name": s.name, "directory": str(s.directory.resolve()),
+                     "fingerprint": shards.fingerprint(s.manifest), "num_samples": s.manifest["num_samples"],
+                     "matched_train_samples": len({m["train_key"] for m in matches if m["against"] == s.name}),
+                     "undecodable": len(against_bad.get(s.name, []))} for s in sets],
+        "self": {"enabled": cfg.self_dedup,
+                 "removed": len({m["train_key"] for m in matches if m["against"] == "self"})},
+        "removed": len(removed),
+        "descriptor": descriptor_name(cfg),
+        "threshold": threshold,
+        "calibration": facts["calibration"],
+        "index": facts["index"],
+        "timings": facts["timings"],
+    }
+    shards.write_json(out / "summary.json", summary)
+    near = sorted((n for r in results for n in r["near"]), key=lambda n: -n["score"])[:cfg.near_misses]
+    report.write(out / "report.html", summary, matches, near, train, sets, cfg.report_pairs)
+    if cfg.apply:
+        filtered = apply_filter(cfg, train, summary, matches, bad)
+        summary["apply"] = {"directory": cfg.apply, "num_samples": filtered["num_samples"]}
+        shards.write_json(out / "summary.json", summary)
+    return summary
+
+
+def dedup_record(summary: dict) -> dict:
+    """The manifest's `dedup` entry (the contract the transfer stage's leak guard reads)."""
+    return {
+        "against": [{k: a[k] for k in ("name", "directory", "fingerprint", "num_samples")}
+                    for a in summary["against"]],
+        "descriptor": summary["descriptor"],
+        "threshold": summary["threshold"],
+        "removed": summary["removed"],
+        "self": summary["self"]["enabled"],
+        "calibration": {k: summary["calibration"][k] for k in ("precision", "recall")},
+    }
+
+
+def apply_filter(cfg: DedupConfig, train: ShardSet, summary: dict, matches: list[dict], bad: list[dict]) -> dict:
+    from data_tools.dedup.apply import apply
+    removed, undecodable = defaultdict(set), defaultdict(set)
+    for m in matches:
+        removed[m["train_shard"]].add(m["train_key"])
+    for b in bad:
+        undecodable[b["shard"]].add(b["key"])
+    return apply(train.directory, train.manifest, Path(cfg.apply), removed, undecodable,
+                 dedup_record(summary), cfg.workers, cfg.progress)
+
+
+def descriptor_name(cfg: DedupConfig) -> str:
+    d = cfg.descriptor
+    if d.name == "dct":
+        return f"dct-rgb-{d.side}px-{d.block}x{d.block}"
+    return f"learned:{Path(d.checkpoint).name}"
+
+
+def self_matches(cfg, out: Path, train: ShardSet, results: list[dict], threshold: float,
+                 already: set[str]) -> list[dict]:
+    """Connected components of the training images' k-NN graph above the threshold: the
+    first image of each component (in shard order) stays, the others are matches to it."""
+    keys, paths, shard_of, vectors = [], [], [], []
+    for e, found in zip(train.manifest["shards"], results):
+        keys += found["keys"]
+        paths += found["paths"]
+        shard_of += [e["file"]] * len(found["keys"])
+        vectors.append(np.load(out / ".dedup" / "shards" / f"{e['file']}.npy").astype(np.float32))
+    x = np.concatenate(vectors)
+    if len(x) < 2:
+        return []
+    index = make_index(x.shape[1], cfg.search.index, cfg.search.nlist, cfg.search.nprobe, x)
+    scores, rows = index.search(x, min(cfg.search.self_k, len(x)))
+    parent = list(range(len(x)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, (row_scores, row_ids) in enumerate(zip(scores, rows)):
+        for s, j in zip(row_scores, row_ids):
+            if j >= 0 and j != i and s >= threshold:
+                a, b = root(i), root(int(j))
+                if a != b:
+                    parent[max(a, b)] = min(a, b)  # the root is the component's first image
+    found = []
+    for i in range(len(x)):
+        r = root(i)
+        if r != i and keys[i] not in already:
+            score = float(np.dot(x[i], x[r]))
+            found.append({"train_key": keys[i], "train_path": paths[i], "train_shard": shard_of[i],
+                          "against": "self", "eval_key": keys[r], "eval_path": paths[r],
+                          "eval_shard": shard_of[r], "score": round(score, 5)})
+    return found
+

@@ -1,0 +1,95 @@
+"""The evaluation side in a FAISS index, every image as several views, and the
+calibration of a descriptor's threshold on synthetic copies of the run's own images."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from data_tools.dedup import copies, views
+
+TRAIN_PER_CELL = 39  # FAISS warns below this many k-means training points per IVF cell
+
+
+@dataclass
+class EvalImage:
+    set_name: str
+    key: str
+    path: str
+    shard: str
+
+
+def make_index(dim: int, kind: str, nlist: int, nprobe: int, vectors: np.ndarray):
+    """Exact inner-product search (`flat`), or an inverted file (`ivf`) that scans
+    `nprobe` of `nlist` cells: sub-millisecond queries against millions of views. A GPU
+    index when faiss was built with GPU support and a GPU is present."""
+    if kind == "ivf" and len(vectors) >= TRAIN_PER_CELL * nlist:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        # k-means on a fixed sample: as good cells as on all vectors, at a fraction of the time.
+        sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = nprobe
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(vectors)
+    return index
+
+
+class EvalIndex:
+    """Views of the evaluation images; `owner[row]` is the image a view belongs to."""
+
+    def __init__(self, descriptor, images: list[EvalImage], vectors: np.ndarray, owner: np.ndarray,
+                 kind: str = "flat", nlist: int = 1024, nprobe: int = 32):
+        self.descriptor = descriptor
+        self.images = images
+        self.owner = owner
+        self.views_per_image = len(vectors) // max(1, len(images))
+        self.index = make_index(vectors.shape[1], kind, nlist, nprobe, vectors)
+
+    def best(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, the best score and the evaluation image it belongs to."""
+        if len(queries) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores, rows = self.index.search(queries, 1)
+        return scores[:, 0], self.owner[np.maximum(rows[:, 0], 0)]
+
+    def calibrate(self, thumbnails: dict[int, object], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of synthetic copies against their own image (positives) and against the
+        closest other image (negatives): what a threshold separates."""
+        rng = random.Random(seed)
+        ids = sorted(thumbnails)
+        queries = self.descriptor.describe([views.query_view(copies.random_copy(thumbnails[i], rng)) for i in ids])
+        k = min(self.index.ntotal, self.views_per_image + 8)
+        scores, rows = self.index.search(queries, k)
+        positive, negative = [], []
+        for i, row_scores, row_ids in zip(ids, scores, rows):
+            mine = self.owner[np.maximum(row_ids, 0)] == i
+            positive.append(row_scores[mine].max() if mine.any() else -1.0)
+            others = row_scores[~mine & (row_ids >= 0)]
+            if len(others):
+                negative.append(others.max())
+        return np.asarray(positive, np.float32), np.asarray(negative, np.float32)
+
+
+def operating_point(positive: np.ndarray, negative: np.ndarray, threshold: float) -> dict:
+    """Precision and recall of the calibration copies at `threshold`."""
+    tp = int((positive >= threshold).sum())
+    fp = int((negative >= threshold).sum())
+    return {"precision": round(tp / (tp + fp), 4) if tp + fp else None,
+            "recall": round(tp / len(positive), 4) if len(positive) else None,
+            "copies": len(positive), "unrelated": len(negative)}
+
+
+def choose_threshold(positive: np.ndarray, negative: np.ndarray, precision: float) -> float:
+    """The lowest threshold whose calibration precision reaches `precision`: the most
+    recall that precision allows."""
+    candidates = np.unique(np.concatenate([positive, negative]))
+    for tau in candidates:
+        point = operating_point(positive, negative, float(tau))
+        if point["precision"] is not None and point["precision"] >= precision:
+            return float(tau)
+    return float(np.nextafter(candidates.max(), np.float32(2))) if len(candidates) else 1.0

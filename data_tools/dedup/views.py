@@ -1,0 +1,109 @@
+"""The images a descriptor sees: decoded small, framed borders cut, and the variants of an
+evaluation image that the index holds.
+
+The evaluation side is small (about 92k images for ImageNet val + CUB test + Places val),
+so it can hold several views of each image — mirrored, centre crops, shifted crops —
+and a training copy that was cropped or flipped lands near one of them, without a
+descriptor that is itself invariant to crops and flips. A black (or any flat) frame
+around a copy is cut on the query side, where it costs one pass over a thumbnail.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Image.MAX_IMAGE_PIXELS = None  # shards hold images `wsl data build` already checked
+
+WORK_SIDE = 128           # images are reduced to about this side before anything else
+CROPS = (0.9, 0.8, 0.7, 0.6)    # centre crops indexed per evaluation image (side fraction)
+SHIFT = 0.05              # shifted 0.85 crops: this fraction of the side off centre
+BORDER_TOLERANCE = 12     # grey levels a frame row may vary and still count as flat
+FRAME_DARK, FRAME_LIGHT = 40, 215   # a frame is near black or near white
+BLEND = 2                 # rows past a frame that resizing and JPEG blended into it
+FLAT_SHARE = 0.95         # share of a row's pixels at the frame's level for the row to be frame
+MAX_BORDER = 0.25         # at most this fraction of a side is cut as frame, per edge
+
+
+class Undecodable(Exception):
+    """Image bytes that do not decode; the caller counts them."""
+
+
+def decode(data: bytes, side: int = WORK_SIDE) -> Image.Image:
+    """RGB image with its shorter side reduced to about `side` (JPEG: in the DCT domain)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            # draft() picks the largest 1/2^k DCT scale still >= the requested size: a
+            # full-size decode is never needed for a 32-pixel descriptor.
+            im.draft("RGB", (side, side))
+            im = im.convert("RGB")
+            im.load()
+    except Exception as err:  # any decoder failure is a counted bad sample, never a crash
+        raise Undecodable(f"{type(err).__name__}: {err}") from None
+    scale = side / min(im.size)
+    if scale < 1:
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR,
+                       reducing_gap=2.0)
+    return im
+
+
+def cut_border(im: Image.Image, rounds: int = 8) -> Image.Image:
+    """Remove flat frames (letterbox, black border, passe-partout) from each edge, at most
+    MAX_BORDER of a side per edge. A frame around an image with a flat background of its
+    own (a product shot on white) is cut in later rounds, one blended row at a time, so
+    the copy ends where the original does."""
+    grey = np.asarray(im.convert("L"), dtype=np.int16)
+    h, w = grey.shape
+    room = [int(w * MAX_BORDER), int(h * MAX_BORDER)] * 2   # left, top, right, bottom
+    cut = [0, 0, 0, 0]
+    for _ in range(rounds):
+        part = grey[cut[1]:h - cut[3], cut[0]:w - cut[2]]
+        more = [_flat_run(part.T, room[0] - cut[0]), _flat_run(part, room[1] - cut[1]),
+                _flat_run(part.T[::-1], room[2] - cut[2]), _flat_run(part[::-1], room[3] - cut[3])]
+        if not any(more):
+            break
+        cut = [c + m for c, m in zip(cut, more)]
+    if not any(cut):
+        return im
+    return im.crop((cut[0], cut[1], w - cut[2], h - cut[3]))
+
+
+def _flat_run(rows: np.ndarray, limit: int) -> int:
+    """How many leading rows are frame: flat, near black or white, at the first row's
+    level, plus the BLEND rows where resizing and JPEG smeared the frame into the image.
+    Mid-grey flat rows (a sky, a gradient) are image, not frame: cutting them would cut
+    an original and its cropped copy differently."""
+    if limit < 1:
+        return 0
+    head = rows[:limit]
+    level = np.median(head[0])
+    if FRAME_DARK < level < FRAME_LIGHT:
+        return 0
+    # A share, not every pixel: the corners of a frame blend two edges.
+    flat = (np.abs(head - level) <= BORDER_TOLERANCE).mean(axis=1) >= FLAT_SHARE
+    run = int(limit if flat.all() else np.argmin(flat))
+    return min(limit, run + BLEND) if run else 0
+
+
+def crop(im: Image.Image, fraction: float, dx: float = 0.0, dy: float = 0.0) -> Image.Image:
+    """A crop keeping `fraction` of each side, moved (dx, dy) side fractions off centre."""
+    w, h = im.size
+    cw, ch = w * fraction, h * fraction
+    x0 = (w - cw) / 2 + dx * w
+    y0 = (h - ch) / 2 + dy * h
+    return im.crop((round(x0), round(y0), round(x0 + cw), round(y0 + ch)))
+
+
+def index_views(im: Image.Image) -> list[Image.Image]:
+    """The views of one evaluation image that go into the index (all of them and mirrored)."""
+    views = [im] + [crop(im, f) for f in CROPS]
+    views += [crop(im, 0.85, dx, dy) for dx, dy in ((-SHIFT, 0), (SHIFT, 0), (0, -SHIFT), (0, SHIFT))]
+    return views + [ImageOps.mirror(v) for v in views]
+
+
+def query_view(im: Image.Image) -> Image.Image:
+    return cut_border(im)

@@ -1,0 +1,310 @@
+"""`wsl data dedup` on generated photos: copies found, unrelated kept, outputs sound."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import build_shards, photo
+from data_tools import shards
+from data_tools.dedup import copies
+from data_tools.verify import verify
+from launch.cli import main
+
+EDITS = ["half", "jpeg30", "crop80", "flip", "colour", "border"]
+SIZE = (200, 150)
+
+
+def write_images(root: Path, images: dict[str, Image.Image]) -> Path:
+    """JPEGs under root and a JSONL manifest naming them, every image tagged #dog."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "tags.jsonl", "w") as f:
+        for name, im in images.items():
+            im.save(root / name, quality=92)
+            f.write(json.dumps({"path": name, "tags": ["#dog"]}) + "\n")
+    return root / "tags.jsonl"
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """An evaluation set of 12 photos; a training set of 24 unrelated photos, one edited
+    copy of each of the first six evaluation photos and an exact copy of the seventh."""
+    root = tmp_path_factory.mktemp("dedup")
+    rng = np.random.default_rng(7)
+    originals = {f"val_{i:02d}.jpg": photo(rng, *SIZE) for i in range(12)}
+    val = root / "val"
+    build_shards(write_images(root / "val_imgs", originals), val, "shards.samples=5", "shards.name=val")
+    train_images = {f"other_{i:02d}.jpg": photo(rng, *SIZE) for i in range(24)}
+    expected = {}
+    for i, edit in enumerate(EDITS):
+        name = f"copy_{edit}.jpg"
+        train_images[name] = copies.EDITS[edit](originals[f"val_{i:02d}.jpg"])
+        expected[name] = f"val_{i:02d}.jpg"
+    train_images["copy_exact.jpg"] = originals["val_06.jpg"]
+    expected["copy_exact.jpg"] = "val_06.jpg"
+    train = root / "train"
+    build_shards(write_images(root / "train_imgs", train_images), train, "shards.samples=8")
+    return {"root": root, "val": val, "train": train, "expected": expected}
+
+
+def dedup(*args: str, workers: int = 1) -> int:
+    return main(["data", "dedup", *args, "progress=false", f"workers={workers}"])
+
+
+def matches(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "matches.jsonl").read_text().splitlines()]
+
+
+def keys_of(directory: Path) -> set[str]:
+    manifest = shards.read_manifest(directory)
+    return {key for e in manifest["shards"] for key, _ in shards.iter_samples(directory / e["file"])}
+
+
+@pytest.fixture(scope="module")
+def one_run(sets):
+    out = sets["root"] / "out"
+    code = dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
+                 "--apply", str(sets["root"] / "filtered"))
+    assert code == 0
+    return out
+
+
+def test_copies_found_unrelated_kept(sets, one_run):
+    found = {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(one_run)}
+    assert found == sets["expected"]
+    assert all(m["against"] == "val" for m in matches(one_run))
+    summary = json.loads((one_run / "summary.json").read_text())
+    assert summary["removed"] == len(sets["expected"])
+    assert summary["against"][0]["matched_train_samples"] == len(sets["expected"])
+    assert summary["calibration"]["recall"] > 0.5 and summary["calibration"]["precision"] is not None
+
+
+def test_apply_passes_verify_and_lacks_exactly_the_removed(sets, one_run):
+    filtered = sets["root"] / "filtered"
+    assert verify(str(filtered), workers=1, progress=False) == []
+    removed = {m["train_key"] for m in matches(one_run)}
+    assert len(removed) == len(sets["expected"])
+    assert keys_of(filtered) == keys_of(sets["train"]) - removed
+    record = shards.read_manifest(filtered)["dedup"]
+    val_manifest = shards.read_manifest(sets["val"])
+    assert record["against"] == [{"name": "val", "directory": str(sets["val"].resolve()),
+                                  "fingerprint": shards.fingerprint(val_manifest), "num_samples": 12}]
+    assert record["removed"] == len(removed) and record["self"] is False
+    assert record["descriptor"].startswith("dct") and 0 < record["threshold"] < 1
+    assert set(record["calibration"]) == {"precision", "recall"}
+
+
+def test_parts_merged_equal_one_run(sets, one_run):
+    out = sets["root"] / "parts"
+    common = ["--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out)]
+    assert dedup(*common, "--part", "0/2") == 0
+    assert not (out / "matches.jsonl").exists()  # part 1/2 is still to come
+    assert dedup(*common, "--part", "1/2", workers=2) == 0  # worker processes, forked after FAISS ran
+    assert dedup(*common, "--merge") == 0
+    assert (out / "matches.jsonl").read_text() == (one_run / "matches.jsonl").read_text()
+
+
+def test_merge_before_all_parts_is_one_clear_error(sets, capsys):
+    out = sets["root"] / "early_merge"
+    common = ["--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(out)]
+    assert dedup(*common, "--part", "0/3") == 0
+    assert "2 shard(s) of other parts still to scan" in capsys.readouterr().err
+    assert dedup(*common, "--merge") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not scanned yet" in err[0]
+
+
+def test_reused_out_with_other_settings_refused(sets, one_run, capsys):
+    code = dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(one_run),
+                 "threshold=0.5")
+    assert code == 2
+    assert "another dedup run" in capsys.readouterr().err
+
+
+def corrupt_copy(train: Path, dest: Path) -> str:
+    """The training set with one image's bytes replaced by garbage; returns its key."""
+    shutil.copytree(train, dest)
+    manifest = shards.read_manifest(dest)
+    entry = manifest["shards"][0]
+    samples = [(key, files["jpg"], json.loads(files["json"])) for key, files in shards.iter_samples(dest / entry["file"])]
+    bad_key = samples[1][0]
+    samples[1] = (bad_key, b"\xff\xd8\xff\xe0 not really a jpeg", samples[1][2])
+    entry.update(shards.write_shard(dest / entry["file"], samples))
+    shards.write_json(dest / "manifest.json", manifest)
+    return bad_key
+
+
+def test_corrupt_image_counted_and_left_out(sets):
+    train = sets["root"] / "train_corrupt"
+    bad_key = corrupt_copy(sets["train"], train)
+    out, filtered = sets["root"] / "out_corrupt", sets["root"] / "filtered_corrupt"
+    assert dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(out),
+                 "--apply", str(filtered)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train"]["undecodable"] == 1
+    assert summary["train"]["undecodable_examples"][0]["key"] == bad_key
+    assert verify(str(filtered), workers=1, progress=False) == []
+    assert bad_key not in keys_of(filtered)
+    assert shards.read_manifest(filtered)["bad_samples"]["undecodable"] == 1
+
+
+def test_self_dedup_keeps_one_per_component(tmp_path, sets):
+    rng = np.random.default_rng(11)
+    twin = photo(rng, *SIZE)
+    images = {f"u_{i:02d}.jpg": photo(rng, *SIZE) for i in range(10)}
+    images.update({"twin_a.jpg": twin, "twin_b.jpg": copies.half(twin), "twin_c.jpg": copies.flip(copies.flip(twin))})
+    train = tmp_path / "train"
+    build_shards(write_images(tmp_path / "imgs", images), train, "shards.samples=4")
+    out = tmp_path / "out"
+    assert dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(out), "--self") == 0
+    found = matches(out)
+    assert {m["against"] for m in found} == {"self"}
+    assert sorted(Path(m["train_path"]).name for m in found) == ["twin_b.jpg", "twin_c.jpg"]
+    assert {Path(m["eval_path"]).name for m in found} == {"twin_a.jpg"}
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "--against"),
+    (["--against", "/nonexistent/val"], "no such directory"),
+    (["--against", "EMPTY"], "holds no samples"),
+    (["--against", "VAL", "threshold=2"], "threshold"),
+    (["--against", "VAL", "calibration.images=0"], "calibration.images"),
+    (["--against", "VAL", "search.nprobe=0"], "search.nprobe"),
+    (["--against", "VAL", "descriptor.block=64"], "descriptor.block"),
+    (["--against", "VAL", "descriptor.name=learned"], "descriptor.checkpoint"),
+    (["--against", "VAL", "descriptor.name=learned", "descriptor.checkpoint=/nonexistent.pt"], "not found"),
+    (["--against", "VAL", "--against", "VAL"], "distinct names"),
+    (["--against", "VAL", "--part", "2/2"], "part"),
+    (["--against", "VAL", "--apply", "NONEMPTY"], "not empty"),
+])
+def test_bad_input_is_one_clear_error(sets, tmp_path, capsys, args, words):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    manifest = shards.read_manifest(sets["val"])
+    shards.write_json(empty / "manifest.json", {**manifest, "shards": [], "num_samples": 0, "num_shards": 0})
+    nonempty = tmp_path / "nonempty"
+    nonempty.mkdir()
+    (nonempty / "precious.txt").write_text("not ours")
+    named = {"VAL": sets["val"], "EMPTY": empty, "NONEMPTY": nonempty}
+    args = [str(named.get(a, a)) for a in args]
+    code = dedup("--train", str(sets["train"]), "--out", str(tmp_path / "out"), *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and words in err[0], err
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def colourful_share(png: Path) -> float:
+    """Share of pixels with clear colour: thumbnails of photos have it, text and page do not."""
+    hsv = np.asarray(Image.open(png).convert("RGB").convert("HSV"), dtype=np.int16)
+    return float(((hsv[..., 1] > 60) & (hsv[..., 2] > 40)).mean())
+
+
+def test_report_opens_in_headless_chromium_and_shows_the_pairs(sets, one_run, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/install-system-deps.sh installs it as root)")
+    report = one_run / "report.html"
+    page = report.read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 * len(sets["expected"])
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1000,2400", report.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert colourful_share(shot) > 0.03
+    # The same page with the thumbnails removed shows no such colour: the pixels are the images.
+    bare = tmp_path / "bare.html"
+    bare.write_text(page.replace("data:image/jpeg;base64,", "data:image/jpeg;base64,x"))
+    blank = tmp_path / "bare.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={blank}", "--window-size=1000,2400", bare.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert colourful_share(blank) < 0.005
+
+
+def tiny_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    """The three kinds of local checkpoint the learned descriptor reads, with random weights."""
+    import torch
+    import torchvision
+    from pretrain.models import build_model
+    from pretrain.train import export
+
+    backbone = export(build_model("resnext_tiny", 5).state_dict(), "resnext_tiny", {}, tmp_path / "backbone.pt")
+    net = torchvision.models.resnet18(weights=None)
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    scripted = torch.jit.script(torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1).eval())
+    scripted.save(str(tmp_path / "sscd_like.torchscript.pt"))
+    return {"backbone": (backbone, []),
+            "torchvision": (tmp_path / "resnet18.pth", ["descriptor.arch=resnet18"]),
+            "torchscript": (tmp_path / "sscd_like.torchscript.pt", [])}
+
+
+@pytest.mark.parametrize("kind", ["backbone", "torchvision", "torchscript"])
+def test_learned_descriptor_from_local_checkpoint(sets, tmp_path, kind):
+    path, extra = tiny_checkpoints(tmp_path)[kind]
+    out = tmp_path / "out"
+    assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
+                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.size=32", *extra) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["descriptor"] == f"learned:{path.name}"
+    assert summary["calibration"]["threshold_source"] == "calibrated"
+    exact = [m for m in matches(out) if Path(m["train_path"]).name == "copy_exact.jpg"]
+    assert exact and exact[0]["eval_path"].endswith("val_06.jpg") and exact[0]["score"] > 0.999
+
+
+def test_state_dict_of_another_architecture_is_one_clear_error(sets, tmp_path, capsys):
+    path, _ = tiny_checkpoints(tmp_path)["torchvision"]
+    code = dedup("--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(tmp_path / "out"),
+                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.arch=resnet50")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not fit torchvision's resnet50" in err[0]
+
+
+def test_truncated_shard_is_one_clear_error(sets, tmp_path, capsys):
+    train = tmp_path / "train"
+    shutil.copytree(sets["train"], train)
+    tar = train / shards.read_manifest(train)["shards"][1]["file"]
+    tar.write_bytes(tar.read_bytes()[:1500])
+    code = dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(tmp_path / "out"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unreadable shard" in err[0] and tar.name in err[0]
+
+
+def test_report_caps_the_pairs_and_says_so(sets, tmp_path):
+    out = tmp_path / "out"
+    assert dedup("--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(out),
+                 "report_pairs=2", "near_misses=1") == 0
+    page = (out / "report.html").read_text()
+    assert f"Showing the 2 highest-scoring of {len(sets['expected'])} matches" in page
+    assert page.count("data:image/jpeg;base64,") == 2 * (2 + 1)
+    assert len(matches(out)) == len(sets["expected"])  # the cap is the page's, not the results'
+
+
+def test_interrupted_run_resumes_from_its_finished_shards(sets, one_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(one_run, out)
+    done = sorted((out / ".dedup" / "shards").glob("*.json"))
+    done[-1].unlink()  # as if stopped before the last shard
+    kept = {p: p.stat().st_mtime_ns for p in done[:-1]}
+    assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out)) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished shards not redone
+    assert (out / "matches.jsonl").read_text() == (one_run / "matches.jsonl").read_text()
+
+
+def test_frame_is_cut_back_to_the_image():
+    from data_tools.dedup import views
+    rng = np.random.default_rng(3)
+    im = photo(rng, 160, 120)
+    framed = copies.border(im, 0.1)            # 16 px of black on every side, image shrunk inside
+    cut = views.cut_border(framed)
+    slack = 2 * views.BLEND + 1                 # the blended rows go with the frame, on both sides
+    assert abs(cut.width - 128) <= slack and abs(cut.height - 88) <= slack
+    assert views.cut_border(im).size == im.size  # a photo without a frame is left whole
