@@ -63,7 +63,7 @@ class SearchConfig:
 class CalibrationConfig:
     images: int = bounded(500, lo=2)               # against images copied synthetically
     precision: float = bounded(0.99, lo=0, hi=1, open_lo=True)  # target when calibrating
-    seed: int = 0
+    seed: int = bounded(0, lo=0, hi=2**32 - 1)  # which images get copied, and how
 
 
 @dataclass
