@@ -76,6 +76,11 @@ def pretrain_export(rest: list[str]) -> int:
     return 0
 
 
+def launch(args) -> int:
+    from launch.submit import launch as submit_stage
+    return submit_stage(args)
+
+
 def demo(args) -> int:
     from launch.demo import run_demo
     return run_demo(Path(args.workdir))
@@ -109,6 +114,15 @@ def make_parser() -> argparse.ArgumentParser:
                                            "writes its backbone)")
     add_config_args(p)
     p.set_defaults(func=pretrain)
+
+    from launch.cluster import add_options
+    p = stages.add_parser("launch", help="run a stage as a job: here, or on SLURM through submitit "
+                                         "(wsl launch [options] STAGE [stage args])",
+                          usage="wsl launch [options] STAGE [options] -- [stage args]")
+    add_options(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="STAGE ...",
+                   help="the stage (data build, pretrain) and its own arguments")
+    p.set_defaults(func=launch)
 
     p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
     p.add_argument("--workdir", default="demo")
