@@ -136,6 +136,16 @@ class SlurmCluster:
             time.sleep(0.5)
         raise TimeoutError(f"job {job_id} not done after {timeout}s: {self.states(job_id)}")
 
+    def release_requeued(self, job_id: str, timeout: float = 120) -> None:
+        """Start a requeued job now: SLURM holds one back for two minutes by default."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.states(job_id).get(job_id) == "PENDING":
+                self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} was not requeued within {timeout}s: {self.states(job_id)}")
+
     def processes_of(self, job_id: str) -> list[int]:
         """Pids still running with this job's id in their environment."""
         needle = f"SLURM_JOB_ID={job_id}".encode() + b"\0"
