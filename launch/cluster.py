@@ -24,7 +24,7 @@ HELP = {
     "gpus_per_node": "GPUs per node",
     "cpus_per_task": "CPUs per task (loader workers + 1 is a good start)",
     "mem": "memory per node, SLURM syntax (e.g. 64G)",
-    "time": "time limit: minutes, or [D-]HH:MM[:SS]",
+    "time": "time limit, SLURM syntax: minutes, HH:MM:SS or D-HH:MM:SS",
     "partition": "SLURM partition",
     "account": "SLURM account",
     "qos": "SLURM quality of service",
@@ -78,17 +78,16 @@ class LaunchConfig:
 
 
 def time_minutes(text: str) -> int:
-    """SLURM's time syntax to whole minutes (rounded up)."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    """SLURM's --time syntax (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+(?::\d+){0,2})", text.strip())
     if not match:
-        raise ValueError(f"option --time {text!r} must be minutes or [D-]HH:MM[:SS]")
-    days, first, second, third = (int(g) if g else 0 for g in match.groups())
-    if match.group(3) is None and not match.group(1):
-        seconds = first * 60                                  # "90": minutes
-    elif match.group(4) is None and not match.group(1):
-        seconds = first * 3600 + second * 60                  # "HH:MM"
+        raise ValueError(f"option --time {text!r} must be minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]")
+    fields = [int(x) for x in match[2].split(":")]
+    if match[1] is None:
+        units = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(fields)]
     else:
-        seconds = days * 86400 + first * 3600 + second * 60 + third
+        units = (3600, 60, 1)[:len(fields)]
+    seconds = int(match[1] or 0) * 86400 + sum(f * u for f, u in zip(fields, units))
     if seconds < 60:
         raise ValueError(f"option --time {text!r} must be at least one minute")
     return -(-seconds // 60)

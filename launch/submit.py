@@ -166,10 +166,10 @@ def launch(args: argparse.Namespace) -> int:
         raise ConfigError(f"wsl launch: which stage? one of: {', '.join(stages.STAGES)}")
     stage, late_options, stage_args = split_command(args.command)
     opts = launch_config(args, late_options)
-    cfg = stages.resolve(stage, stage_args)
     if opts.array_parts > 1 and stage.merge is None:
         raise ConfigError(f"--array-parts: '{stage.name}' does not run in parts "
                           f"(those that do: {', '.join(s.name for s in stages.STAGES.values() if s.merge)})")
+    cfg = stages.resolve(stage, stage_args)
     job_dir = make_job_dir(opts.job_dir, stage)
     dump(cfg, job_dir / "config.yaml")
     lineage = make_lineage(stage, cfg, opts, job_dir)
@@ -186,7 +186,9 @@ def launch(args: argparse.Namespace) -> int:
         return 0
     record(job_dir, stage, args, opts, [])
     print(follow(stage, opts, job_dir, [], lineage))
-    return run_here(executor, waves, opts.max_parallel)
+    code, ids = run_here(executor, waves, opts.max_parallel)
+    record(job_dir, stage, args, opts, ids)
+    return code
 
 
 def tasks(stage: stages.Stage, cfg, opts: cluster.LaunchConfig, job_dir: Path, lineage: Lineage) -> list[list]:
@@ -268,7 +270,7 @@ def follow(stage: stages.Stage, opts: cluster.LaunchConfig, job_dir: Path, jobs:
     return "\n".join(lines)
 
 
-def run_here(executor, waves: list[list], cap: int) -> int:
+def run_here(executor, waves: list[list], cap: int) -> tuple[int, list[str]]:
     """Local and debug jobs run under this command, at most `cap` at once, each wave after the last."""
     ids = []
     for wave in waves:
@@ -287,9 +289,9 @@ def run_here(executor, waves: list[list], cap: int) -> int:
             except Exception as err:  # submitit hands back the job's error as text
                 say(f"wsl launch: job {job.job_id} failed: {first_error(job.paths.stderr, err)} "
                     f"(log: {job.paths.stderr})")
-                return 1
+                return 1, ids
     say(f"done: job(s) {', '.join(ids)}")
-    return 0
+    return 0, ids
 
 
 def first_error(log: Path, err: Exception) -> str:
