@@ -47,8 +47,10 @@ def job_span(log: Path) -> tuple[datetime, datetime]:
 def test_local_array_build_runs_parts_one_at_a_time_and_equals_one_shot(tmp_path):
     raw = write_corpus(tmp_path / "raw", 24)
     build_shards(raw, tmp_path / "single", "shards.samples=8")
-    done = wsl_launch(tmp_path, "--array-parts", "2", "--max-parallel", "1", "--wandb", "off", "--job-dir", "job",
-                      *build_args(raw, tmp_path / "parts"))
+    stage, args = build_args(raw, tmp_path / "parts")[:2], build_args(raw, tmp_path / "parts")[2:]
+    # The form: launch options after the stage's name, its own arguments after `--`.
+    done = wsl_launch(tmp_path, "--wandb", "off", "--job-dir", "job", *stage, "--array-parts", "2",
+                      "--max-parallel", "1", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "parts" / "manifest.json").read_text() == (tmp_path / "single" / "manifest.json").read_text()
     spans = sorted(job_span(p) for p in (tmp_path / "job").glob("*_0_log.out"))
