@@ -36,7 +36,7 @@ class Lineage:
 
     def environ(self) -> dict[str, str]:
         """What makes a stage's own W&B run join the pipeline's group with its job type."""
-        return {"WANDB_RUN_GROUP": self.group, "WANDB_JOB_TYPE": self.job_type, "WANDB_PROJECT": self.project}
+        return {"WANDB_RUN_GROUP": self.group, "WANDB_JOB_TYPE": self.job_type}
 
     def resolved_mode(self) -> str:
         if self.mode == "auto":

@@ -65,30 +65,33 @@ class StageTask:
         if self.lineage is not None:
             os.environ.update(self.lineage.environ())
         submitit_requeue = signal.getsignal(REQUEUE_SIGNAL)
-        self.stop_signal = None
         signal.signal(REQUEUE_SIGNAL, self._stop)
         say(f"wsl {' '.join(self.argv)} | {job} | requeue {self.restarts()} of at most {self.max_requeues}")
         try:
             code = run_stage(self.argv)
         except StageStopped as stop:
             code = 128 + stop.signum
-        signum = code - 128 if code > 128 else self.stop_signal
-        if signum == REQUEUE_SIGNAL:
-            say(f"stopped by {signal.Signals(signum).name} (time limit or preemption)")
+        if code == 128 + REQUEUE_SIGNAL:
+            say(f"stopped by {REQUEUE_SIGNAL.name} (time limit or preemption)")
             if job.global_rank == 0 and callable(submitit_requeue):
-                submitit_requeue(signum, None)  # calls self.checkpoint(), requeues, exits
+                submitit_requeue(REQUEUE_SIGNAL, None)  # calls self.checkpoint(), requeues, exits
             return code
+        self._finish(code, job.global_rank)
+        return code
+
+    def _finish(self, code: int, rank: int) -> None:
+        """A stage that ended otherwise: an error for SLURM (so `afterok` holds back the merge),
+        or the lineage of what it made."""
+        signum = code - 128 if code > 128 else None
         if signum is not None:
             raise StageFailed(f"wsl {' '.join(self.argv)} stopped by {signal.Signals(signum).name}; "
                               "a requeued or re-launched job resumes from its checkpoint")
         if code != 0:
             raise StageFailed(f"wsl {' '.join(self.argv)} exited with {code}; its error is in this log")
-        if job.global_rank == 0 and self.lineage is not None and self.lineage.mode != "off":
+        if rank == 0 and self.lineage is not None and self.lineage.mode != "off":
             say(self.lineage.record())
-        return code
 
     def _stop(self, signum, frame) -> None:
-        self.stop_signal = signum
         if self.trains:
             from pretrain.engine import request_stop
             request_stop(signum)
