@@ -145,7 +145,7 @@ def split_command(words: list[str]) -> tuple[stages.Stage, list[str], list[str]]
                 cut = rest.index("--")
                 return stages.STAGES[name], rest[:cut], rest[cut + 1:]
             return stages.STAGES[name], [], rest
-    raise ConfigError(f"wsl launch: unknown stage {' '.join(words[:2])!r}; stages: {', '.join(stages.STAGES)}")
+    raise ConfigError(f"launch: unknown stage {' '.join(words[:2])!r}; stages: {', '.join(stages.STAGES)}")
 
 
 def launch_config(args: argparse.Namespace, late_options: list[str]) -> cluster.LaunchConfig:
@@ -166,7 +166,7 @@ def launch_config(args: argparse.Namespace, late_options: list[str]) -> cluster.
 def launch(args: argparse.Namespace) -> int:
     """`wsl launch`: the stage's config is checked before anything is submitted."""
     if not args.command:
-        raise ConfigError(f"wsl launch: which stage? one of: {', '.join(stages.STAGES)}")
+        raise ConfigError(f"launch: which stage? one of: {', '.join(stages.STAGES)}")
     stage, late_options, stage_args = split_command(args.command)
     opts = launch_config(args, late_options)
     if opts.array_parts > 1 and stage.merge is None:

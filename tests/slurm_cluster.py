@@ -69,6 +69,8 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 
 class SlurmCluster:
+    # 4 CPUs declared whatever the machine has (config_overrides): a 2-task job, or two array
+    # parts, fit on a 2-core CI machine.
     def __init__(self, root: Path, cpus: int = 4):
         self.root = root
         self.conf = root / "slurm.conf"

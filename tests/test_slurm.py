@@ -74,6 +74,7 @@ def test_two_task_ddp_pretrain_finishes_and_leaves_no_process(slurm, straight):
     assert {"config.yaml", "submission.json", "job_id"} <= {p.name for p in (root / "job").iterdir()}
     time.sleep(1)
     assert slurm.processes_of(job) == [], "a process of the finished job is still running"
+    assert slurm.run("sacct", check=False) == "", "the test cluster should have no accounting, like many"
 
 
 def interrupted_run(slurm, shards, tmp_path, straight, interrupt) -> None:
