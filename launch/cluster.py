@@ -67,6 +67,8 @@ class LaunchConfig:
         if minutes * 60 <= self.signal_delay_s:
             raise ValueError(f"option --time {self.time} must be longer than --signal-delay-s "
                              f"{self.signal_delay_s}: the job would be told to stop as it starts")
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ValueError("--cluster slurm: no sbatch on this machine (use --cluster local here)")
         if self.cluster != "slurm" and self.nodes > 1:
             raise ValueError(f"option --nodes {self.nodes} needs --cluster slurm")
         if self.mem is not None and not re.fullmatch(r"\d+[KMGT]?", self.mem):
@@ -117,8 +119,6 @@ def executor(cfg: LaunchConfig, folder: Path, name: str):
         ex.update_parameters(timeout_min=minutes, tasks_per_node=cfg.ntasks, gpus_per_node=cfg.gpus_per_node,
                              signal_delay_s=cfg.signal_delay_s)
         return ex
-    if shutil.which("sbatch") is None:
-        raise FileNotFoundError("--cluster slurm: no sbatch on this machine (use --cluster local here)")
     ex = submitit.SlurmExecutor(folder, max_num_timeout=cfg.max_requeues)
     optional = {"partition": cfg.partition, "account": cfg.account, "qos": cfg.qos,
                 "constraint": cfg.constraint, "mem": cfg.mem, "cpus_per_task": cfg.cpus_per_task,

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_tools.fields import check_ranges
 from launch import cluster, stages
 from launch.config import ConfigError, dump, from_dict
 from launch.lineage import Lineage
@@ -155,7 +156,6 @@ def launch_config(args: argparse.Namespace, late_options: list[str]) -> cluster.
     values = {f.name: given[f.name] for f in dataclasses.fields(cluster.LaunchConfig) if f.name in given}
     try:
         cfg = from_dict(cluster.LaunchConfig, values)
-        from data_tools.fields import check_ranges
         check_ranges(cfg)
     except ValueError as err:  # name the flag the user typed, not the field
         raise ConfigError(re.sub(r"config key '(\w+)'", lambda m: "option --" + m[1].replace("_", "-"),

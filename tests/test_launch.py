@@ -105,6 +105,7 @@ def test_slurm_without_sbatch_is_one_line(tmp_path):
                                                                                       tmp_path / "o"), env=env)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "wsl: error: --cluster slurm: no sbatch on this machine (use --cluster local here)"]
+    assert not (tmp_path / "job").exists()
 
 
 def test_local_executor_gets_the_time_limit_not_submitits_two_minutes(tmp_path):
