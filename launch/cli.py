@@ -25,13 +25,13 @@ def describe(err: Exception) -> str:
     return str(err)
 
 
-# Every configurable stage: `wsl config STAGE` prints its config. A new stage adds one line.
-STAGES = {
-    "data build": "data_tools.build:BuildConfig",
-    "data convert": "data_tools.convert:ConvertConfig",
-    "data dedup": "data_tools.dedup.run:DedupConfig",
-    "pretrain": "pretrain.config:PretrainConfig",
-}
+def config_stages() -> dict[str, str]:
+    """Every configurable stage -> "module:Class" of its config, from launch.stages.STAGES
+    (the one list of stages: `wsl config` and `wsl launch` both read it)."""
+    from launch.stages import STAGES
+    return {name: stage.config for name, stage in STAGES.items()}
+
+
 PRETRAIN_COMMANDS = ("train", "export")
 
 
@@ -175,7 +175,7 @@ def pretrain_export(args) -> int:
 def show_config(args) -> int:
     """`wsl config STAGE ...`: the resolved config with each key's comment and range."""
     from launch.config import annotated_yaml, check_sections
-    module, name = STAGES[args.stage].split(":")
+    module, name = config_stages()[args.stage].split(":")
     cls = getattr(importlib.import_module(module), name)
     cfg = make_config(cls, args.config, args.overrides, check=False)
     print(annotated_yaml(cfg, f"wsl {args.stage}: defaults, then {' '.join(args.config) or 'no config file'}, "
@@ -203,11 +203,14 @@ def add_stage_parsers(parser: argparse.ArgumentParser, tree: dict, words: tuple 
 def stage_tree() -> dict:
     """{'data': {'build': {}}, 'pretrain': {}} from the STAGES keys."""
     tree: dict = {}
-    for stage in STAGES:
+    for stage in config_stages():
         node = tree
         for word in stage.split():
             node = node.setdefault(word, {})
     return tree
+def launch(args) -> int:
+    from launch.submit import launch as submit_stage
+    return submit_stage(args)
 
 
 def demo(args) -> int:
@@ -276,8 +279,17 @@ def make_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("config", help="print a stage's resolved config with each key's comment and range",
                           description="Print the config a stage would run with, as YAML: defaults, then the "
                                       "config files, then the overrides; each key with its comment and range. "
-                                      f"Stages: {', '.join(STAGES)}.")
+                                      f"Stages: {', '.join(config_stages())}.")
     add_stage_parsers(p, stage_tree())
+
+    from launch.cluster import add_options
+    p = stages.add_parser("launch", help="run a stage as a job: here, or on SLURM through submitit "
+                                         "(wsl launch [options] STAGE [stage args])",
+                          usage="wsl launch [options] STAGE [options] -- [stage args]")
+    add_options(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="STAGE ...",
+                   help="the stage (data build, pretrain) and its own arguments")
+    p.set_defaults(func=launch)
 
     p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
     p.add_argument("--workdir", default="demo")

@@ -37,11 +37,13 @@ def requested() -> int:
 
 @contextlib.contextmanager
 def stop_signals():
-    """Signals set the stop flag while the block runs; before and after, they act as usual."""
-    _flag["signum"] = 0
+    """Signals set the stop flag while the block runs; before and after, they act as usual.
+    A stop requested before the block (during a job's set-up) still counts; the flag is
+    cleared when the block ends, so a later loop in the same process starts clean."""
     previous = {sig: signal.signal(sig, lambda signum, frame: request_stop(signum)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _flag["signum"] = 0

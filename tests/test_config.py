@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import REPO
-from launch.cli import STAGES, main
+from launch.cli import config_stages, main
 from launch.config import ConfigError, build as make_config
 from pretrain.config import PretrainConfig
 
@@ -29,7 +29,7 @@ def config_classes(cls: type, seen: set | None = None) -> set:
 
 
 def stage_class(stage: str) -> type:
-    module, name = STAGES[stage].split(":")
+    module, name = config_stages()[stage].split(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -37,7 +37,7 @@ def is_number(hint) -> bool:
     return bool({int, float} & ({hint} | set(typing.get_args(hint))))
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", list(config_stages()))
 def test_every_numeric_config_value_declares_its_range(stage):
     for cls in config_classes(stage_class(stage)):
         hints = typing.get_type_hints(cls)

@@ -1,0 +1,72 @@
+"""The stages `wsl launch` runs: each one's `wsl` subcommand, config class and folders.
+
+A stage plugs in with one line in STAGES. Its config is resolved and checked here, on the
+submitting machine, with the stage's own parser and config class, so a wrong key fails in
+a second instead of in the queue; the job then runs `wsl STAGE -c RESOLVED.yaml`, exactly
+what was checked.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.config import build as make_config
+
+
+@dataclass(frozen=True)
+class Stage:
+    command: tuple[str, ...]            # the `wsl` subcommand
+    config: str                         # "module:Class" of its config dataclass
+    output: str                         # dotted config key of the folder it writes
+    artifact: str                       # the file in that folder W&B records (dataset manifest, backbone)
+    reads: tuple[str, ...] = ()         # dotted keys of the shard folders it reads
+    merge: tuple[str, ...] | None = None  # subcommand joining `--part i/N` outputs; None: no arrays
+    trains: bool = False                # stops at a checkpoint through pretrain.engine.request_stop
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.command)
+
+    @property
+    def job_type(self) -> str:
+        return "-".join(self.command)
+
+
+STAGES = {stage.name: stage for stage in (
+    Stage(("data", "build"), "data_tools.build:BuildConfig", output="output", artifact="manifest.json",
+          merge=("data", "merge")),
+    Stage(("data", "convert"), "data_tools.convert:ConvertConfig", output="output", artifact="manifest.json",
+          merge=("data", "merge")),
+    Stage(("data", "dedup"), "data_tools.dedup.run:DedupConfig", output="out", artifact="summary.json",
+          reads=("train",)),
+    Stage(("pretrain",), "pretrain.config:PretrainConfig", output="run_dir", artifact="backbone.pt",
+          reads=("data.train",), trains=True),
+)}
+
+# Arguments of a stage's parser that are not config keys of the same name.
+PARSER_ONLY = {"config", "overrides", "func", "stage", "command"}
+
+
+def config_class(stage: Stage) -> type:
+    module, name = stage.config.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def resolve(stage: Stage, argv: list[str]):
+    """The stage's config from its own command line, as `wsl STAGE ARGV` would build it."""
+    from launch.cli import make_parser, with_default_command
+    args = make_parser().parse_args(with_default_command([*stage.command, *argv]))
+    # A stage flag such as `--part 3/8` sets the config key of the same name.
+    flags = [f"{k}={v}" for k, v in vars(args).items() if k not in PARSER_ONLY and v is not None]
+    return make_config(config_class(stage), args.config, [*args.overrides, *flags])
+
+
+def lookup(cfg, dotted: str):
+    for key in dotted.split("."):
+        cfg = getattr(cfg, key)
+    return cfg
+
+
+def folder(cfg, dotted: str) -> Path:
+    return Path(lookup(cfg, dotted)).resolve()
