@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_tools import shards, vocab
+from data_tools import resampling, shards, vocab
 from data_tools.images import BadImage, ImageRules, prepare
 from data_tools.sources import ImageFolderSource, ManifestSource, Record
 from data_tools.wordnet import WordNet
@@ -347,6 +347,8 @@ def build(cfg: BuildConfig) -> dict:
 
     manifest = assemble(results, entries, source, dropped, per_shard, inputs_hash, cfg)
     shards.write_json(out / manifest_name(part), manifest)
+    if part[1] == 1:
+        resampling.fit(out, cfg.progress)
     return manifest
 
 
@@ -414,6 +416,7 @@ def merge(directory: str) -> dict:
         "converted": add_counts(p["converted"] for p in parts),
     })
     shards.write_json(out / "manifest.json", merged)
+    resampling.fit(out, progress=False)
     return merged
 
 

@@ -49,6 +49,15 @@ def data_verify(args) -> int:
     return 0
 
 
+def data_index(args) -> int:
+    from data_tools import resampling, tables
+    written = tables.index(args.directory, progress=not args.quiet)
+    fitted = resampling.fit(args.directory, progress=not args.quiet)
+    print(f"{args.directory}: {written} sample table(s) written; resampling fitted over "
+          f"{fitted['images']} images, {fitted['tags']} tags")
+    return 0
+
+
 def data_stats(args) -> int:
     from data_tools.stats import frequency_table, zipf_plot
     print(frequency_table(args.directory, args.top))
@@ -99,6 +108,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=data_verify)
+    p = data_cmds.add_parser("index", help="add sample tables (and the resampling fit) to shards of an older build")
+    p.add_argument("directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=data_index)
     p = data_cmds.add_parser("stats", help="label frequency table and Zipf plot")
     p.add_argument("directory")
     p.add_argument("--top", type=int, default=20)

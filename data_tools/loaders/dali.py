@@ -16,6 +16,7 @@ DALI's CPU resize costs three to four times torch's uint8 path.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Iterator
 
@@ -31,7 +32,7 @@ from data_tools.loaders.catalog import Catalog, Reader
 class Feed:
     """external_source callback: the next job's JPEG bytes; remembers the jobs in flight."""
 
-    def __init__(self, jobs: list, read: Reader):
+    def __init__(self, jobs, read: Reader):
         self.jobs, self.read, self.pending = iter(jobs), read, deque()
 
     def __call__(self) -> list[np.ndarray]:
@@ -71,9 +72,9 @@ def _gpu_finish(images, train: bool, sizes: transforms.Sizes):
     return fn.crop_mirror_normalize(images, crop=(sizes.image, sizes.image), **common)
 
 
-def gpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, threads: int,
+def gpu_batches(catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, threads: int,
                 device: torch.device, seed: int):
-    """Yield (images on the GPU, rows, failed rows) per job, in job order."""
+    """Yield (images on the GPU, rows, failed rows) per job of `jobs` (a loader's Jobs), in order."""
     device_id = device.index if device.index is not None else torch.cuda.current_device()
 
     def finish(out, job):
@@ -85,12 +86,14 @@ def gpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Siz
 
     read = Reader(catalog)
     try:
-        yield from _drive(jobs, read, train, sizes, threads, device_id, seed, finish, redo)
+        if len(jobs):
+            yield from _drive(iter(jobs), jobs.size, read, train, sizes, threads, device_id, seed, finish, redo)
     finally:
         read.close()
 
 
-def cpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, slots: Iterator[torch.Tensor]):
+def cpu_batches(catalog: Catalog, jobs: Iterator, batch_size: int, train: bool, sizes: transforms.Sizes,
+                slots: Iterator[torch.Tensor]):
     """In a worker process: (uint8 images, rows, failed rows) per job, each batch written into
     the next of `slots`; DALI decodes on one thread."""
 
@@ -100,19 +103,20 @@ def cpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Siz
     def redo(job, err):
         return _redo_on_cpu(job, read, train, sizes, err, next(slots))
 
+    first = next(jobs, None)
+    if first is None:
+        return
     read = Reader(catalog)
-    seed = int(np.random.default_rng(jobs[0].seed).integers(2**31)) if jobs else 0
+    seed = int(np.random.default_rng(first.seed).integers(2**31))
     try:
-        yield from _drive(jobs, read, train, sizes, 1, None, seed, finish, redo)
+        yield from _drive(itertools.chain([first], jobs), batch_size, read, train, sizes, 1, None, seed, finish, redo)
     finally:
         read.close()
 
 
-def _drive(jobs, read, train, sizes, threads, device_id, seed, finish, redo):
-    if not jobs:
-        return
+def _drive(jobs: Iterator, batch_size: int, read, train, sizes, threads, device_id, seed, finish, redo):
     feed = Feed(jobs, read)
-    pipe = pipeline(feed, max(len(j.rows) for j in jobs), train, sizes, threads, device_id, seed)
+    pipe = pipeline(feed, batch_size, train, sizes, threads, device_id, seed)
     pipe.build()
     while True:
         try:
