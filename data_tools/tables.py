@@ -87,11 +87,12 @@ class Table:
     def labels(self, row: int) -> np.ndarray:
         return self.label_idx[self.label_ptr[row]:self.label_ptr[row + 1]]
 
-    def mean_over_labels(self, per_label: np.ndarray) -> np.ndarray:
-        """Per row, the mean of `per_label` over the row's labels; 0 for unusable rows."""
+    def usable_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """The labels (CSR) of the usable rows only."""
+        ok = self.bad == 0
         lengths = np.diff(self.label_ptr)
-        sums = np.bincount(np.repeat(np.arange(self.rows), lengths), per_label[self.label_idx], self.rows)
-        return np.where(self.bad == 0, sums / np.maximum(lengths, 1), 0.0)
+        keep = np.repeat(ok, lengths)
+        return np.concatenate([[0], np.cumsum(lengths[ok])]), np.asarray(self.label_idx[keep], np.int64)
 
 
 def arrays_for(entries: list[tuple[str, tuple[int, int] | None, list[int] | None, int]]) -> dict[str, np.ndarray]:

@@ -148,8 +148,8 @@ class Loader:
         resample = c.multi if cfg.sqrt_resample is None else cfg.sqrt_resample
         weights = rates = None
         if resample and self.train:
-            tag_weight, weights = resampling.load(c.directory, c.manifest)
-            rates = functools.partial(c.rates, tag_weight)
+            log_weight, weights = resampling.load(c.directory, c.manifest)
+            rates = functools.partial(c.rates, log_weight)
         self.plan = plans.Plan(c.counts, cfg.seed, self.train, cfg.shuffle_buffer, weights, rates)
         self.epoch, self.runs, self.consumed = 0, [], 0
         self._cached: tuple = ((), None)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools import shards, tables
+from data_tools import resampling, shards, tables
 
 OPEN_FILES = 64  # shard files and tables a reader keeps open; a rank reads a handful at a time
 
@@ -84,9 +84,10 @@ class Catalog:
         table, local = self._at(row)
         return tables.BAD_REASONS[table.bad[local]]
 
-    def rates(self, tag_weight: np.ndarray, shard: int) -> np.ndarray:
-        """A shard's per-row resampling rates: the mean of its tags' weights (resampling.py)."""
-        return self.table(shard).mean_over_labels(tag_weight)
+    def rates(self, log_weight: np.ndarray, shard: int) -> np.ndarray:
+        """A shard's per-row resampling rates (resampling.py); 0 for unusable rows."""
+        t = self.table(shard)
+        return np.where(t.bad == 0, resampling.rates(t.label_ptr, t.label_idx, log_weight), 0.0)
 
 
 def load(directory: str | Path) -> Catalog:

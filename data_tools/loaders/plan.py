@@ -8,8 +8,9 @@ The epoch's stream: the shards in an order shuffled by (seed, epoch); shard s co
 L_s samples: its row count, or with square-root resampling its expected share of the
 epoch (resampling.py) rounded stochastically. A shard is expanded into its L_s rows when
 reached: with resampling L_s draws proportional to each row's rate (systematic sampling:
-each row gets floor or ceil of its expected count), then a permutation of them, so the
-repeats of a row are spread over its shard's stretch of the stream. The stream is cut into
+each row gets floor or ceil of its expected count), ordered so that the c copies of a row
+lie about 1/c of the shard's stretch of the stream apart (`spread`); without, a
+permutation of the shard's rows. The stream is cut into
 `world` equal contiguous slices (training drops the remainder, eval wraps around to fill
 the last slice), so every rank yields the same number of samples whatever the shard sizes
 and reads a contiguous run of shards: two ranks share at most the shard at the seam
@@ -56,6 +57,19 @@ def systematic(rates: np.ndarray, draws: int, gen: np.random.Generator) -> np.nd
     edges[-1] = draws
     below = np.ceil(edges - gen.random()).astype(np.int64)  # points u + j below each edge
     return np.repeat(np.arange(len(rates)), np.diff(below, prepend=0))
+
+
+def spread(drawn: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+    """Shuffle sorted draws so the c copies of a row sit about 1/c of the way apart: copy j
+    of a row gets the key (j + u)/c, u one uniform offset per row, and the rows go in key
+    order (a row drawn once gets a uniform key, as in a plain shuffle)."""
+    if len(drawn) == 0:
+        return drawn
+    first = np.flatnonzero(np.diff(drawn, prepend=-1))  # where each row's run of copies starts
+    copies = np.diff(first, append=len(drawn))
+    copy = np.arange(len(drawn)) - np.repeat(first, copies)
+    keys = (copy + np.repeat(gen.random(len(first)), copies)) / np.repeat(copies, copies)
+    return drawn[np.argsort(keys, kind="stable")]
 
 
 @dataclass(frozen=True)
@@ -149,10 +163,8 @@ class Plan:
             return base + np.arange(n)
         gen = rng(self.seed, epoch, SLOTS, shard)
         if self.resampled:
-            local = gen.permutation(systematic(self.rates(shard), int(self.lengths(epoch)[shard]), gen))
-        else:
-            local = gen.permutation(n)
-        return base + local
+            return base + spread(systematic(self.rates(shard), int(self.lengths(epoch)[shard]), gen), gen)
+        return base + gen.permutation(n)
 
     def order(self, epoch: int, world: int, rank: int, runs: list[tuple[int, int]] = ()) -> "Order":
         """Rank's rows for this run of `epoch`; `runs`: (world size, samples consumed per rank)
