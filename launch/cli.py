@@ -53,8 +53,7 @@ def data_index(args) -> int:
     from data_tools import resampling, tables
     written = tables.index(args.directory, progress=not args.quiet)
     fitted = resampling.fit(args.directory, progress=not args.quiet)
-    print(f"{args.directory}: {written} sample table(s) written; resampling fitted over "
-          f"{fitted['images']} images, {fitted['tags']} tags")
+    print(f"{args.directory}: {written} sample table(s) written; resampling fitted over {fitted['images']} images")
     return 0
 
 
