@@ -81,13 +81,16 @@ def fit(directory: str | Path, progress: bool = True) -> dict:
     paths = [directory / tables.table_file(e["file"]) for e in manifest["shards"]]
     log_weight, shard_weight = fit_shards(lambda: (tables.Table(p).usable_labels() for p in paths),
                                           manifest["num_classes"], progress)
+    unusable = sum(int(np.count_nonzero(tables.Table(p).bad)) for p in paths)
     tables.write(directory / FILE, {"tag_log_weight": log_weight, "shard_weight": shard_weight},
-                 fingerprint=shards.fingerprint(manifest))
+                 fingerprint=shards.fingerprint(manifest), unusable=unusable)
     return {"images": int(round(shard_weight.sum()))}
 
 
-def load(directory: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(log tag weights, expected samples per shard per epoch) for this manifest's shards."""
+def load(directory: Path, manifest: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, arrays) of the fit for this manifest's shards: `tag_log_weight`, and
+    `shard_weight`, each shard's expected samples per epoch; the header counts the
+    `unusable` rows of the whole set."""
     path = directory / FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {FILE} (shards from an older build): "
@@ -96,4 +99,4 @@ def load(directory: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
     if header.get("fingerprint") != shards.fingerprint(manifest):
         raise ValueError(f"{path} was fitted to other shards than the manifest lists: "
                          f"run `wsl data index {directory}`")
-    return np.asarray(arrays["tag_log_weight"]), np.asarray(arrays["shard_weight"])
+    return header, arrays

@@ -284,7 +284,8 @@ def test_bad_samples_are_skipped_and_counted(backend, broken_dir):
     assert not set(keys) & set(BAD)
     assert {f"90000000010{i}" for i in range(6)} <= set(keys)
     assert loader.bad_samples == Counter(BAD.values())
-    assert all(len(b[0]) == len(b.keys) == len(b[1]) for b in batches)
+    assert loader.catalog_bad == 2 and loader.decode_failures == 2  # table-marked, and met while decoding
+    assert all(len(b[0]) == len(b.keys) == len(b[1]) == len(b.rows) for b in batches)
 
 
 # --- config, bottleneck --------------------------------------------------------------------

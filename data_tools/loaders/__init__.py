@@ -26,7 +26,6 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from data_tools import resampling
 from data_tools.loaders import catalog as catalogs
 from data_tools.loaders import plan as plans
 from data_tools.loaders import transforms
@@ -98,9 +97,9 @@ class Jobs:
 class Batch(tuple):
     """(images, targets); `keys` names the samples, for checks and debugging."""
 
-    def __new__(cls, images: torch.Tensor, targets: torch.Tensor, keys: list[str]):
+    def __new__(cls, images: torch.Tensor, targets: torch.Tensor, keys: list[str], rows: np.ndarray):
         batch = super().__new__(cls, (images, targets))
-        batch.keys = keys
+        batch.keys, batch.rows = keys, rows  # rows: catalog rows, to tell wrap-around repeats in eval
         return batch
 
 
@@ -122,6 +121,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend.startswith("dali") and not dali_available():
         raise ValueError(f"backend '{backend}' needs nvidia-dali, which is not installed; use 'wds'")
     return backend
+
+
+def cores_per_rank() -> int:
+    """This process's cores, shared with the other ranks on its node: torchrun gives every
+    rank the node's whole CPU set, so 8 ranks each taking every core would start 8x too
+    many workers."""
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
 def make_loader(cfg: LoaderConfig, directory: str | Path, rank: int = 0, world_size: int = 1,
@@ -148,8 +155,8 @@ class Loader:
         resample = c.multi if cfg.sqrt_resample is None else cfg.sqrt_resample
         weights = rates = None
         if resample and self.train:
-            log_weight, weights = resampling.load(c.directory, c.manifest)
-            rates = functools.partial(c.rates, log_weight)
+            weights = c.fit["shard_weight"]
+            rates = functools.partial(c.rates, c.fit["tag_log_weight"])
         self.plan = plans.Plan(c.counts, cfg.seed, self.train, cfg.shuffle_buffer, weights, rates)
         self.epoch, self.runs, self.consumed = 0, [], 0
         self._cached: tuple = ((), None)
@@ -215,13 +222,13 @@ class Loader:
                     self._failed[self.catalog.problem(row)].add(self.catalog.key(row))
                 self._note_failures(failed, rows)
                 self.consumed += len(job.rows)
-                yield Batch(images, self._targets(rows), [self.catalog.key(r) for r in rows])
+                yield Batch(images, self._targets(rows), [self.catalog.key(r) for r in rows], rows)
         finally:
             source.close()
         self._roll()
 
     def _source(self, jobs: Jobs):
-        workers = self.cfg.workers or len(os.sched_getaffinity(0))
+        workers = self.cfg.workers or cores_per_rank()
         if self.backend == "dali":
             from data_tools.loaders import dali
             seed = int(np.random.default_rng([*jobs.seed, jobs.start]).integers(2**31))
@@ -250,6 +257,16 @@ class Loader:
         return targets.to(self.device, non_blocking=True)
 
     @property
+    def catalog_bad(self) -> int:
+        """Samples their tables mark unusable, in the whole set: the same count on every rank."""
+        return self.catalog.unusable
+
+    @property
+    def decode_failures(self) -> int:
+        """Samples this rank failed to decode so far."""
+        return len(self._failed["decode_error"])
+
+    @property
     def bad_samples(self) -> Counter:
         """Samples skipped so far: unusable in their table (no JPEG, json or labels) or not decoding."""
-        return Counter({k: len(v) for k, v in self._failed.items()})
+        return Counter({k: len(v) for k, v in self._failed.items() if v})

@@ -31,10 +31,16 @@ class Catalog:
     num_classes: int
     multi: bool               # hashtag data (k-hot targets) or single-label (int64)
     tag_counts: np.ndarray    # images per label, from the manifest
+    fit: dict                 # resampling.py's fit: weights, and the count of unusable rows
     open: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def unusable(self) -> int:
+        """Rows the tables mark unusable, in the whole set."""
+        return self.fit["unusable"]
 
     def __getstate__(self) -> dict:  # worker processes map the tables themselves
         return {**self.__dict__, "open": OrderedDict()}
@@ -100,8 +106,11 @@ def load(directory: str | Path) -> Catalog:
     catalog = Catalog(
         directory=directory, manifest=manifest, files=[e["file"] for e in entries], counts=counts,
         starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), num_classes=manifest["num_classes"],
-        multi=manifest["label_type"] == "multi", tag_counts=np.asarray(manifest["tag_counts"], np.float64))
+        multi=manifest["label_type"] == "multi", tag_counts=np.asarray(manifest["tag_counts"], np.float64),
+        fit={})
     catalog._map(int(np.argmax(counts > 0)))  # shards without tables: say so now, not at the first batch
+    header, arrays = resampling.load(directory, manifest)
+    catalog.fit = {"unusable": header["unusable"], **arrays}
     return catalog
 
 
