@@ -14,12 +14,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import groupby, islice
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
@@ -31,6 +33,8 @@ from data_tools.wordnet import WordNet
 FORMAT = "wsl-shards/1"
 SIZE_SAMPLE = 1000      # records whose file size estimates the shard length
 BAD_EXAMPLES = 10       # bad paths kept in the manifest
+BUCKET_RECORDS = 200_000  # order=hash: records per bucket file, the most held in memory at once
+MAX_BUCKETS = 1000        # ... unless that would need more open files than this
 
 
 @dataclass
@@ -59,7 +63,11 @@ class ImageConfig:
 class ShardConfig:
     name: str = "train"
     target_mb: float = 256.0
-    samples: int | None = None       # fixed samples per shard; overrides target_mb
+    samples: int | None = None       # samples per shard (about, with order=hash); overrides target_mb
+    # hash: each record goes to the shard its key's hash picks, shards hold their records in
+    # hash order, so batches are mixed whatever the input's order (a crawl is grouped by
+    # tag); input: the input's order, every shard but the last exactly `samples` long.
+    order: Literal["hash", "input"] = "hash"
 
 
 @dataclass
@@ -205,6 +213,50 @@ def plan(source, labeler: Labeler, index_of: dict[str, int], per_shard: int, par
         yield shard, group
 
 
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def mixed_plan(source, labeler: Labeler, index_of: dict[str, int], total: int, per_shard: int,
+               part: tuple[int, int], dropped: Counter, workdir: Path):
+    """Like `plan`, with order=hash: record -> shard hash(key) * total / 2^64, each shard's
+    records sorted by hash. Memory stays bounded: this part's records are scattered into
+    bucket files on disk (a few shards each), then each bucket is read back, sorted and cut."""
+    mine, parts = part
+    ours = range(mine, total, parts)
+    buckets = max(1, min(MAX_BUCKETS, -(-len(ours) * per_shard // BUCKET_RECORDS)))
+    per_bucket = -(-len(ours) // buckets)
+    folder = workdir / f"scatter-{mine:05d}-of-{parts:05d}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    files = [open(folder / f"{b:05d}.jsonl", "w") for b in range(buckets)]
+    try:
+        for record in source:
+            ids = labeler(record)
+            if record_problem(record, ids):
+                continue
+            labels = sorted(index_of[sid] for sid in ids if sid in index_of)
+            if not labels:
+                dropped["no_vocab_tag"] += 1
+                continue
+            h = key_hash(record.key)
+            shard = (h * total) >> 64
+            if shard % parts == mine:
+                files[shard // parts // per_bucket].write(
+                    json.dumps([shard, h, record.key, record.path, labels, record.tags]) + "\n")
+    finally:
+        for f in files:
+            f.close()
+    for b in range(buckets):
+        bucket = folder / f"{b:05d}.jsonl"
+        rows = sorted(json.loads(line) for line in bucket.read_text().splitlines())
+        bucket.unlink()
+        groups = {shard: list(group) for shard, group in groupby(rows, key=lambda r: r[0])}
+        for shard in ours[b * per_bucket:(b + 1) * per_bucket]:
+            yield shard, [(key, path, labels, tags) for _, _, key, path, labels, tags in groups.get(shard, [])]
+    shutil.rmtree(folder)
+
+
 def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRules, num_classes: int) -> dict:
     """Worker: read, check and convert each image, write the shard, then its stats file."""
     tag_counts, bad, converted, examples = Counter(), Counter(), Counter(), []
@@ -342,7 +394,10 @@ def build(cfg: BuildConfig) -> dict:
     mine = len(range(part[0], total, part[1]))
     index_of = {e.synset: i for i, e in enumerate(entries)}
     rules = ImageRules(cfg.images.max_side, cfg.images.max_pixels, cfg.images.quality)
-    jobs = plan(source, labeler, index_of, per_shard, part, dropped)
+    if cfg.shards.order == "hash":
+        jobs = mixed_plan(source, labeler, index_of, total, per_shard, part, dropped, out / ".build")
+    else:
+        jobs = plan(source, labeler, index_of, per_shard, part, dropped)
     results = run_jobs(cfg, out, jobs, rules, len(entries), mine)
 
     manifest = assemble(results, entries, source, dropped, per_shard, inputs_hash, cfg)
