@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
+import tempfile
+import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +29,12 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from data_tools import tables
+from data_tools.fields import bounded, check_ranges
 from data_tools.loaders import catalog as catalogs
 from data_tools.loaders import plan as plans
-from data_tools.loaders import transforms
+from data_tools.loaders import remote, transforms
+from data_tools.loaders.workers import PREFETCH
 
 BACKENDS = ("auto", "dali", "dali-cpu", "wds")
 PHASES = ("train", "eval")
@@ -46,8 +52,12 @@ class LoaderConfig:
     sqrt_resample: bool | None = None  # None: on for hashtag (multi-label) data, off for single-label
     seed: int = 0
     drop_last: bool | None = None    # None: train drops a last partial batch, eval keeps it
+    # Shards at a URL (s3://, gs://, http(s)://) are downloaded ahead into a local cache:
+    cache_dir: str | None = None     # None: the system's temporary folder
+    cache_gb: float = bounded(20.0, lo=0, open_lo=True)  # shards held ahead of the rank, at most
 
     def check(self) -> None:
+        check_ranges(self)
         if self.backend not in BACKENDS:
             raise ValueError(f"config key 'backend' must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         for key in ("batch_size", "image_size", "resize_size", "shuffle_buffer"):
@@ -144,13 +154,13 @@ class Loader:
             raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.cfg, self.rank, self.world_size, self.directory = cfg, rank, world_size, directory
         self.device = torch.device(device)
         self.backend = resolve_backend(cfg.backend, self.device)
         self.train = phase == "train"
         self.drop_last = self.train if cfg.drop_last is None else cfg.drop_last
         self.sizes = transforms.Sizes(cfg.image_size, cfg.resize_size, cfg.min_scale)
-        self.catalog = c = catalogs.load(directory)
+        self.catalog = c = catalogs.load(directory, self._cache_folder(directory, phase))
         self.num_samples = len(c)  # one epoch of the whole world
         resample = c.multi if cfg.sqrt_resample is None else cfg.sqrt_resample
         weights = rates = None
@@ -160,10 +170,28 @@ class Loader:
         self.plan = plans.Plan(c.counts, cfg.seed, self.train, cfg.shuffle_buffer, weights, rates)
         self.epoch, self.runs, self.consumed = 0, [], 0
         self._cached: tuple = ((), None)
+        self.prefetch = self._prefetcher() if c.remote else None
         self._failed: dict[str, set[str]] = defaultdict(set)
         if len(self) == 0:
             raise ValueError(f"{self.num_samples} samples give rank {rank} of {world_size} no batch of "
                              f"{cfg.batch_size}: lower batch_size or the world size")
+
+    def _cache_folder(self, directory, phase: str) -> Path | None:
+        if not remote.is_url(directory):
+            return None
+        name = f"{hashlib.sha1(str(directory).encode()).hexdigest()[:12]}-{phase}-rank{self.rank}-{os.getpid()}"
+        return Path(self.cfg.cache_dir or tempfile.gettempdir()) / "wsl-shard-cache" / name
+
+    def _prefetcher(self) -> remote.Prefetcher:
+        c = self.catalog
+        workers = self.cfg.workers or cores_per_rank()
+        lookahead = (workers * PREFETCH + 2) * self.cfg.batch_size + max(self.cfg.shuffle_buffer, 1)
+        fetcher = remote.Prefetcher(remote.Store(str(self.directory)), c.directory, c.files,
+                                    [tables.table_file(f) for f in c.files], c.shard_bytes, c.starts,
+                                    self.cfg.cache_gb * 2**30, lookahead)
+        weakref.finalize(self, fetcher.close)
+        fetcher.follow(self.order(), self.consumed)
+        return fetcher
 
     # --- position in the stream -------------------------------------------------------
 
@@ -215,9 +243,13 @@ class Loader:
     def __iter__(self):
         self._roll()
         jobs = self._jobs()
+        if self.prefetch:
+            self.prefetch.follow(jobs.order, self.consumed)
         source = self._source(jobs)
         try:
             for job, (images, rows, failed) in zip(jobs, source):
+                if self.prefetch:
+                    self.prefetch.follow(jobs.order, self.consumed + len(job.rows))
                 for row in job.skipped:
                     self._failed[self.catalog.problem(row)].add(self.catalog.key(row))
                 self._note_failures(failed, rows)

@@ -9,6 +9,7 @@ a row the table marks unusable (no JPEG, no json, no labels) is skipped and coun
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data_tools import resampling, shards, tables
+from data_tools.loaders import remote
 
 OPEN_FILES = 64  # shard files and tables a reader keeps open; a rank reads a handful at a time
 
@@ -24,14 +26,15 @@ OPEN_FILES = 64  # shard files and tables a reader keeps open; a rank reads a ha
 @dataclass
 class Catalog:
     directory: Path
-    manifest: dict
     files: list[str]          # shard tar names, in manifest order
     counts: np.ndarray        # int64 [shards]: rows of each shard
+    shard_bytes: np.ndarray   # int64 [shards]: size of each tar
     starts: np.ndarray        # int64 [shards + 1]: first row of each shard
     num_classes: int
     multi: bool               # hashtag data (k-hot targets) or single-label (int64)
     tag_counts: np.ndarray    # images per label, from the manifest
     fit: dict                 # resampling.py's fit: weights, and the count of unusable rows
+    remote: bool = False      # `directory` is the local cache of a URL: files appear as downloaded
     open: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def __len__(self) -> int:
@@ -57,8 +60,12 @@ class Catalog:
         self.open[shard] = table
         return table
 
+    def path(self, name: str) -> Path:
+        """A shard file's local path; from a URL, once the prefetcher has it (remote.py)."""
+        return remote.wait_for(self.directory / name) if self.remote else self.directory / name
+
     def _map(self, shard: int) -> tables.Table:
-        path = self.directory / tables.table_file(self.files[shard])
+        path = self.path(tables.table_file(self.files[shard]))
         if not path.is_file():
             raise FileNotFoundError(f"{path.name} is missing (shards built before sample tables): "
                                     f"run `wsl data index {self.directory}`")
@@ -96,20 +103,32 @@ class Catalog:
         return np.where(t.bad == 0, resampling.rates(t.label_ptr, t.label_idx, log_weight), 0.0)
 
 
-def load(directory: str | Path) -> Catalog:
-    directory = Path(directory)
-    manifest = shards.read_manifest(directory)
+def load(directory: str | Path, cache: Path | None = None) -> Catalog:
+    """The catalog of a shard directory, or of a URL whose shards `cache` will receive."""
+    if remote.is_url(directory):
+        if cache is None:
+            raise ValueError(f"{directory}: reading shards from a URL needs a local cache folder")
+        store = remote.Store(str(directory))
+        manifest = json.loads(store.read("manifest.json"))
+        cache.mkdir(parents=True, exist_ok=True)
+        store.download(resampling.FILE, cache)
+        local = cache
+    else:
+        local = Path(directory)
+        manifest = shards.read_manifest(local)
     entries = manifest["shards"]
     counts = np.fromiter((e["samples"] for e in entries), np.int64, len(entries))
     if counts.sum() == 0:
         raise ValueError(f"{directory} holds no sample")
     catalog = Catalog(
-        directory=directory, manifest=manifest, files=[e["file"] for e in entries], counts=counts,
+        directory=local, files=[e["file"] for e in entries], counts=counts,
+        shard_bytes=np.fromiter((e["bytes"] for e in entries), np.int64, len(entries)),
         starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), num_classes=manifest["num_classes"],
         multi=manifest["label_type"] == "multi", tag_counts=np.asarray(manifest["tag_counts"], np.float64),
-        fit={})
-    catalog._map(int(np.argmax(counts > 0)))  # shards without tables: say so now, not at the first batch
-    header, arrays = resampling.load(directory, manifest)
+        fit={}, remote=remote.is_url(directory))
+    if not catalog.remote:
+        catalog._map(int(np.argmax(counts > 0)))  # shards without tables: say so now, not at the first batch
+    header, arrays = resampling.load(local, manifest)
     catalog.fit = {"unusable": header["unusable"], **arrays}
     return catalog
 
@@ -128,7 +147,7 @@ class Reader:
     def _fd(self, shard: int) -> int:
         fd = self.open.pop(shard, None)
         if fd is None:
-            fd = os.open(self.catalog.directory / self.catalog.files[shard], os.O_RDONLY)
+            fd = os.open(self.catalog.path(self.catalog.files[shard]), os.O_RDONLY)
             if len(self.open) >= OPEN_FILES:
                 os.close(self.open.popitem(last=False)[1])
         self.open[shard] = fd
