@@ -10,8 +10,9 @@ simulated set has the manifest, per-shard counts and the resampling fit of the f
 but only the shards the measured rank reads first are on disk (hard links again): a loader
 that touched any other shard would fail. Each measurement is a fresh process: rank 0 of
 --world, backend wds, one worker, train phase with square-root resampling; start-up is
-construction to the first batch, RSS the process's peak, and of it what the loader added
-to the process as imported (torch alone is most of the peak); the worker's is printed apart.
+construction to the first batch, RSS the process's peak, and what the loader added to the
+resident memory of the process as imported (torch alone is most of the peak); the
+worker process's peak is printed apart.
 """
 from __future__ import annotations
 
@@ -111,12 +112,19 @@ def make_set(root: Path, samples: int, simulate_world: int | None = None) -> Pat
     return directory
 
 
+def resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def measure(directory: str, world: int) -> dict:
     """In a fresh process: construction to first batch, and peak memory."""
     import torch  # noqa: F401  (imported before the clock starts, as a trainer has it)
 
     from data_tools.loaders import LoaderConfig, make_loader
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = resident_mb()
     start = time.perf_counter()
     loader = make_loader(LoaderConfig(backend="wds", batch_size=64, image_size=32, resize_size=40, workers=1),
                          directory, rank=0, world_size=world)
@@ -124,9 +132,10 @@ def measure(directory: str, world: int) -> dict:
     batches = iter(loader)
     next(batches)
     first = time.perf_counter() - start
+    after = resident_mb()
     batches.close()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"construct_s": built, "first_batch_s": first, "rss_mb": rss, "loader_mb": rss - before,
+    return {"construct_s": built, "first_batch_s": first, "rss_mb": rss, "loader_mb": after - before,
             "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 

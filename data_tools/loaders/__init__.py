@@ -286,6 +286,8 @@ class Loader:
             targets[torch.from_numpy(np.repeat(np.arange(len(rows)), lengths)), torch.from_numpy(cols)] = 1.0
         else:
             targets = torch.from_numpy(np.array([x[0] for x in labels], np.int64))
+        if self.device.type == "cuda":
+            targets = targets.pin_memory()  # a copy from pageable memory would block
         return targets.to(self.device, non_blocking=True)
 
     @property
