@@ -13,9 +13,8 @@ the same shards, train transforms (RandomResizedCrop 224 + flip + normalise), ba
             worker per core;
   wds, dali-cpu (and dali on a GPU)   data_tools.loaders.make_loader, all cores.
 
-Each figure is steady-state img/s (data_tools.loaders.bottleneck.loader_rate): the time to
-an epoch's first batch (worker and pipeline start) is left out, as it is negligible in an
-epoch of a real data set.
+Each figure is img/s as training reads (data_tools.loaders.bottleneck.loader_rate): the
+first batch (start-up) is left out, later epochs' worker starts are counted.
 """
 from __future__ import annotations
 
@@ -175,7 +174,7 @@ def main() -> None:
         limit = decode_limit(shards, cores, args.seconds)
         print(f"  decode limit (PIL decode only, {cores} processes): {limit:8.0f} img/s ({limit / cores:.0f} per core)",
               flush=True)
-        base, _ = loader_rate(baseline_loader(shards, cores, args.batch_size, num_classes), args.seconds)
+        base = loader_rate(baseline_loader(shards, cores, args.batch_size, num_classes), args.seconds)
         print(f"  baseline (webdataset + PIL + torchvision):  {base:8.0f} img/s", flush=True)
         backends = [("wds", "cpu"), ("dali-cpu", "cpu")] if dali_available() else [("wds", "cpu")]
         if torch.cuda.is_available():
@@ -184,7 +183,7 @@ def main() -> None:
         for backend, device in backends:
             loader = make_loader(LoaderConfig(backend=backend, batch_size=args.batch_size, workers=cores), shards,
                                  device=device)
-            rates[backend, device], _ = loader_rate(loader, args.seconds)
+            rates[backend, device] = loader_rate(loader, args.seconds)
             rate = rates[backend, device]
             print(f"  {backend:8s} on {device:4s}: {rate:8.0f} img/s = {rate / base:4.2f}x baseline, "
                   f"{rate / limit:4.0%} of the decode limit", flush=True)

@@ -1,7 +1,11 @@
 """Start-up and memory of one rank against the size of the shard set (goal: 1e9 samples with
 start-up < 10 s and peak RSS < 2 GB per rank, per-sample cost flat).
 
-    python bench/scale.py --sizes 10000 100000 1000000 --simulate 1000000000 --world 8
+    python bench/scale.py --sizes 10000 100000 1000000 --simulate 1000000000 --world 8 --remote 100000
+
+Remote (goal: >= 90 % of local disk): steady img/s of one loader over the --remote set
+served by a moto S3 server process on 127.0.0.1 against the same shards on local disk, in
+one run (wds, a worker per core, 64x64 crops, train).
 
 Generates one shard of tiny JPEGs (a few distinct images' bytes reused, 2-3 Zipf tags each,
 written with data_tools.shards.write_shard: tar, DALI index, sample table), then shard sets
@@ -21,6 +25,7 @@ import io
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -139,11 +144,53 @@ def measure(directory: str, world: int) -> dict:
             "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def remote_vs_local(directory: Path, seconds: float) -> tuple[float, float]:
+    """(local img/s, S3 img/s) of the same shards; the S3 server is moto's, on localhost."""
+    import s3fs
+
+    from data_tools.loaders import LoaderConfig, make_loader
+    from data_tools.loaders.bottleneck import loader_rate
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        for _ in range(600):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir("bench")
+        for path in sorted(directory.iterdir()):
+            fs.put_file(str(path), f"bench/set/{path.name}")
+        cfg = LoaderConfig(backend="wds", batch_size=64, image_size=64, resize_size=72, workers=0)
+        with tempfile.TemporaryDirectory() as cache:
+            local = loader_rate(make_loader(cfg, directory), seconds)
+            cfg.cache_dir = cache
+            remote = loader_rate(make_loader(cfg, "s3://bench/set"), seconds)
+        return local, remote
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--simulate", type=int, default=1_000_000_000, help="samples of the simulated set (0: none)")
     parser.add_argument("--world", type=int, default=8)
+    parser.add_argument("--remote", type=int, default=100_000, help="samples of the set read from S3 (0: skip)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="of each remote/local rate measurement")
     parser.add_argument("--workdir", help="keep the generated sets here (default: a temporary folder)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -165,6 +212,10 @@ def main() -> None:
             r = json.loads(out.stdout.splitlines()[-1])
             print(f"{n:>14,} {n // PER_SHARD:>8,} {r['construct_s']:>12.2f} {r['first_batch_s']:>14.2f} "
                   f"{r['rss_mb']:>12.0f} {r['loader_mb']:>16.0f} {r['worker_rss_mb']:>14.0f}", flush=True)
+        if args.remote:
+            local, s3 = remote_vs_local(make_set(root, args.remote), args.seconds)
+            print(f"remote: {args.remote:,} samples, local disk {local:.0f} img/s, S3 (moto on 127.0.0.1) "
+                  f"{s3:.0f} img/s = {s3 / local:.0%} of local (goal >= 90 %)")
 
 
 if __name__ == "__main__":

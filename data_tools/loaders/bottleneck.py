@@ -37,24 +37,27 @@ def _sync(tensor: torch.Tensor) -> None:
         torch.cuda.synchronize(tensor.device)
 
 
-def loader_rate(loader, seconds: float):
-    """(img/s, one batch) of any iterable of (images, targets); each pass's first batch
-    (worker start-up) is left out."""
-    images, busy, sample = 0, 0.0, None
-    while busy < seconds:
-        batches = iter(loader)
-        sample = next(batches, None)
-        if sample is None:
-            break
-        start = time.perf_counter()
-        for batch in batches:
-            images += len(batch[0])
-            if busy + time.perf_counter() - start >= seconds:
-                break
-        _sync(sample[0])
-        busy += time.perf_counter() - start
-        del batches  # stops its workers now, not at the next pass
-    return (images / busy if busy else 0.0), sample
+def loader_rate(loader, seconds: float) -> float:
+    """Images per second of any iterable of (images, targets), read as training reads it:
+    epoch after epoch, worker start-ups included. The clock starts after the first batch
+    (the one-off start-up) and stops at the first batch past `seconds`, so a small data
+    set, whose epochs are a batch or two long, is measured as well as a large one."""
+    images, start, tensor = 0, None, None
+    epochs = 0
+    while True:
+        for batch in loader:
+            tensor = batch[0]
+            if start is None:
+                _sync(tensor)
+                start = time.perf_counter()
+                continue
+            images += len(tensor)
+            if time.perf_counter() - start >= seconds:
+                _sync(tensor)
+                return images / (time.perf_counter() - start)
+        epochs += 1
+        if tensor is None and epochs > 1:
+            return 0.0  # an empty loader
 
 
 def step_rate(step: Callable, batch, seconds: float) -> float:
@@ -83,7 +86,7 @@ def measure(loader, step: Callable, seconds: float = 3.0) -> Report:
         batch = tuple(t.clone() for t in batch)  # not a view into the loader's shared buffers
         step_ips = step_rate(step, batch, seconds)
         loader.load_state_dict(state)
-        loader_ips, _ = loader_rate(loader, seconds)
+        loader_ips = loader_rate(loader, seconds)
     finally:
         loader.load_state_dict(state)
     return Report(loader_ips, step_ips, getattr(loader, "backend", ""))
