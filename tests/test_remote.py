@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
-from pathlib import Path
 
 import pytest
 

@@ -32,7 +32,6 @@ class Catalog:
     starts: np.ndarray        # int64 [shards + 1]: first row of each shard
     num_classes: int
     multi: bool               # hashtag data (k-hot targets) or single-label (int64)
-    tag_counts: np.ndarray    # images per label, from the manifest
     fit: dict                 # resampling.py's fit: weights, and the count of unusable rows
     remote: bool = False      # `directory` is the local cache of a URL: files appear as downloaded
     open: OrderedDict = field(default_factory=OrderedDict, repr=False)
@@ -124,8 +123,7 @@ def load(directory: str | Path, cache: Path | None = None) -> Catalog:
         directory=local, files=[e["file"] for e in entries], counts=counts,
         shard_bytes=np.fromiter((e["bytes"] for e in entries), np.int64, len(entries)),
         starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), num_classes=manifest["num_classes"],
-        multi=manifest["label_type"] == "multi", tag_counts=np.asarray(manifest["tag_counts"], np.float64),
-        fit={}, remote=remote.is_url(directory))
+        multi=manifest["label_type"] == "multi", fit={}, remote=remote.is_url(directory))
     if not catalog.remote:
         catalog._map(int(np.argmax(counts > 0)))  # shards without tables: say so now, not at the first batch
     header, arrays = resampling.load(local, manifest)

@@ -14,9 +14,9 @@ which is always fetched: a cache too small for that slows nothing down and never
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,33 +71,31 @@ class Prefetcher:
         self.store, self.folder, self.files, self.tables = store, folder, files, tables
         self.sizes, self.starts, self.capacity, self.lookahead = sizes, starts, capacity, lookahead
         self.pool = ThreadPoolExecutor(DOWNLOADS, thread_name_prefix="shard-download")
-        self.lock = threading.Lock()
-        self.order, self.schedule = None, []
+        self.order, self.schedule, self.first, self.done = None, [], 0, {}
         self.present: dict[int, object] = {}  # shard -> its download's future
         self.error: BaseException | None = None
 
     def follow(self, order, consumed: int) -> None:
-        """The rank is at `consumed` in `order`: evict what it is past, fetch what comes."""
+        """The rank is at `consumed` in `order`: evict what it is past, fetch what comes.
+        Costs the shards in the cache, not the shards of the epoch: it runs every batch."""
         if self.error is not None:
             raise self.error
         if order is not self.order:
-            self.order, self.schedule = order, schedule(order, self.starts)
-        for shard, need, done in self.schedule:
-            if done <= consumed and shard in self.present and not self._needed_later(shard, consumed):
-                self._evict(shard)
+            self.order, self.schedule, self.first = order, schedule(order, self.starts), 0
+            self.done = {shard: done for shard, _, done in self.schedule}
+        for shard in [s for s in self.present if self.done.get(s, 0) <= consumed]:
+            self._evict(shard)
+        while self.first < len(self.schedule) and self.schedule[self.first][2] <= consumed:
+            self.first += 1
         ahead = 0
-        for shard, need, done in self.schedule:
+        for shard, need, done in itertools.islice(self.schedule, self.first, None):
             if done <= consumed:
                 continue
-            urgent = need <= consumed + self.lookahead
-            if not urgent and ahead + self.sizes[shard] > self.capacity:
+            if need > consumed + self.lookahead and ahead + self.sizes[shard] > self.capacity:
                 break
             ahead += self.sizes[shard]
             if shard not in self.present:
                 self.present[shard] = self.pool.submit(self._fetch, shard)
-
-    def _needed_later(self, shard: int, consumed: int) -> bool:
-        return any(s == shard and done > consumed for s, _, done in self.schedule)
 
     def _fetch(self, shard: int) -> None:
         try:
