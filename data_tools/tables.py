@@ -150,7 +150,8 @@ def index(directory: str | Path, progress: bool = True) -> int:
     """Write the table of every shard of DIR's manifest that has none; the number written."""
     from tqdm import tqdm
 
-    from data_tools import shards
+    from data_tools import shards  # shards writes tables: imported here, not at the top
+
 
     directory = Path(directory)
     manifest = shards.read_manifest(directory)

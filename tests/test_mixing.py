@@ -15,8 +15,10 @@ import pytest
 
 from conftest import build_shards
 from data_tools import shards
-from data_tools.build import key_hash
+from data_tools.build import BuildConfig, key_hash
 from data_tools.synthetic import write_corpus
+from launch.config import ConfigError
+from launch.config import build as make_config
 from data_tools.loaders import LoaderConfig, make_loader
 
 BATCH = 16
@@ -87,3 +89,8 @@ def test_input_order_cuts_shards_of_exactly_the_size_asked(builds):
     assert sizes[:-1] == [20] * (len(sizes) - 1) and 0 < sizes[-1] <= 20
     assert not (builds["crawl-hash"] / ".build" / "scatter-00000-of-00001").exists()  # bucket files removed
 
+
+
+def test_an_unknown_order_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="'shards.order' = 'random' must be one of hash, input"):
+        make_config(BuildConfig, [], ["output=x", "input.manifest=y", "shards.order=random"])
