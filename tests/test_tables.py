@@ -103,3 +103,20 @@ def test_a_table_whose_rows_disagree_with_the_manifest_is_named(tmp_path, shard_
     shards.write_json(out / "manifest.json", manifest)
     with pytest.raises(ValueError, match=f"train-000000.table has {rows} rows, the manifest says {rows + 1}"):
         make_loader(LoaderConfig(backend="wds", sqrt_resample=False, workers=1), out)
+
+
+def test_a_rank_reads_only_the_tables_of_the_shards_it_reaches(tmp_path, shard_dir):
+    """With every other shard's table deleted, a rank still starts and makes its first batches."""
+    out = shutil.copytree(shard_dir, tmp_path / "copy")
+    cfg = LoaderConfig(backend="wds", batch_size=8, image_size=32, resize_size=40, workers=1, shuffle_buffer=8)
+    probe = make_loader(cfg, shard_dir, rank=1, world_size=2)
+    first = probe.order().rows(0, 16)  # the first two batches
+    needed = {probe.catalog.shard_of(r) for r in first} | {0}  # shard 0: checked at load
+    files = [e["file"] for e in shards.read_manifest(out)["shards"]]
+    assert len(needed) < len(files) - 2
+    for number, name in enumerate(files):
+        if number not in needed:
+            (out / tables.table_file(name)).unlink()
+    batches = iter(make_loader(cfg, out, rank=1, world_size=2))
+    assert [k for _ in range(2) for k in next(batches).keys] == [probe.catalog.key(r) for r in first]
+    batches.close()
