@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import signal
 import time
 
 import torch
@@ -75,6 +76,17 @@ class Batches(IterableDataset):
             read.close()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C and SLURM's signals reach every process of the job: the training process
+    decides when to stop (after a checkpoint), so a worker must not die under it first.
+    A worker still ends with its parent (DataLoader's watchdog)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @functools.cache
 def recycle_large_blocks() -> None:
     """glibc gives every freed block over 32 MiB straight back to the kernel, so each
@@ -113,7 +125,8 @@ def batches(catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, worker
     copied = None  # on a GPU: the last batch's copy, whose slot is still held
     data = Batches(catalog, jobs, train, sizes, use_dali, ring)
     try:
-        for slot, rows, failed in DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH):
+        for slot, rows, failed in DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
+                                             worker_init_fn=ignore_stop_signals):
             images = ring.data[slot][:len(rows)]
             if cuda:
                 images = images.to(device, non_blocking=pinned)
