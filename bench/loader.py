@@ -115,8 +115,9 @@ def describe(shards: Path) -> str:
     cat = catalog.load(shards)
     with Image.open(BytesIO(catalog.Reader(cat)(0))) as im:
         width, height = im.size
-    return (f"{len(cat)} JPEGs in {len(cat.files)} shards, ~{width}x{height}, mean {cat.size.mean() / 1024:.0f} KB "
-            f"({8 * cat.size.mean() / (width * height):.1f} bits/pixel)")
+    mean = cat.table(0).size.mean()
+    return (f"{len(cat)} JPEGs in {len(cat.files)} shards, ~{width}x{height}, mean {mean / 1024:.0f} KB "
+            f"({8 * mean / (width * height):.1f} bits/pixel)")
 
 
 def baseline_loader(shards: Path, workers: int, batch: int, num_classes: int) -> DataLoader:

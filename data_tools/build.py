@@ -15,15 +15,18 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
-from data_tools import shards, vocab
+from data_tools import resampling, shards, vocab
 from data_tools.fields import bounded
 from data_tools.images import BadImage, ImageRules, prepare
 from data_tools.sources import ImageFolderSource, ManifestSource, Record
@@ -33,10 +36,12 @@ FORMAT = "wsl-shards/1"
 SIZE_SAMPLE = 1000      # records whose file size estimates the shard length
 BAD_EXAMPLES = 10       # bad paths kept in the manifest
 # Every file a build (and `wsl data stats`) writes into its output directory.
-SHARD_FILE = re.compile(r"[^-/.]+-(?P<shard>\d{6,})\.(tar|idx)(\.tmp)?")
-BUILD_FILE = re.compile(rf"\.build|vocabulary\.tsv|manifest(\.part-\d{{5}}-of-\d{{5}})?\.json|zipf\.png"
+SHARD_FILE = re.compile(r"[^-/.]+-(?P<shard>\d{6,})\.(tar|idx|table)(\.tmp)?")
+BUILD_FILE = re.compile(rf"\.build|vocabulary\.tsv|resampling\.table|manifest(\.part-\d{{5}}-of-\d{{5}})?\.json|zipf\.png"
                         rf"|{SHARD_FILE.pattern}|.*\.tmp")
 EARLY_CHECK = 1000      # records after which a mostly malformed manifest stops the build
+BUCKET_RECORDS = 200_000  # order=hash: records per bucket file, the most held in memory at once
+MAX_BUCKETS = 1000        # ... unless that would need more open files than this
 
 
 @dataclass
@@ -65,7 +70,11 @@ class ImageConfig:
 class ShardConfig:
     name: str = "train"              # shard files are NAME-000000.tar
     target_mb: float = bounded(256.0, lo=0, open_lo=True)  # shard size aimed at
-    samples: int | None = bounded(None, lo=1)   # fixed samples per shard; overrides target_mb
+    samples: int | None = bounded(None, lo=1)   # samples per shard (about, with order=hash); overrides target_mb
+    # hash: each record goes to the shard its key's hash picks, shards hold their records in
+    # hash order, so batches are mixed whatever the input's order (a crawl is grouped by
+    # tag); input: the input's order, every shard but the last exactly `samples` long.
+    order: Literal["hash", "input"] = "hash"
 
 
 @dataclass
@@ -242,6 +251,50 @@ def plan(source, labeler: Labeler, index_of: dict[str, int], per_shard: int, par
             shard, group = shard + 1, []
     if group and shard % parts == mine:
         yield shard, group
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def mixed_plan(source, labeler: Labeler, index_of: dict[str, int], total: int, per_shard: int,
+               part: tuple[int, int], dropped: Counter, workdir: Path):
+    """Like `plan`, with order=hash: record -> shard hash(key) * total / 2^64, each shard's
+    records sorted by hash. Memory stays bounded: this part's records are scattered into
+    bucket files on disk (a few shards each), then each bucket is read back, sorted and cut."""
+    mine, parts = part
+    ours = range(mine, total, parts)
+    buckets = max(1, min(MAX_BUCKETS, -(-len(ours) * per_shard // BUCKET_RECORDS)))
+    per_bucket = -(-len(ours) // buckets)
+    folder = workdir / f"scatter-{mine:05d}-of-{parts:05d}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    files = [open(folder / f"{b:05d}.jsonl", "w") for b in range(buckets)]
+    try:
+        for record in source:
+            ids = labeler(record)
+            if record_problem(record, ids):
+                continue
+            labels = sorted(index_of[sid] for sid in ids if sid in index_of)
+            if not labels:
+                dropped["no_vocab_tag"] += 1
+                continue
+            h = key_hash(record.key)
+            shard = (h * total) >> 64
+            if shard % parts == mine:
+                files[shard // parts // per_bucket].write(
+                    json.dumps([shard, h, record.key, record.path, labels, record.tags]) + "\n")
+    finally:
+        for f in files:
+            f.close()
+    for b in range(buckets):
+        bucket = folder / f"{b:05d}.jsonl"
+        rows = sorted(json.loads(line) for line in bucket.read_text().splitlines())
+        bucket.unlink()
+        groups = {shard: list(group) for shard, group in groupby(rows, key=lambda r: r[0])}
+        for shard in ours[b * per_bucket:(b + 1) * per_bucket]:
+            yield shard, [(key, path, labels, tags) for _, _, key, path, labels, tags in groups.get(shard, [])]
+    shutil.rmtree(folder)
 
 
 def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRules, num_classes: int) -> dict:
@@ -422,7 +475,10 @@ def write_dataset(cfg, source, make_labeler, extra: dict | None = None) -> dict:
     mine = len(range(part[0], total, part[1]))
     index_of = {e.synset: i for i, e in enumerate(entries)}
     rules = ImageRules(cfg.images.max_side, cfg.images.max_pixels, cfg.images.quality)
-    jobs = plan(source, labeler, index_of, per_shard, part, tally.dropped)
+    if cfg.shards.order == "hash":
+        jobs = mixed_plan(source, labeler, index_of, total, per_shard, part, tally.dropped, out / ".build")
+    else:
+        jobs = plan(source, labeler, index_of, per_shard, part, tally.dropped)
     results = run_jobs(cfg, out, jobs, rules, len(entries), mine)
     if part[1] == 1 and not any(r["samples"] for r in results):
         discard(out, results)
@@ -430,6 +486,8 @@ def write_dataset(cfg, source, make_labeler, extra: dict | None = None) -> dict:
 
     manifest = {**assemble(results, entries, source, tally, per_shard, inputs_hash, cfg), **(extra or {})}
     shards.write_json(out / manifest_name(part), manifest)
+    if part[1] == 1:
+        resampling.fit(out, cfg.progress)
     return manifest
 
 
@@ -527,6 +585,7 @@ def merge(directory: str) -> dict:
         "converted": add_counts(p["converted"] for p in parts),
     })
     shards.write_json(out / "manifest.json", merged)
+    resampling.fit(out, progress=False)
     return merged
 
 

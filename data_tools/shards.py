@@ -1,7 +1,8 @@
-"""Shards on disk: WebDataset tars (KEY.jpg + KEY.json) with a DALI index beside each.
+"""Shards on disk: WebDataset tars (KEY.jpg + KEY.json) with a DALI index and a sample
+table (tables.py) beside each.
 
-A shard is written under a temporary name and renamed when complete, index first, so a
-reader (or a resumed build) never sees half a shard. Tars are byte-reproducible (fixed
+A shard is written under a temporary name and renamed when complete, index and table
+first, so a reader (or a resumed build) never sees half a shard. Tars are byte-reproducible (fixed
 mtime and owner), so a re-run writes the same bytes and the same sha256.
 """
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from data_tools import tables
 
 DALI_INDEX_VERSION = "v1.2"
 
@@ -29,11 +32,14 @@ def write_shard(path: Path, samples: Iterable[tuple[str, bytes, dict]]) -> dict:
     import webdataset as wds  # imports torch: keep it off the path of every `wsl` start-up
 
     tmp = path.with_name(path.name + ".tmp")
+    labels = {}
     with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0, user="wsl", group="wsl") as sink:
         for key, jpeg, meta in samples:
             sink.write({"__key__": key, "jpg": jpeg, "json": meta})
+            labels[key] = meta["labels"]
     idx = path.with_name(index_file(path.name))
     write_dali_index(tmp, idx)
+    tables.write_table(path.with_name(tables.table_file(path.name)), dali_index_entries(idx), labels)
     digest = file_sha256(tmp)
     size = tmp.stat().st_size
     os.replace(tmp, path)
@@ -72,6 +78,11 @@ def write_dali_index(tar_path: Path, idx_path: Path) -> None:
 
 def read_dali_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
     """Per sample, {ext: (offset, size)}; raises ValueError on a malformed index."""
+    return [members for _, members in dali_index_entries(idx_path)]
+
+
+def dali_index_entries(idx_path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Per sample, (key, {ext: (offset, size)}); the file names carry the key."""
     lines = Path(idx_path).read_text().splitlines()
     if not lines:
         raise ValueError(f"{idx_path}: empty index")
@@ -81,7 +92,8 @@ def read_dali_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
     out = []
     for line in lines[1:]:
         parts = line.split()
-        out.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
+        members = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
+        out.append((split_name(parts[3])[0], members))
     return out
 
 

@@ -2,7 +2,8 @@
 
 Checks every shard listed: present, sha256 and size as recorded, tar readable, every
 sample has jpg + json with labels inside the vocabulary, every image decodes, sample
-counts and the DALI index agree; and that no stray shard lies beside them.
+counts, the DALI index and the sample table agree, the resampling fit is of these
+shards; and that no stray shard lies beside them.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from data_tools import shards, vocab
+from data_tools import resampling, shards, tables, vocab
 
 MAX_PROBLEMS = 20
 
@@ -30,17 +31,47 @@ def check_shard(directory: str, entry: dict, num_classes: int) -> list[str]:
         problems.append(f"{entry['file']}: {path.stat().st_size} bytes, manifest says {entry['bytes']}")
     elif shards.file_sha256(path) != entry["sha256"]:
         problems.append(f"{entry['file']}: sha256 differs from the manifest (file changed or corrupt)")
-    count = 0
+    found = []  # (key, labels) per sample, to check the table against
     try:
         for key, files in shards.iter_samples(path):
-            count += 1
             problems += check_sample(entry["file"], key, files, num_classes)
+            found.append((key, _labels(files)))
     except (tarfile.TarError, OSError, EOFError) as err:
-        return problems + [f"{entry['file']}: unreadable tar after {count} samples ({err})"]
-    if count != entry["samples"]:
-        problems.append(f"{entry['file']}: {count} samples, manifest says {entry['samples']}")
-    problems += check_index(Path(directory) / entry["index"], count)
+        return problems + [f"{entry['file']}: unreadable tar after {len(found)} samples ({err})"]
+    if len(found) != entry["samples"]:
+        problems.append(f"{entry['file']}: {len(found)} samples, manifest says {entry['samples']}")
+    index = check_index(Path(directory) / entry["index"], len(found))
+    problems += index
+    if not index:
+        problems += check_table(Path(directory), entry, found)
     return problems
+
+
+def _labels(files: dict) -> list[int] | None:
+    try:
+        return list(json.loads(files["json"])["labels"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_table(directory: Path, entry: dict, found: list[tuple[str, list[int] | None]]) -> list[str]:
+    """The sample table agrees with the tar and its DALI index: keys, JPEG places, labels."""
+    path = directory / tables.table_file(entry["file"])
+    if not path.is_file():
+        return [f"{path.name}: sample table missing (run `wsl data index {directory}`)"]
+    try:
+        table = tables.Table(path)
+    except (ValueError, KeyError, OSError) as err:
+        return [f"{path.name}: unreadable sample table ({err})"]
+    if len(table) != len(found):
+        return [f"{path.name}: {len(table)} rows, tar holds {len(found)} samples"]
+    index = shards.dali_index_entries(directory / entry["index"])
+    for row, ((key, labels), (_, members)) in enumerate(zip(found, index)):
+        jpg = members.get("jpg", (-1, -1))
+        if (table.key(row) != key or (int(table.offset[row]), int(table.size[row])) != jpg
+                or (table.bad[row] == 0 and table.labels(row).tolist() != labels)):
+            return [f"{path.name}: row {row} ({key}) disagrees with the tar"]
+    return []
 
 
 def check_sample(shard: str, key: str, files: dict, num_classes: int) -> list[str]:
@@ -88,6 +119,10 @@ def verify(directory: str, workers: int = 0, progress: bool = True) -> list[str]
     problems += [f"{name}: shard not in the manifest" for name in stray]
     if sum(e["samples"] for e in manifest["shards"]) != manifest["num_samples"]:
         problems.append("manifest: shard sample counts do not add up to num_samples")
+    try:
+        resampling.load(Path(directory), manifest)
+    except (FileNotFoundError, ValueError) as err:
+        problems.append(str(err))
     workers = workers or os.cpu_count() or 1
     jobs = [(directory, e, manifest["num_classes"]) for e in manifest["shards"]]
     bar = tqdm(total=len(jobs), desc="verify", unit="shard", disable=not progress)

@@ -105,6 +105,11 @@ def data_dedup(args) -> int:
           f"{summary['train']['undecodable']} undecodable; report: {Path(cfg.out) / 'report.html'}")
     if cfg.apply:
         print(f"filtered shards: {cfg.apply} ({summary['apply']['num_samples']} samples)")
+def data_index(args) -> int:
+    from data_tools import resampling, tables
+    written = tables.index(args.directory, progress=not args.quiet)
+    fitted = resampling.fit(args.directory, progress=not args.quiet)
+    print(f"{args.directory}: {written} sample table(s) written; resampling fitted over {fitted['images']} images")
     return 0
 
 
@@ -256,6 +261,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", metavar="i/N", help="scan only training shards i, i+N, ... (a SLURM array task)")
     p.add_argument("--merge", action="store_true", help="join the finished --part results (scan nothing)")
     p.set_defaults(func=data_dedup)
+    p = data_cmds.add_parser("index", help="add sample tables (and the resampling fit) to shards of an older build")
+    p.add_argument("directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=data_index)
     p = data_cmds.add_parser("stats", help="label frequency table and Zipf plot")
     p.add_argument("directory")
     p.add_argument("--top", type=int, default=20)

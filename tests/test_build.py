@@ -82,7 +82,7 @@ def test_shard_files_are_named_and_numbered(shard_dir, expected):
     assert tars == [f"train-{i:06d}.tar" for i in range(count)]
     assert sorted(p.name for p in shard_dir.glob("*.idx")) == [f"train-{i:06d}.idx" for i in range(count)]
     sizes = [sum(1 for _ in shards.iter_samples(shard_dir / t)) for t in tars]
-    assert sizes == [32] * (count - 1) + [len(expected) - 32 * (count - 1)]
+    assert sum(sizes) == len(expected) and min(sizes) > 0  # about 32 each: the key's hash picks the shard
 
 
 def test_every_sample_once_with_original_bytes_and_metadata(shard_dir, expected):

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from conftest import build_shards, photo
-from data_tools import shards
+from data_tools import resampling, shards, tables
 from data_tools.build import BuildConfig, build
 from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader, transforms
 from data_tools.loaders.bottleneck import measure
@@ -107,6 +107,8 @@ def broken_dir(tmp_path_factory, shard_dir, truth) -> Path:
                                "bytes": tar.stat().st_size, "sha256": shards.file_sha256(tar)})
     manifest["num_samples"] += 10
     shards.write_json(out / "manifest.json", manifest)
+    tables.index(out, progress=False)  # what `wsl data index` does: the new shard's table,
+    resampling.fit(out, progress=False)  # then the resampling fit over all shards
     return out
 
 
@@ -115,8 +117,9 @@ def broken_dir(tmp_path_factory, shard_dir, truth) -> Path:
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_train_batches_have_the_contracted_shapes_and_khot_targets(backend, shard_dir, truth):
     loader = make_loader(config(backend), shard_dir)
+    planned = len(loader.order()) // 16  # before the epoch: after it, order() is the next epoch's
     batches = epoch(loader)
-    assert len(batches) == len(loader.order()) // 16
+    assert len(batches) == planned
     manifest = shards.read_manifest(shard_dir)
     for images, targets in batches:
         assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
@@ -201,8 +204,8 @@ def test_ranks_read_disjoint_samples_from_contiguous_shards(shard_dir):
     assert len({len(k) for k in keys}) == 1
     assert sum(len(set(k)) for k in keys) == len(set().union(*map(set, keys)))
     catalog = loaders[0].catalog
-    row_of = {key: row for row, key in enumerate(catalog.keys)}
-    shard_of = {r: {int(catalog.shard[row_of[k]]) for k in keys[r]} for r in range(world)}
+    row_of = {catalog.key(row): row for row in range(len(catalog))}
+    shard_of = {r: {catalog.shard_of(row_of[k]) for k in keys[r]} for r in range(world)}
     for a in range(world):
         for b in range(a + 1, world):
             assert len(shard_of[a] & shard_of[b]) <= 1
@@ -253,7 +256,7 @@ def test_resume_on_another_world_size_yields_the_samples_not_yet_consumed(shard_
     for lo in new:
         lo.load_state_dict(states[0])
         resumed += keys_of(epoch(lo))
-    everything = [old[0].catalog.keys[r] for r in old[0].plan.stream(0)]
+    everything = [old[0].catalog.key(r) for r in old[0].plan.slice(old[0].plan.stream(0), 1, 0, 0, 0).rows()]
     assert not set(consumed) & set(resumed) and len(resumed) == len(set(resumed))
     assert set(consumed) | set(resumed) <= set(everything)
     assert len(everything) - len(consumed) - len(resumed) < 2 + 3  # the two cuts' remainders
@@ -281,7 +284,8 @@ def test_bad_samples_are_skipped_and_counted(backend, broken_dir):
     assert not set(keys) & set(BAD)
     assert {f"90000000010{i}" for i in range(6)} <= set(keys)
     assert loader.bad_samples == Counter(BAD.values())
-    assert all(len(b[0]) == len(b.keys) == len(b[1]) for b in batches)
+    assert loader.catalog_bad == 2 and loader.decode_failures == 2  # table-marked, and met while decoding
+    assert all(len(b[0]) == len(b.keys) == len(b[1]) == len(b.rows) for b in batches)
 
 
 # --- config, bottleneck --------------------------------------------------------------------

@@ -16,7 +16,11 @@ Backends: `dali` (GPU, dali.py), `dali-cpu` and `wds` (worker processes, workers
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
+import tempfile
+import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +29,12 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from data_tools import tables
 from data_tools.fields import bounded, check_ranges
 from data_tools.loaders import catalog as catalogs
 from data_tools.loaders import plan as plans
-from data_tools.loaders import transforms
+from data_tools.loaders import remote, transforms
+from data_tools.loaders.workers import PREFETCH
 
 BACKENDS = ("auto", "dali", "dali-cpu", "wds")
 PHASES = ("train", "eval")
@@ -46,9 +52,12 @@ class LoaderConfig:
     sqrt_resample: bool | None = None  # None: on for hashtag (multi-label) data, off for single-label
     seed: int = bounded(0, lo=0, hi=2**32 - 1)   # shard order and augmentation draws
     drop_last: bool | None = None    # None: train drops a last partial batch, eval keeps it
+    # Shards at a URL (s3://, gs://, http(s)://) are downloaded ahead into a local cache:
+    cache_dir: str | None = None     # None: the system's temporary folder
+    cache_gb: float = bounded(20.0, lo=0, open_lo=True)  # shards held ahead of the rank, at most
 
     def check(self) -> None:
-        """Cross-field checks; the ranges are declared above (check_ranges)."""
+        check_ranges(self)
         if self.backend not in BACKENDS:
             raise ValueError(f"config key 'backend' must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.resize_size < self.image_size:
@@ -57,9 +66,34 @@ class LoaderConfig:
 
 
 class Job(NamedTuple):
-    """One batch to make: its catalog rows, and the seed of its augmentation draws."""
+    """One batch to make: its catalog rows, the seed of its augmentation draws, and the
+    planned rows left out because their table marks them unusable (their slots refilled)."""
     rows: np.ndarray
     seed: list[int]
+    skipped: list[int]
+
+
+@dataclass
+class Jobs:
+    """The batches of one pass over a rank's order, made as they are reached; iterable
+    again from the start (each worker process walks it and takes its own batches)."""
+    catalog: catalogs.Catalog
+    order: plans.Order
+    start: int
+    count: int
+    size: int
+    seed: list[int]      # [seed, epoch, AUGMENT, run, rank]: a batch adds its start
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        for s in range(self.start, self.start + self.count * self.size, self.size):
+            rows = self.order.rows(s, s + self.size)
+            usable = [self.catalog.problem(r) == "" for r in rows]
+            skipped = [int(r) for r, ok in zip(rows, usable) if not ok]
+            good = rows[usable] if skipped else rows
+            yield Job(np.asarray(transforms.top_up(list(good), len(rows)), np.int64), [*self.seed, s], skipped)
 
 
 class Batch(tuple):
@@ -113,24 +147,44 @@ class Loader:
             raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.cfg, self.rank, self.world_size, self.directory = cfg, rank, world_size, directory
         self.device = torch.device(device)
         self.backend = resolve_backend(cfg.backend, self.device)
         self.train = phase == "train"
         self.drop_last = self.train if cfg.drop_last is None else cfg.drop_last
         self.sizes = transforms.Sizes(cfg.image_size, cfg.resize_size, cfg.min_scale)
-        self.catalog = catalogs.load(directory)
-        self.num_samples = len(self.catalog)  # usable samples: one epoch of the whole world
-        resample = self.catalog.multi if cfg.sqrt_resample is None else cfg.sqrt_resample
-        c = self.catalog
-        rates = plans.sqrt_rates(c.label_ptr, c.label_idx, c.tag_counts) if resample and self.train else None
-        self.plan = plans.Plan(c.starts, cfg.seed, self.train, cfg.shuffle_buffer, rates)
+        self.catalog = c = catalogs.load(directory, self._cache_folder(directory, phase))
+        self.num_samples = len(c)  # one epoch of the whole world
+        resample = c.multi if cfg.sqrt_resample is None else cfg.sqrt_resample
+        weights = rates = None
+        if resample and self.train:
+            weights = c.fit["shard_weight"]
+            rates = functools.partial(c.rates, c.fit["tag_log_weight"])
+        self.plan = plans.Plan(c.counts, cfg.seed, self.train, cfg.shuffle_buffer, weights, rates)
         self.epoch, self.runs, self.consumed = 0, [], 0
         self._cached: tuple = ((), None)
+        self.prefetch = self._prefetcher() if c.remote else None
         self._failed: dict[str, set[str]] = defaultdict(set)
         if len(self) == 0:
             raise ValueError(f"{self.num_samples} samples give rank {rank} of {world_size} no batch of "
                              f"{cfg.batch_size}: lower batch_size or the world size")
+
+    def _cache_folder(self, directory, phase: str) -> Path | None:
+        if not remote.is_url(directory):
+            return None
+        name = f"{hashlib.sha1(str(directory).encode()).hexdigest()[:12]}-{phase}-rank{self.rank}-{os.getpid()}"
+        return Path(self.cfg.cache_dir or tempfile.gettempdir()) / "wsl-shard-cache" / name
+
+    def _prefetcher(self) -> remote.Prefetcher:
+        c = self.catalog
+        workers = self.cfg.workers or cores_per_rank()
+        lookahead = (workers * PREFETCH + 2) * self.cfg.batch_size + max(self.cfg.shuffle_buffer, 1)
+        fetcher = remote.Prefetcher(remote.Store(str(self.directory)), c.directory, c.files,
+                                    [tables.table_file(f) for f in c.files], c.shard_bytes, c.starts,
+                                    self.cfg.cache_gb * 2**30, lookahead)
+        weakref.finalize(self, fetcher.close)
+        fetcher.follow(self.order(), self.consumed)
+        return fetcher
 
     # --- position in the stream -------------------------------------------------------
 
@@ -155,8 +209,9 @@ class Loader:
         else:  # the remainders of the old ranks become the stream of this run
             self.runs, self.consumed = runs + [(state["world_size"], state["consumed"])], 0
 
-    def order(self) -> np.ndarray:
-        """Catalog rows this rank reads in the current run of the current epoch, from its start."""
+    def order(self) -> plans.Order:
+        """Catalog rows this rank reads in the current run of the current epoch, from its start
+        (`.rows()` makes them all; the loader itself makes them a window at a time)."""
         key = (self.epoch, tuple(self.runs), self.plan.seed)
         if self._cached[0] != key:
             self._cached = (key, self.plan.order(self.epoch, self.world_size, self.rank, self.runs))
@@ -174,30 +229,34 @@ class Loader:
 
     # --- batches -----------------------------------------------------------------------
 
-    def _jobs(self) -> list[Job]:
-        order, size, run = self.order(), self.cfg.batch_size, len(self.runs)
-        starts = range(self.consumed, self.consumed + len(self) * size, size)
-        return [Job(order[s:s + size], [self.plan.seed, self.epoch, plans.AUGMENT, run, self.rank, s])
-                for s in starts]
+    def _jobs(self) -> Jobs:
+        return Jobs(self.catalog, self.order(), self.consumed, len(self), self.cfg.batch_size,
+                    [self.plan.seed, self.epoch, plans.AUGMENT, len(self.runs), self.rank])
 
     def __iter__(self):
         self._roll()
         jobs = self._jobs()
+        if self.prefetch:
+            self.prefetch.follow(jobs.order, self.consumed)
         source = self._source(jobs)
         try:
             for job, (images, rows, failed) in zip(jobs, source):
+                if self.prefetch:
+                    self.prefetch.follow(jobs.order, self.consumed + len(job.rows))
+                for row in job.skipped:
+                    self._failed[self.catalog.problem(row)].add(self.catalog.key(row))
                 self._note_failures(failed, rows)
                 self.consumed += len(job.rows)
-                yield Batch(images, self._targets(rows), [self.catalog.keys[r] for r in rows], rows)
+                yield Batch(images, self._targets(rows), [self.catalog.key(r) for r in rows], rows)
         finally:
             source.close()
         self._roll()
 
-    def _source(self, jobs: list[Job]):
+    def _source(self, jobs: Jobs):
         workers = self.cfg.workers or cores_per_rank()
         if self.backend == "dali":
             from data_tools.loaders import dali
-            seed = int(np.random.default_rng(jobs[0].seed if jobs else 0).integers(2**31))
+            seed = int(np.random.default_rng([*jobs.seed, jobs.start]).integers(2**31))
             return dali.gpu_batches(self.catalog, jobs, self.train, self.sizes, workers, self.device, seed)
         from data_tools.loaders import workers as processes
         return processes.batches(self.catalog, jobs, self.train, self.sizes, workers, self.device,
@@ -205,33 +264,36 @@ class Loader:
 
     def _note_failures(self, failed: list[int], rows: np.ndarray) -> None:
         for row in failed:
-            self._failed["decode_error"].add(self.catalog.keys[row])
+            self._failed["decode_error"].add(self.catalog.key(row))
         if len(rows) == 0:
-            raise RuntimeError(f"no image of a batch decodes (keys {self.catalog.keys[failed[0]]}...): the shards "
+            raise RuntimeError(f"no image of a batch decodes (keys {self.catalog.key(failed[0])}...): the shards "
                                f"look damaged; run `wsl data verify {self.catalog.directory}`")
 
     def _targets(self, rows: np.ndarray) -> torch.Tensor:
         c = self.catalog
+        labels = [c.labels(r) for r in rows]
         if c.multi:
-            lengths = c.label_ptr[rows + 1] - c.label_ptr[rows]
-            cols = np.concatenate([c.labels(r) for r in rows])
+            lengths = [len(x) for x in labels]
+            cols = np.concatenate(labels).astype(np.int64)
             targets = torch.zeros((len(rows), c.num_classes), dtype=torch.float32)
             targets[torch.from_numpy(np.repeat(np.arange(len(rows)), lengths)), torch.from_numpy(cols)] = 1.0
         else:
-            targets = torch.from_numpy(c.label_idx[c.label_ptr[rows]])
+            targets = torch.from_numpy(np.array([x[0] for x in labels], np.int64))
+        if self.device.type == "cuda":
+            targets = targets.pin_memory()  # a copy from pageable memory would block
         return targets.to(self.device, non_blocking=True)
 
     @property
     def catalog_bad(self) -> int:
-        """Samples the catalog skipped: the same count on every rank."""
-        return sum(self.catalog.bad.values())
+        """Samples their tables mark unusable, in the whole set: the same count on every rank."""
+        return self.catalog.unusable
 
     @property
     def decode_failures(self) -> int:
         """Samples this rank failed to decode so far."""
-        return sum(len(v) for v in self._failed.values())
+        return len(self._failed["decode_error"])
 
     @property
     def bad_samples(self) -> Counter:
-        """Samples skipped: when the catalog was read (no JPEG, json or labels) and while decoding."""
-        return Counter(self.catalog.bad) + Counter({k: len(v) for k, v in self._failed.items()})
+        """Samples skipped so far: unusable in their table (no JPEG, json or labels) or not decoding."""
+        return Counter({k: len(v) for k, v in self._failed.items() if v})

@@ -16,7 +16,10 @@ DALI's CPU resize costs three to four times torch's uint8 path.
 """
 from __future__ import annotations
 
+import itertools
+import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -27,17 +30,51 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from data_tools.loaders import transforms
 from data_tools.loaders.catalog import Catalog, Reader
 
+READ_THREADS = 4  # JPEG reads in flight per pipeline
+
 
 class Feed:
-    """external_source callback: the next job's JPEG bytes; remembers the jobs in flight."""
+    """external_source callback: the next job's JPEG bytes; remembers the jobs in flight.
 
-    def __init__(self, jobs: list, read: Reader):
-        self.jobs, self.read, self.pending = iter(jobs), read, deque()
+    The reads of the next `ahead` jobs run on a thread pool while DALI decodes (os.pread
+    releases the GIL): read serially inside pipe.run(), 1-5 ms a file on a parallel file
+    system would add tens to hundreds of ms to every batch. Each thread keeps its own
+    Reader, so no thread closes a file another is reading."""
+
+    def __init__(self, jobs, catalog: Catalog, threads: int, ahead: int = 3):
+        self.jobs, self.catalog, self.ahead = iter(jobs), catalog, ahead
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="jpeg-read")
+        self.local, self.readers = threading.local(), []
+        self.queued: deque = deque()   # (job, futures of its JPEG bytes), read ahead
+        self.pending: deque = deque()  # jobs handed to DALI, not yet out of pipe.run()
+
+    def _read(self, row: int) -> np.ndarray:
+        read = getattr(self.local, "read", None)
+        if read is None:
+            read = self.local.read = Reader(self.catalog)
+            self.readers.append(read)
+        return np.frombuffer(read(row), np.uint8)
+
+    def _fill(self) -> None:
+        while len(self.queued) < self.ahead:
+            job = next(self.jobs, None)
+            if job is None:
+                return
+            self.queued.append((job, [self.pool.submit(self._read, row) for row in job.rows]))
 
     def __call__(self) -> list[np.ndarray]:
-        job = next(self.jobs)  # StopIteration ends DALI's epoch
+        self._fill()
+        if not self.queued:
+            raise StopIteration  # ends DALI's epoch
+        job, reads = self.queued.popleft()
         self.pending.append(job)
-        return [np.frombuffer(self.read(row), np.uint8) for row in job.rows]
+        self._fill()
+        return [r.result() for r in reads]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for read in self.readers:
+            read.close()
 
 
 def pipeline(feed: Feed, batch_size: int, train: bool, sizes: transforms.Sizes, threads: int,
@@ -71,9 +108,9 @@ def _gpu_finish(images, train: bool, sizes: transforms.Sizes):
     return fn.crop_mirror_normalize(images, crop=(sizes.image, sizes.image), **common)
 
 
-def gpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, threads: int,
+def gpu_batches(catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, threads: int,
                 device: torch.device, seed: int):
-    """Yield (images on the GPU, rows, failed rows) per job, in job order."""
+    """Yield (images on the GPU, rows, failed rows) per job of `jobs` (a loader's Jobs), in order."""
     device_id = device.index if device.index is not None else torch.cuda.current_device()
 
     def finish(out, job):
@@ -85,12 +122,15 @@ def gpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Siz
 
     read = Reader(catalog)
     try:
-        yield from _drive(jobs, read, train, sizes, threads, device_id, seed, finish, redo)
+        if len(jobs):
+            yield from _drive(iter(jobs), jobs.size, catalog, read, train, sizes, threads, device_id, seed,
+                              finish, redo)
     finally:
         read.close()
 
 
-def cpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Sizes, slots: Iterator[torch.Tensor]):
+def cpu_batches(catalog: Catalog, jobs: Iterator, batch_size: int, train: bool, sizes: transforms.Sizes,
+                slots: Iterator[torch.Tensor]):
     """In a worker process: (uint8 images, rows, failed rows) per job, each batch written into
     the next of `slots`; DALI decodes on one thread."""
 
@@ -100,29 +140,34 @@ def cpu_batches(catalog: Catalog, jobs: list, train: bool, sizes: transforms.Siz
     def redo(job, err):
         return _redo_on_cpu(job, read, train, sizes, err, next(slots))
 
+    first = next(jobs, None)
+    if first is None:
+        return
     read = Reader(catalog)
-    seed = int(np.random.default_rng(jobs[0].seed).integers(2**31)) if jobs else 0
+    seed = int(np.random.default_rng(first.seed).integers(2**31))
     try:
-        yield from _drive(jobs, read, train, sizes, 1, None, seed, finish, redo)
+        yield from _drive(itertools.chain([first], jobs), batch_size, catalog, read, train, sizes, 1, None, seed,
+                          finish, redo)
     finally:
         read.close()
 
 
-def _drive(jobs, read, train, sizes, threads, device_id, seed, finish, redo):
-    if not jobs:
-        return
-    feed = Feed(jobs, read)
-    pipe = pipeline(feed, max(len(j.rows) for j in jobs), train, sizes, threads, device_id, seed)
-    pipe.build()
-    while True:
-        try:
-            (out,) = pipe.run()
-        except StopIteration:
-            return
-        except RuntimeError as err:  # this iteration held an image DALI could not decode
-            yield redo(feed.pending.popleft(), err)
-            continue
-        yield finish(out, feed.pending.popleft())
+def _drive(jobs: Iterator, batch_size: int, catalog, read, train, sizes, threads, device_id, seed, finish, redo):
+    feed = Feed(jobs, catalog, READ_THREADS)
+    try:
+        pipe = pipeline(feed, batch_size, train, sizes, threads, device_id, seed)
+        pipe.build()
+        while True:
+            try:
+                (out,) = pipe.run()
+            except StopIteration:
+                return
+            except RuntimeError as err:  # this iteration held an image DALI could not decode
+                yield redo(feed.pending.popleft(), err)
+                continue
+            yield finish(out, feed.pending.popleft())
+    finally:
+        feed.close()
 
 
 def _to_torch(out, device: torch.device) -> torch.Tensor:
