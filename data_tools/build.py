@@ -283,7 +283,7 @@ def mixed_plan(source, labeler: Labeler, index_of: dict[str, int], total: int, p
             shard = (h * total) >> 64
             if shard % parts == mine:
                 files[shard // parts // per_bucket].write(
-                    json.dumps([shard, h, record.key, record.path, labels, record.tags]) + "\n")
+                    json.dumps([shard, h, record.key, record.path, labels, record.sample_meta()]) + "\n")
     finally:
         for f in files:
             f.close()
@@ -293,7 +293,7 @@ def mixed_plan(source, labeler: Labeler, index_of: dict[str, int], total: int, p
         bucket.unlink()
         groups = {shard: list(group) for shard, group in groupby(rows, key=lambda r: r[0])}
         for shard in ours[b * per_bucket:(b + 1) * per_bucket]:
-            yield shard, [(key, path, labels, tags) for _, _, key, path, labels, tags in groups.get(shard, [])]
+            yield shard, [(key, path, labels, meta) for _, _, key, path, labels, meta in groups.get(shard, [])]
     shutil.rmtree(folder)
 
 

@@ -120,6 +120,8 @@ def write_table(path: Path, index: list[tuple[str, dict[str, tuple[int, int]]]],
         for key, members in index:
             if labels is not None:
                 reason, found = ("", labels[key]) if key in labels else ("missing_json", None)
+                if not reason and not found:  # the same rule as a json read back
+                    reason = "no_labels"
             elif "json" not in members:
                 reason, found = "missing_json", None
             else:

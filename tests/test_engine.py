@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import build_shards, write_corpus
-from data_tools import shards
+from data_tools import resampling, shards
 from data_tools.loaders import LoaderConfig, cores_per_rank, make_loader
 from data_tools.loaders.bottleneck import measure
 from launch.config import to_dict
@@ -152,6 +152,7 @@ def with_unlabelled_samples(shard_dir: Path, out: Path, count: int) -> Path:
     manifest["shards"].append({"shard": number, "file": name, "index": shards.index_file(name),
                                "samples": count, **written})
     shards.write_json(out / "manifest.json", manifest)
+    resampling.fit(out, progress=False)  # the epoch's shares now count the new shard
     return out
 
 
