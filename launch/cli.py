@@ -76,6 +76,25 @@ def pretrain_export(rest: list[str]) -> int:
     return 0
 
 
+def finetune(args) -> int:
+    if args.overrides[:1] == ["eval"]:
+        return finetune_eval(args.overrides[1:])
+    from finetune.config import FinetuneConfig
+    from finetune.train import run
+    from launch.config import to_dict
+    cfg = make_config(FinetuneConfig, args.config, args.overrides)
+    run(cfg, to_dict(cfg))
+    return 0
+
+
+def finetune_eval(rest: list[str]) -> int:
+    from finetune.evaluate import run_eval
+    if len(rest) < 2 or "=" in rest[0] or "=" in rest[1]:
+        raise ConfigError("usage: wsl finetune eval CHECKPOINT SHARDS [key.sub=value ...]")
+    run_eval(rest[0], rest[1], rest[2:])
+    return 0
+
+
 def demo(args) -> int:
     from launch.demo import run_demo
     return run_demo(Path(args.workdir))
@@ -109,6 +128,11 @@ def make_parser() -> argparse.ArgumentParser:
                                            "writes its backbone)")
     add_config_args(p)
     p.set_defaults(func=pretrain)
+
+    p = stages.add_parser("finetune", help="full fine-tuning or a linear probe from a backbone (`wsl finetune "
+                                           "eval CHECKPOINT SHARDS` scores a result)")
+    add_config_args(p)
+    p.set_defaults(func=finetune)
 
     p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
     p.add_argument("--workdir", default="demo")
