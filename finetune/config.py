@@ -26,7 +26,6 @@ class ProbeConfig:
     lr: float = bounded(0.01, lo=0, open_lo=True)     # bn_linear: per 256 features
     batch_size: int = bounded(256, lo=1)              # bn_linear
     weight_decay: float = bounded(5e-4, lo=0)         # bn_linear (VISSL's linear eval default)
-    extract_batch_size: int = bounded(64, lo=1)       # images per forward pass when extracting
 
 
 @dataclass

@@ -112,7 +112,9 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict:
     model = backbone.build(source, name, 0)
     stages = 3 if cfg.probe.features == "res4" else None
     bf16 = cfg.train.bf16 and device.type == "cuda"
-    identity = {"backbone": str(Path(cfg.backbone).resolve()), "backbone_bytes": Path(cfg.backbone).stat().st_size}
+    stat = Path(cfg.backbone).stat()
+    identity = {"backbone": str(Path(cfg.backbone).resolve()), "backbone_bytes": stat.st_size,
+                "backbone_mtime_ns": stat.st_mtime_ns}
     x, y = features.extract(model, cfg.data.train, cfg.data.loader, device, stages,
                             run_dir / "features" / "train", identity, bf16)
     train_head = sweep if cfg.probe.head == "logreg" else bn_linear

@@ -227,8 +227,11 @@ def test_res4_probe(data, backbone_file, tmp_path):
     results = run(cfg, to_dict(cfg))
     width = build_model("resnext_tiny", 0).num_features // 2
     assert np.load(tmp_path / "probe" / "features" / "val.features.npy", mmap_mode="r").shape == (24, width)
-    again = run_eval(str(tmp_path / "probe" / "probe.pt"), str(data["val"]), out=str(tmp_path / "eval"))
+    again = run_eval(str(tmp_path / "probe" / "probe.pt"), str(data["val"]), ["log.wandb=offline"],
+                     out=str(tmp_path / "eval"))
     assert again["top1"] == pytest.approx(results["top1"], abs=1 / 24)
+    (logged,) = (tmp_path / "eval" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert logged.stat().st_size > 0
 
 
 def test_bn_linear_reaches_100_percent_on_separable_features(tmp_path):
