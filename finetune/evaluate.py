@@ -13,7 +13,6 @@ from torch import nn
 
 from data_tools import shards, vocab
 from data_tools.loaders import LoaderConfig, make_loader
-from launch.config import from_dict, parse_override, set_dotted
 from pretrain import checkpoint
 from pretrain.evaluate import score
 from pretrain.loggers import make_loggers
@@ -99,15 +98,10 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_eval(checkpoint_path: str, shard_dir: str, overrides: list[str] = (), out: str | None = None) -> dict:
-    """The CLI entry: dotted overrides (e.g. data.loader.image_size=320) change the
-    checkpoint's own config for this evaluation only."""
-    from finetune.config import FinetuneConfig
-
-    model, config, images_seen = load_model(checkpoint_path)
-    for text in overrides:
-        set_dotted(config, *parse_override(text))
-    cfg = from_dict(FinetuneConfig, config)
+def run_eval(model: nn.Module, cfg, config: dict, images_seen: int, checkpoint_path: str | Path,
+             shard_dir: str | Path, out: str | Path | None = None) -> dict:
+    """Score `model` (from `load_model`) on `shard_dir` under `cfg` (a FinetuneConfig: its
+    loader, bf16, W&B settings), writing results.json to `out` (default: beside the checkpoint)."""
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     results = {"checkpoint": str(checkpoint_path), "shards": str(shard_dir),
                **evaluate(model, shard_dir, cfg.data.loader, device, cfg.train.bf16 and device.type == "cuda")}

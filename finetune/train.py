@@ -13,7 +13,7 @@ from pathlib import Path
 
 from finetune import backbone, leak
 from finetune.config import FinetuneConfig
-from finetune.evaluate import run_eval
+from finetune.evaluate import load_model, run_eval
 from pretrain import checkpoint, dist
 from pretrain import train as pretrain_train
 
@@ -31,5 +31,6 @@ def run(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
                                   trunk_lr_mult=cfg.trunk_lr_mult)
     final = checkpoint.path_for(Path(cfg.run_dir), progress.images_seen)
     if is_main and cfg.data.val and progress.images_seen >= cfg.train.total_images and final.is_file():
-        return run_eval(str(final), cfg.data.val)
+        model, config, seen = load_model(final)
+        return run_eval(model, cfg, config, seen, final, cfg.data.val)
     return None

@@ -87,11 +87,17 @@ def finetune(args) -> int:
     return 0
 
 
-def finetune_eval(rest: list[str]) -> int:
-    from finetune.evaluate import run_eval
+def finetune_eval(rest: list[str], out: str | None = None) -> int:
+    """Overrides change the checkpoint's own config for this evaluation only."""
+    from finetune.config import FinetuneConfig
+    from finetune.evaluate import load_model, run_eval
+    from launch.config import from_dict, parse_override, set_dotted
     if len(rest) < 2 or "=" in rest[0] or "=" in rest[1]:
         raise ConfigError("usage: wsl finetune eval CHECKPOINT SHARDS [key.sub=value ...]")
-    run_eval(rest[0], rest[1], rest[2:])
+    model, config, images_seen = load_model(rest[0])
+    for text in rest[2:]:
+        set_dotted(config, *parse_override(text))
+    run_eval(model, from_dict(FinetuneConfig, config), config, images_seen, rest[0], rest[1], out)
     return 0
 
 

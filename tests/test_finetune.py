@@ -18,7 +18,7 @@ from data_tools import shards
 from data_tools.build import BuildConfig, build
 from finetune import backbone, leak, logreg
 from finetune.config import FinetuneConfig
-from finetune.evaluate import run_eval
+from launch.cli import finetune_eval
 from finetune.linprobe import split
 from finetune.train import run
 from launch.config import ConfigError, to_dict
@@ -103,7 +103,8 @@ def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsy
                  "checkpoint.every_images=192", "optim.lr_per_256=0.2", "trunk_lr_mult=0.5")
     results = run(cfg, to_dict(cfg))
     assert "LEAK WARNING" in capsys.readouterr().err   # the backbone was not filtered against val
-    train = run_eval(str(checkpoint.latest(tmp_path / "run")), str(data["train"]), out=str(tmp_path / "on-train"))
+    assert finetune_eval([str(checkpoint.latest(tmp_path / "run")), str(data["train"])], tmp_path / "on-train") == 0
+    train = json.loads((tmp_path / "on-train" / "results.json").read_text())
     assert train["num_samples"] == 72
     assert train["top1"] > 0.7, f"train top-1 {train['top1']:.2f} is not well above chance (0.17)"
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -227,8 +228,8 @@ def test_res4_probe(data, backbone_file, tmp_path):
     results = run(cfg, to_dict(cfg))
     width = build_model("resnext_tiny", 0).num_features // 2
     assert np.load(tmp_path / "probe" / "features" / "val.features.npy", mmap_mode="r").shape == (24, width)
-    again = run_eval(str(tmp_path / "probe" / "probe.pt"), str(data["val"]), ["log.wandb=offline"],
-                     out=str(tmp_path / "eval"))
+    finetune_eval([str(tmp_path / "probe" / "probe.pt"), str(data["val"]), "log.wandb=offline"], tmp_path / "eval")
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert again["top1"] == pytest.approx(results["top1"], abs=1 / 24)
     (logged,) = (tmp_path / "eval" / "wandb").glob("offline-run-*/run-*.wandb")
     assert logged.stat().st_size > 0
@@ -314,11 +315,11 @@ def test_config_errors(data):
 def test_eval_refuses_a_pretrain_checkpoint_and_multilabel_shards(tmp_path, shard_dir, data, backbone_file):
     checkpoint.save({"model": build_model("resnext_tiny", 3).state_dict(), "config": {"model": {}}}, tmp_path, 8, 1)
     with pytest.raises(ValueError, match="not a `wsl finetune` checkpoint"):
-        run_eval(str(checkpoint.path_for(tmp_path, 8)), str(data["val"]))
+        finetune_eval([str(checkpoint.path_for(tmp_path, 8)), str(data["val"])])
     cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.c_steps=2")
     run(cfg, to_dict(cfg))
     with pytest.raises(ValueError, match="multi-label data"):
-        run_eval(str(tmp_path / "probe" / "probe.pt"), str(shard_dir))
+        finetune_eval([str(tmp_path / "probe" / "probe.pt"), str(shard_dir)])
 
 
 def test_leak_guard(data, tmp_path):
