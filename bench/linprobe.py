@@ -38,14 +38,14 @@ def synthetic_features(n: int, dim: int, classes: int, seed: int) -> tuple[np.nd
     return x.astype(np.float32), y
 
 
-def ours(data, classes, cs, max_iter) -> dict:
+def ours(data, classes, cs, max_iter, device) -> dict:
     (xt, yt), (xv, yv), (xs, ys) = data
     start = time.perf_counter()
-    heads = logreg.fit(xt, yt, classes, cs, max_iter)
-    val = logreg.accuracy(heads, xv, yv)
+    heads = logreg.fit(xt, yt, classes, cs, max_iter, device)
+    val = logreg.accuracy(heads, xv, yv, device)
     seconds = time.perf_counter() - start
     best = int(np.argmax(val))
-    test = (heads.logits(torch.as_tensor(xs), best).argmax(1).numpy() == ys).mean()
+    test = (heads.logits(torch.as_tensor(xs, device=device), best).argmax(1).cpu().numpy() == ys).mean()
     return {"seconds": seconds, "val": val, "best": best, "test": float(test), "iterations": sum(heads.iterations)}
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     cs = logreg.c_grid(args.c_min, args.c_max, args.steps)
     print(f"{args.train} x {args.dim} features, {args.classes} classes, {args.steps} C values in "
           f"[{args.c_min:g}, {args.c_max:g}], {torch.get_num_threads()} threads", flush=True)
-    a = ours(data, args.classes, cs, args.max_iter)
+    a = ours(data, args.classes, cs, args.max_iter, args.device)
     print(f"ours:         {a['seconds']:8.1f} s  {a['iterations']} L-BFGS head-iterations  "
           f"best C {cs[a['best']]:.3g}  test top-1 {100 * a['test']:.2f} %", flush=True)
     b = sklearn(data, cs, args.max_iter)
