@@ -32,7 +32,7 @@ def config_stages() -> dict[str, str]:
     return {name: stage.config for name, stage in STAGES.items()}
 
 
-PRETRAIN_COMMANDS = ("train", "export")
+SUB_COMMANDS = {"pretrain": ("train", "export"), "finetune": ("train", "eval")}
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -213,9 +213,36 @@ def stage_tree() -> dict:
         for word in stage.split():
             node = node.setdefault(word, {})
     return tree
+
+
 def launch(args) -> int:
     from launch.submit import launch as submit_stage
     return submit_stage(args)
+
+
+def finetune(args) -> int:
+    from finetune.config import FinetuneConfig
+    from finetune.train import run
+    from launch.config import to_dict
+    cfg = make_config(FinetuneConfig, args.config, args.overrides)
+    run(cfg, to_dict(cfg))
+    return 0
+
+
+def finetune_eval(args) -> int:
+    return evaluate_checkpoint(args.checkpoint, args.shards, args.overrides)
+
+
+def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out: str | None = None) -> int:
+    """Overrides change the checkpoint's own config for this evaluation only."""
+    from finetune.config import FinetuneConfig
+    from finetune.evaluate import load_model, run_eval
+    from launch.config import from_dict, parse_override, set_dotted
+    model, config, images_seen = load_model(checkpoint)
+    for text in overrides:
+        set_dotted(config, *parse_override(text))
+    run_eval(model, from_dict(FinetuneConfig, config), config, images_seen, checkpoint, shards, out)
+    return 0
 
 
 def demo(args) -> int:
@@ -300,6 +327,22 @@ def make_parser() -> argparse.ArgumentParser:
                    help="the stage (data build, pretrain) and its own arguments")
     p.set_defaults(func=launch)
 
+    finetune_parser = stages.add_parser(
+        "finetune", help="full fine-tuning or a linear probe from a backbone; `wsl finetune -c A.yaml k=v` is "
+                         "`wsl finetune train ...`")
+    finetune_cmds = finetune_parser.add_subparsers(dest="command", required=True)
+    p = finetune_cmds.add_parser("train", help="fine-tune or probe (the default command): a run directory resumes")
+    add_config_args(p)
+    p.set_defaults(func=finetune)
+    p = finetune_cmds.add_parser("eval", help="score a fine-tuned checkpoint or probe.pt on labelled shards",
+                                 description="Top-1, top-5, mean per-class accuracy and the most-confused class "
+                                             "pairs of CHECKPOINT on SHARDS, into results.json, the console and "
+                                             "W&B; overrides change the checkpoint's config for this evaluation.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("shards", metavar="SHARDS", help="a single-label shard directory")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=finetune_eval)
+
     p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
     p.add_argument("--workdir", default="demo")
     p.set_defaults(func=demo)
@@ -307,9 +350,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def with_default_command(argv: list[str]) -> list[str]:
-    """`wsl pretrain -c a.yaml k=v` means `wsl pretrain train -c a.yaml k=v`."""
-    if argv[:1] == ["pretrain"] and (argv[1:2] == [] or argv[1] not in (*PRETRAIN_COMMANDS, "-h", "--help")):
-        return ["pretrain", "train", *argv[1:]]
+    """`wsl pretrain -c a.yaml k=v` means `wsl pretrain train -c a.yaml k=v` (finetune alike)."""
+    commands = SUB_COMMANDS.get(argv[0]) if argv else None
+    if commands and (argv[1:2] == [] or argv[1] not in (*commands, "-h", "--help")):
+        return [argv[0], "train", *argv[1:]]
     return argv
 
 

@@ -42,6 +42,8 @@ STAGES = {stage.name: stage for stage in (
           reads=("train",)),
     Stage(("pretrain",), "pretrain.config:PretrainConfig", output="run_dir", artifact="backbone.pt",
           reads=("data.train",), trains=True),
+    Stage(("finetune",), "finetune.config:FinetuneConfig", output="run_dir", artifact="results.json",
+          reads=("data.train",), trains=True),
 )}
 
 # Arguments of a stage's parser that are not config keys of the same name.

@@ -57,3 +57,31 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) 
     top = logits.topk(max(ks), dim=1).indices
     hit = top == labels.unsqueeze(1)
     return {k: hit[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+def confusion_matrix(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(K, K) counts: row = true class, column = top-1 prediction."""
+    pairs = labels.long() * num_classes + logits.argmax(dim=1)
+    return pairs.bincount(minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def mean_per_class_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> float:
+    """Top-1 accuracy of each class that occurs in `labels`, averaged over those classes
+    (the usual CUB/Places figure: every class weighs the same however many images it has)."""
+    matrix = confusion_matrix(logits, labels, num_classes).double()
+    support = matrix.sum(dim=1)
+    present = support > 0
+    return (matrix.diagonal()[present] / support[present]).mean().item()
+
+
+def most_confused(logits: Tensor, labels: Tensor, num_classes: int, count: int = 10) -> list[dict]:
+    """The `count` (true, predicted) class pairs with the most top-1 mistakes, most first:
+    {"true", "predicted", "errors", "share" (of the true class's images)}."""
+    matrix = confusion_matrix(logits, labels, num_classes)
+    support = matrix.sum(dim=1)
+    errors = matrix.clone()
+    errors.fill_diagonal_(0)
+    flat = errors.flatten()
+    top = flat.topk(min(count, int((flat > 0).sum()))).indices
+    return [{"true": int(i // num_classes), "predicted": int(i % num_classes), "errors": int(flat[i]),
+             "share": float(flat[i]) / float(support[i // num_classes])} for i in top]

@@ -105,10 +105,11 @@ class ResNeXt(nn.Module):
         """Replace `fc` with a fresh classifier of `num_classes` outputs (0: identity)."""
         self.fc = self._classifier(num_classes)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Images (N, 3, H, W) -> globally pooled features (N, num_features)."""
+    def forward_features(self, x: Tensor, stages: int | None = None) -> Tensor:
+        """Images (N, 3, H, W) -> globally pooled features (N, num_features), or those of an
+        earlier stage (`stages=3`: res4, num_features // 2 channels) for linear probes."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for i in range(self.stages):
+        for i in range(self.stages if stages is None else stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.avgpool(x).flatten(1)
 

@@ -47,12 +47,12 @@ def prepare_model(model: torch.nn.Module, cfg, env: dist.DistEnv, device: torch.
 
 
 def build_job(cfg: PretrainConfig, config_dict: dict, env: dist.DistEnv, device: torch.device,
-              model: torch.nn.Module, manifest: dict, resume_at: int = 0) -> engine.Job:
+              model: torch.nn.Module, manifest: dict, resume_at: int = 0, trunk_lr_mult: float = 1.0) -> engine.Job:
     run_dir = Path(cfg.run_dir)
     loader = make_loader(cfg.data.loader, cfg.data.train, env.rank, env.world_size, device, "train")
     wrapped, bare = prepare_model(model, cfg, env, device)
     optimizer = make_optimizer(bare, cfg.optim.lr_per_256, cfg.optim.momentum, cfg.optim.weight_decay,
-                               cfg.optim.nesterov, cfg.optim.skip_bn_bias)
+                               cfg.optim.nesterov, cfg.optim.skip_bn_bias, trunk_lr_mult)
     global_batch = cfg.data.loader.batch_size * env.world_size * cfg.train.accum_steps
     total = cfg.train.total_images
     evaluate = make_evaluator(cfg, bare, env, device) if cfg.data.val else None
@@ -69,8 +69,9 @@ def build_job(cfg: PretrainConfig, config_dict: dict, env: dist.DistEnv, device:
         evaluate=evaluate, eval_every=cfg.eval.every_images, stop_check_steps=cfg.train.stop_check_steps)
 
 
-def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progress:
-    """Train per `cfg`; `init_model(num_classes)` lets fine-tuning supply its own model."""
+def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: float = 1.0) -> engine.Progress:
+    """Train per `cfg`; `init_model(num_classes)` lets fine-tuning supply its own model, and
+    `trunk_lr_mult` gives all but its classifier a smaller LR."""
     env = dist.read_env()
     device = dist.pick_device(cfg.device, env)
     dist.init(env, device, cfg.dist_timeout_s)
@@ -92,7 +93,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None) -> engine.Progr
         num_classes = manifest["num_classes"]
         model = init_model(num_classes) if init_model else build_model(
             cfg.model.name, num_classes, zero_init_residual=cfg.model.zero_init_residual)
-        job = build_job(cfg, config_dict, env, device, model, manifest, progress.images_seen)
+        job = build_job(cfg, config_dict, env, device, model, manifest, progress.images_seen, trunk_lr_mult)
         if state:
             engine.restore(job, progress, state)
             say(env, f"resumed from {progress.images_seen} images")

@@ -1,0 +1,96 @@
+"""Backbones for fine-tuning: our backbone.pt, any pretrain checkpoint, or a torchvision /
+timm / WSL-Images ResNe(X)t state-dict file (all share torchvision's parameter names).
+
+Nothing is downloaded: a backbone is a local file. Every trunk key must match (names and
+shapes) or the load stops with one line listing what is missing and what is unexpected;
+the source's classifier is dropped and a fresh head of the target's classes is made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pretrain.models import MODELS, ResNeXt, build_model
+
+HEAD = "fc."
+SHOWN = 8   # keys named per kind of mismatch; the rest are counted
+
+
+@dataclass
+class Source:
+    path: Path
+    model: str | None         # architecture recorded in the file, if any
+    state_dict: dict          # trunk weights only
+    pretrain_config: dict | None   # the pretraining run's config (our files only)
+
+
+def read(path: str | Path) -> Source:
+    """Read a backbone file of any supported kind; the classifier is dropped here."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise ValueError(f"backbone {path} is not a readable torch file: {str(err).splitlines()[0]}") from None
+    if not isinstance(blob, dict):
+        raise ValueError(f"backbone {path} holds a {type(blob).__name__}, not a state dict")
+    name, config = None, None
+    if isinstance(blob.get("model"), str):                   # our backbone.pt
+        name, config, weights = blob["model"], blob.get("config"), blob["state_dict"]
+    elif isinstance(blob.get("model"), dict) and "config" in blob:   # a pretrain/finetune checkpoint
+        config, weights = blob["config"], blob["model"]
+        name = config.get("model", {}).get("name")
+    elif isinstance(blob.get("state_dict"), dict):           # timm/Lightning-style wrapper
+        weights = blob["state_dict"]
+    else:                                                     # torchvision / WSL-Images: the bare state dict
+        weights = blob
+    if not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"backbone {path} is not a state dict of tensors")
+    # DDP and torch.compile prefixes, as written by other trainers
+    weights = {_strip(k): v for k, v in weights.items()}
+    trunk = {k: v for k, v in weights.items() if not k.startswith(HEAD)}
+    return Source(path, name or None, trunk, config)
+
+
+def _strip(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def resolve_name(source: Source, requested: str) -> str:
+    """The architecture: the file's record, or `model.name` for files that record none."""
+    if source.model and requested and requested != source.model:
+        raise ValueError(f"'model.name' is {requested} but backbone {source.path} is a {source.model}")
+    name = source.model or requested
+    if not name:
+        raise ValueError(f"backbone {source.path} does not record its architecture: set 'model.name' "
+                         f"(one of {', '.join(MODELS)})")
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
+    return name
+
+
+def build(source: Source, name: str, num_classes: int) -> ResNeXt:
+    """`name` with the source's trunk weights and a fresh `num_classes` head."""
+    model = build_model(name, num_classes, zero_init_residual=False)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD)}
+    missing = sorted(set(expected) - set(source.state_dict))
+    unexpected = sorted(set(source.state_dict) - set(expected))
+    shapes = sorted(f"{k} {tuple(source.state_dict[k].shape)} vs {tuple(v.shape)}"
+                    for k, v in expected.items() if k in source.state_dict and source.state_dict[k].shape != v.shape)
+    if missing or unexpected or shapes:
+        raise ValueError(f"backbone {source.path} does not fit {name}: "
+                         + "; ".join(_listing(kind, keys) for kind, keys in
+                                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys))
+    model.load_state_dict(source.state_dict, strict=False)
+    return model
+
+
+def _listing(kind: str, keys: list[str]) -> str:
+    more = f", ... {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
+    return f"{len(keys)} {kind} key(s) ({', '.join(keys[:SHOWN])}{more})"

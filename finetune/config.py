@@ -1,0 +1,49 @@
+"""The fine-tuning config: pretrain's sections plus the backbone, the mode and the probe.
+
+Full fine-tuning runs pretrain's loop unchanged, so it is configured by the same sections
+(data, optim, train, checkpoint, log, eval); presets live in configs/finetune/*.yaml.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data_tools.fields import bounded
+from pretrain.config import ModelConfig, PretrainConfig
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe on frozen features (finetune.mode=linear)."""
+    head: Literal["logreg", "bn_linear"] = "logreg"   # logreg: L2 sweep (DINOv2); bn_linear: VISSL's head
+    features: Literal["res5", "res4"] = "res5"        # global-pooled output of that stage
+    c_min: float = bounded(1e-6, lo=0, open_lo=True)  # the sweep's C grid (inverse L2 strength), log-spaced
+    c_max: float = bounded(1e5, lo=0, open_lo=True)
+    c_steps: int = bounded(45, lo=1, hi=1000)         # DINOv2 sweeps 45 values
+    holdout: float = bounded(0.2, lo=0, hi=0.9, open_lo=True)  # share of train that picks C
+    max_iter: int = bounded(200, lo=1)                # L-BFGS iterations of the sweep
+    epochs: int = bounded(28, lo=1)                   # bn_linear: VISSL's 28 epochs
+    lr: float = bounded(0.01, lo=0, open_lo=True)     # bn_linear: per 256 features
+    batch_size: int = bounded(256, lo=1)              # bn_linear
+    weight_decay: float = bounded(5e-4, lo=0)         # bn_linear (VISSL's linear eval default)
+
+
+@dataclass
+class FinetuneConfig(PretrainConfig):
+    backbone: str = ""                 # backbone.pt, a pretrain checkpoint, or a torchvision/timm/WSL state dict
+    mode: Literal["full", "linear"] = "full"
+    trunk_lr_mult: float = bounded(1.0, lo=0, hi=1)   # trunk LR = head LR x this
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    # "": the name the backbone file records (backbone.pt, checkpoints); required for plain state dicts
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name=""))
+
+    def check(self) -> None:
+        if not self.backbone:
+            raise ValueError("config key 'backbone' is required (backbone.pt, a checkpoint or a state-dict file)")
+        if self.probe.c_min > self.probe.c_max:
+            raise ValueError(f"'probe.c_min' ({self.probe.c_min}) must not exceed 'probe.c_max' ({self.probe.c_max})")
+        if self.mode == "linear":
+            if not self.run_dir or not self.data.train:
+                raise ValueError("config keys 'run_dir' and 'data.train' are required")
+            return
+        super().check()

@@ -1,0 +1,47 @@
+"""Leak guard: was the backbone's pretraining data near-duplicate filtered against this
+evaluation set? Read from the `dedup` record of the pretraining shards' manifest.json:
+
+    "dedup": {"against": [{"name", "directory", "fingerprint", "num_samples"}, ...],
+              "descriptor", "threshold", "removed", ...}
+
+where `fingerprint` is data_tools.shards.fingerprint of the evaluation set's manifest.
+When no entry names this evaluation set, the numbers it gives may be inflated by test
+images seen in pretraining, and we say so loudly at start (never silently).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from data_tools import shards
+from finetune.backbone import Source
+
+FIELD = "dedup.against[].fingerprint"
+
+
+def check(source: Source, eval_dirs: list[str]) -> list[str]:
+    """Warnings (also printed to stderr) for each evaluation set the pretraining data was
+    not filtered against; empty when every one is covered."""
+    warnings = [w for d in eval_dirs for w in [_check_one(source, d)] if w]
+    for text in warnings:
+        print(f"\n{'!' * 80}\nLEAK WARNING: {text}\n{'!' * 80}\n", file=sys.stderr, flush=True)
+    return warnings
+
+
+def _check_one(source: Source, eval_dir: str) -> str | None:
+    wanted = shards.fingerprint(shards.read_manifest(eval_dir))
+    if source.pretrain_config is None:
+        return (f"backbone {source.path} carries no record of its pretraining data, so whether it saw "
+                f"images of {eval_dir} (or near-duplicates) is unknown")
+    train_dir = source.pretrain_config.get("data", {}).get("train")
+    manifest_path = Path(train_dir or "") / "manifest.json"
+    if not train_dir or not manifest_path.is_file():
+        return (f"the pretraining manifest of backbone {source.path} ({manifest_path}) is not readable here, "
+                f"so whether it was filtered against {eval_dir} is unknown")
+    manifest = json.loads(manifest_path.read_text())
+    against = (manifest.get("dedup") or {}).get("against") or []
+    if any(entry.get("fingerprint") == wanted for entry in against):
+        return None
+    return (f"the pretraining data {train_dir} was not near-duplicate filtered against {eval_dir}: no "
+            f"'{FIELD}' in {manifest_path} equals its fingerprint {wanted[:12]}...; results on it may be inflated")

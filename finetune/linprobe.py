@@ -1,0 +1,145 @@
+"""Linear probe ("feature transfer" in Mahajan et al.): finetune.mode=linear.
+
+The frozen trunk's features of train and val are extracted once (finetune.features), then
+a linear head is trained on them:
+- `logreg`: multinomial logistic regression over a log-spaced grid of C (DINOv2's protocol:
+  45 values), every C one head of a single batched L-BFGS run (finetune.logreg); C is
+  picked on a held-out share of train, then refit on all of train;
+- `bn_linear`: VISSL's linear evaluation head, BatchNorm without affine + linear, SGD with
+  Nesterov momentum, the LR divided by 10 at 8/28, 16/28 and 24/28 of training.
+The head is written as probe.pt (the trunk with the head as its `fc`, BN folded in), which
+`wsl finetune eval` reads like any fine-tuning checkpoint; val results go to results.json.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from data_tools import shards
+from finetune import backbone, features, leak, logreg
+from finetune.config import FinetuneConfig
+from finetune.evaluate import class_names, report, summarize
+from pretrain import dist
+from pretrain.loggers import make_loggers
+
+VISSL_MILESTONES = (8 / 28, 16 / 28, 24 / 28)
+
+
+def split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (fit, holdout): `share` of each class held out, at least one row of
+    every class with two or more, so no class is missing from either side by chance."""
+    rng = np.random.default_rng(seed)
+    fit_rows, held_rows = [], []
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        held = min(len(rows) - 1, max(1, round(share * len(rows)))) if len(rows) > 1 else 0
+        held_rows.append(rows[:held])
+        fit_rows.append(rows[held:])
+    return np.sort(np.concatenate(fit_rows)), np.sort(np.concatenate(held_rows))
+
+
+def sweep(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: int,
+          device: torch.device) -> tuple[nn.Linear, dict]:
+    """The logreg head at the C that is best on the holdout, refit on all rows."""
+    cs = logreg.c_grid(cfg.probe.c_min, cfg.probe.c_max, cfg.probe.c_steps)
+    fit_rows, held_rows = split(y, cfg.probe.holdout, cfg.seed)
+    heads = logreg.fit(x[fit_rows], y[fit_rows], num_classes, cs, cfg.probe.max_iter, device)
+    scores = logreg.accuracy(heads, x[held_rows], y[held_rows], device)
+    best = int(np.argmax(scores))
+    say(f"logreg sweep: {len(cs)} C values in {heads.iterations} L-BFGS iterations; best C = {cs[best]:.3g} "
+        f"({100 * scores[best]:.2f} % on {len(held_rows)} held-out train images); refitting on all of train")
+    final = logreg.fit(x, y, num_classes, [cs[best]], cfg.probe.max_iter, device)
+    head = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.copy_(final.weight[0].T)
+        head.bias.copy_(final.bias[0])
+    return head, {"C": cs[best], "sweep": [{"C": c, "holdout_top1": a} for c, a in zip(cs, scores)]}
+
+
+def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: int,
+              device: torch.device) -> tuple[nn.Linear, dict]:
+    """VISSL's BN + linear head trained with SGD on the cached features, BN folded in after."""
+    p = cfg.probe
+    torch.manual_seed(cfg.seed)
+    bn = nn.BatchNorm1d(x.shape[1], affine=False).to(device)
+    linear = nn.Linear(x.shape[1], num_classes).to(device)
+    opt = torch.optim.SGD(linear.parameters(), lr=p.lr * p.batch_size / 256, momentum=0.9, nesterov=True,
+                          weight_decay=p.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * p.epochs) for m in VISSL_MILESTONES], 0.1)
+    xs, ys = torch.as_tensor(np.array(x), device=device), torch.as_tensor(y, device=device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(p.epochs):
+        bn.train()
+        for rows in torch.randperm(len(ys), generator=generator).split(p.batch_size):
+            if len(rows) < 2:
+                continue  # BN cannot normalise a batch of one
+            rows = rows.to(device)
+            loss = nn.functional.cross_entropy(linear(bn(xs[rows])), ys[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    say(f"bn_linear: {p.epochs} epochs, last batch loss {loss.item():.4f}")
+    head = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        inv = (bn.running_var + bn.eps).rsqrt()
+        head.weight.copy_(linear.weight * inv)
+        head.bias.copy_(linear.bias - head.weight @ bn.running_mean)
+    return head.cpu(), {"epochs": p.epochs}
+
+
+def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict:
+    env = dist.read_env()
+    if env.world_size > 1:
+        raise ValueError("the linear probe runs in one process (its cost is one feature pass); launch it without torchrun")
+    device = dist.pick_device(cfg.device, env)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    source = backbone.read(cfg.backbone)
+    name = backbone.resolve_name(source, cfg.model.name)
+    config_dict["model"]["name"] = name
+    leak.check(source, [cfg.data.val] if cfg.data.val else [])
+    manifest = shards.read_manifest(cfg.data.train)
+    if manifest["label_type"] != "single":
+        raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
+    num_classes = manifest["num_classes"]
+    model = backbone.build(source, name, 0)
+    stages = 3 if cfg.probe.features == "res4" else None
+    bf16 = cfg.train.bf16 and device.type == "cuda"
+    stat = Path(cfg.backbone).stat()
+    identity = {"backbone": str(Path(cfg.backbone).resolve()), "backbone_bytes": stat.st_size,
+                "backbone_mtime_ns": stat.st_mtime_ns}
+    x, y = features.extract(model, cfg.data.train, cfg.data.loader, device, stages,
+                            run_dir / "features" / "train", identity, bf16)
+    train_head = sweep if cfg.probe.head == "logreg" else bn_linear
+    head, record = train_head(cfg, x, y, num_classes, device)
+    model.fc = head
+    state = {"model": model.state_dict(), "config": config_dict, "probe": record, "progress": {"images_seen": 0}}
+    tmp = run_dir / "probe.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / "probe.pt")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+    results = {"probe": str(run_dir / "probe.pt"), **record}
+    if cfg.data.val:
+        vx, vy = features.extract(model, cfg.data.val, cfg.data.loader, device, stages,
+                                  run_dir / "features" / "val", identity, bf16)
+        with torch.no_grad():
+            scores = head(torch.as_tensor(np.array(vx)))
+        results.update(shards=cfg.data.val, **summarize(scores, torch.as_tensor(vy), class_names(cfg.data.val)))
+        print(report(results))
+        loggers = make_loggers(run_dir, True, config_dict, cfg.log.wandb, cfg.log.project, cfg.log.name)
+        loggers.log({"images_seen": 0, **{f"eval/{k}": results[k] for k in ("top1", "top5", "mean_per_class")}})
+        loggers.close()
+    shards.write_json(run_dir / "results.json", results)
+    say(f"probe: {run_dir / 'probe.pt'}; results: {run_dir / 'results.json'}")
+    return results
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,362 @@
+"""`wsl finetune` on real shards of generated JPEGs: tiny ResNeXt, CPU, real processes."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from data_tools import shards
+from data_tools.build import BuildConfig, build
+from finetune import backbone, leak, logreg
+from finetune.config import FinetuneConfig
+from launch.cli import evaluate_checkpoint
+from finetune.linprobe import split
+from finetune.train import run
+from launch.config import ConfigError, to_dict
+from launch.config import build as make_config
+from pretrain import checkpoint
+from pretrain.metrics import confusion_matrix, mean_per_class_accuracy, most_confused
+from pretrain.models import build_model
+from pretrain.optim import make_optimizer, set_lr
+from pretrain.train import export
+
+REPO = Path(__file__).resolve().parents[1]
+# Six classes, so top-5 is not trivially 100 %.
+COLOURS = {"black": (20, 20, 20), "blue": (30, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40),
+           "white": (235, 235, 235), "yellow": (220, 210, 40)}
+TINY = ["device=cpu", "log.wandb=off", "train.bottleneck_seconds=0", "data.loader.batch_size=8",
+        "data.loader.image_size=32", "data.loader.resize_size=36", "data.loader.workers=1",
+        "data.loader.backend=wds", "optim.warmup_images=16", "optim.schedule=cosine", "log.every_steps=1",
+        "checkpoint.keep=100", "optim.weight_decay=0"]
+
+
+def colour_folder(root: Path, per_class: int, seed: int) -> Path:
+    """root/CLASS/*.jpg: each class its own colour, with noise and a random disc per image."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            arr = np.clip(np.array(colour) + rng.normal(0, 25, (40, 48, 3)), 0, 255)
+            cx, cy = rng.integers(0, 48), rng.integers(0, 40)
+            y, x = np.mgrid[0:40, 0:48]
+            arr[(x - cx) ** 2 + (y - cy) ** 2 < 64] = rng.uniform(0, 255, 3)
+            Image.fromarray(arr.astype(np.uint8)).save(root / name / f"{i}.jpg", quality=90)
+    return root
+
+
+def imagefolder_shards(folder: Path, out: Path) -> Path:
+    """`wsl data build -c configs/data/imagenet.yaml input.imagefolder=...`, in process."""
+    cfg = make_config(BuildConfig, [str(REPO / "configs/data/imagenet.yaml")],
+                      [f"input.imagefolder={folder}", f"output={out}", "progress=false", "workers=1",
+                       "shards.samples=16"])
+    build(cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("colours")
+    return {"train": imagefolder_shards(colour_folder(root / "raw-train", 12, 0), root / "train"),
+            "val": imagefolder_shards(colour_folder(root / "raw-val", 4, 1), root / "val"),
+            "root": root}
+
+
+def pretrained(path: Path, pretrain_shards: Path | None, seed: int = 0) -> Path:
+    """A backbone.pt as `wsl pretrain` exports it, naming `pretrain_shards` as its data."""
+    torch.manual_seed(seed)
+    model = build_model("resnext_tiny", 5)
+    return export(model.state_dict(), "resnext_tiny", {"data": {"train": str(pretrain_shards)}}, path)
+
+
+@pytest.fixture(scope="module")
+def backbone_file(data) -> Path:
+    return pretrained(data["root"] / "backbone.pt", data["train"])
+
+
+def config(data, backbone_path, run_dir, *overrides) -> FinetuneConfig:
+    return make_config(FinetuneConfig, [], [f"backbone={backbone_path}", f"data.train={data['train']}",
+                                            f"run_dir={run_dir}", *TINY, *overrides])
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "launch.cli", *args]
+
+
+def child_env() -> dict:
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return env
+
+
+def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsys):
+    cfg = config(data, backbone_file, tmp_path / "run", f"data.val={data['val']}", "train.total_images=192",
+                 "checkpoint.every_images=192", "optim.lr_per_256=0.2", "trunk_lr_mult=0.5")
+    results = run(cfg, to_dict(cfg))
+    assert "LEAK WARNING" in capsys.readouterr().err   # the backbone was not filtered against val
+    assert evaluate_checkpoint(str(checkpoint.latest(tmp_path / "run")), str(data["train"]), [], tmp_path / "on-train") == 0
+    train = json.loads((tmp_path / "on-train" / "results.json").read_text())
+    assert train["num_samples"] == 72
+    assert train["top1"] > 0.7, f"train top-1 {train['top1']:.2f} is not well above chance (0.17)"
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["num_samples"] == 24 and saved["top1"] == results["top1"]
+    assert set(saved) >= {"top1", "top5", "mean_per_class", "confused"}
+    assert results["top5"] >= results["top1"] and 0 < results["mean_per_class"] <= 1
+
+
+def test_trunk_gets_its_share_of_the_lr():
+    model = build_model("resnext_tiny", 3)
+    opt = make_optimizer(model, lr=1.0, trunk_lr_mult=0.1)
+    set_lr(opt, 0.2)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model.fc.weight)] == pytest.approx(0.2) and lr_of[id(model.fc.bias)] == pytest.approx(0.2)
+    assert lr_of[id(model.conv1.weight)] == pytest.approx(0.02)
+    assert lr_of[id(model.layer4[0].bn3.bias)] == pytest.approx(0.02)
+    assert {g["weight_decay"] for g in opt.param_groups if g["lr"] == pytest.approx(0.02)} == {1e-4, 0.0}
+
+
+def test_resume_after_kill9_is_bit_identical(data, backbone_file, tmp_path):
+    common = [f"backbone={backbone_file}", f"data.train={data['train']}", *TINY, "train.total_images=128",
+              "checkpoint.every_images=32", "trunk_lr_mult=0.5"]
+    straight = subprocess.run(cli("finetune", f"run_dir={tmp_path / 'straight'}", *common), cwd=REPO,
+                              env=child_env(), capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(cli("finetune", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint.list_checkpoints(run_dir)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = checkpoint.list_checkpoints(run_dir)
+    assert kept and checkpoint.path_for(run_dir, 128) not in kept, "the kill came too late to test resume"
+    resumed = subprocess.run(cli("finetune", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a = checkpoint.load(checkpoint.path_for(tmp_path / "straight", 128))["model"]
+    b = checkpoint.load(checkpoint.path_for(run_dir, 128))["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run's weights differ from the uninterrupted run"
+    start = build_model("resnext_tiny", 6).state_dict()
+    assert not torch.equal(a["layer1.0.conv1.weight"], backbone.read(backbone_file).state_dict["layer1.0.conv1.weight"])
+    assert a["fc.weight"].shape == start["fc.weight"].shape
+
+
+def separable(n_per_class: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters around orthogonal-ish centres, far apart next to their spread."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (classes, dim)) * 4
+    y = np.repeat(np.arange(classes), n_per_class)
+    return (centres[y] + rng.normal(0, 0.5, (len(y), dim))).astype(np.float32), y
+
+
+def test_logreg_sweep_reaches_100_percent_on_separable_features():
+    x, y = separable(40, 5, 16, 0)
+    vx, vy = separable(20, 5, 16, 0)   # same centres, new noise draws
+    vx = vx + np.random.default_rng(1).normal(0, 0.5, vx.shape).astype(np.float32)
+    heads = logreg.fit(x, y, 5, logreg.c_grid(1e-2, 1e2, 5), max_iter=100)
+    accuracy = logreg.accuracy(heads, vx, vy)
+    assert max(accuracy) == 1.0 and accuracy[-1] == 1.0
+
+
+def test_logreg_reaches_sklearns_optimum():
+    """The same objective as sklearn's lbfgs (C x summed cross-entropy + ||W||^2 / 2): ours ends
+    at least as low, and both predict alike."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(0)
+    x = (rng.normal(0, 1, (300, 12)) * np.linspace(0.2, 4, 12) + 3).astype(np.float32)
+    y = (x[:, 0] + rng.normal(0, 1, 300) > 3).astype(int) + (x[:, 5] > 3)
+    cs = [0.01, 1.0]
+    heads = logreg.fit(x, y, 3, cs, max_iter=500, tolerance=1e-7)
+
+    def objective(weight, bias, c):
+        logits = torch.as_tensor(x, dtype=torch.float64) @ torch.as_tensor(weight, dtype=torch.float64)
+        ce = torch.nn.functional.cross_entropy(logits + torch.as_tensor(bias, dtype=torch.float64),
+                                               torch.as_tensor(y), reduction="sum")
+        return (c * ce + 0.5 * (torch.as_tensor(weight, dtype=torch.float64) ** 2).sum()).item()
+
+    for s, c in enumerate(cs):
+        ref = sklearn.LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(x, y)
+        ours = objective(heads.weight[s].numpy(), heads.bias[s].numpy(), c)
+        assert ours <= objective(ref.coef_.T, ref.intercept_, c) * (1 + 1e-5), f"C={c}"
+        assert np.allclose(heads.weight[s].numpy(), ref.coef_.T, atol=0.05), f"C={c}"
+        predicted = heads.logits(torch.as_tensor(x), s).argmax(1).numpy()
+        assert (predicted == ref.predict(x)).mean() > 0.99
+
+
+def test_linear_probe_end_to_end_and_eval_agrees(data, backbone_file, tmp_path):
+    common = [f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}",
+              f"run_dir={tmp_path / 'probe'}", *TINY, "mode=linear", "probe.c_steps=5", "probe.c_max=10"]
+    first = subprocess.run(cli("finetune", *common), cwd=REPO, env=child_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "logreg sweep: 5 C values" in first.stderr and "LEAK WARNING" in first.stderr
+    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+    assert len(results["sweep"]) == 5 and results["num_samples"] == 24
+    assert results["top1"] > 0.5, "colour classes from even a random trunk's features"
+    cached = tmp_path / "probe" / "features" / "train.features.npy"
+    assert np.load(cached, mmap_mode="r").shape == (72, build_model("resnext_tiny", 0).num_features)
+    stamp = cached.stat().st_mtime_ns
+    again = subprocess.run(cli("finetune", *common, "probe.head=bn_linear", "probe.epochs=30", "probe.lr=0.5"),
+                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert cached.stat().st_mtime_ns == stamp, "the cached features were extracted again"
+    probe = json.loads((tmp_path / "probe" / "results.json").read_text())
+    assert probe["epochs"] == 30 and probe["top1"] > 0.5
+    evaluated = subprocess.run(cli("finetune", "eval", str(tmp_path / "probe" / "probe.pt"), str(data["val"]),
+                                   "data.loader.workers=1"),
+                               cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    # the BN-folded head on images gives what the BN head gave on the cached features
+    assert json.loads((tmp_path / "probe" / "results.json").read_text())["top1"] == pytest.approx(probe["top1"])
+    assert "top-1" in evaluated.stdout and "mean per-class" in evaluated.stdout
+
+
+def test_res4_probe(data, backbone_file, tmp_path):
+    cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.features=res4", "probe.c_steps=3",
+                 f"data.val={data['val']}")
+    results = run(cfg, to_dict(cfg))
+    width = build_model("resnext_tiny", 0).num_features // 2
+    assert np.load(tmp_path / "probe" / "features" / "val.features.npy", mmap_mode="r").shape == (24, width)
+    evaluate_checkpoint(str(tmp_path / "probe" / "probe.pt"), str(data["val"]), ["log.wandb=offline"], tmp_path / "eval")
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert again["top1"] == pytest.approx(results["top1"], abs=1 / 24)
+    (logged,) = (tmp_path / "eval" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert logged.stat().st_size > 0
+
+
+def test_bn_linear_reaches_100_percent_on_separable_features(tmp_path):
+    from finetune.linprobe import bn_linear
+    x, y = separable(40, 4, 16, 2)
+    cfg = make_config(FinetuneConfig, [], ["backbone=x", "run_dir=r", "data.train=t", "probe.epochs=20",
+                                           "probe.batch_size=32", "probe.lr=0.5", "mode=linear"])
+    head, _ = bn_linear(cfg, x, y, 4, torch.device("cpu"))
+    with torch.no_grad():
+        assert (head(torch.as_tensor(x)).argmax(1).numpy() == y).all()
+
+
+def tv_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.fc = torch.nn.Identity()
+    return model.eval()(x)
+
+
+def test_torchvision_state_dict_loads_and_gives_torchvision_features(tmp_path, capsys):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnext50_32x4d(weights=None)
+    for m in tv.modules():  # non-trivial BN statistics, so a mix-up of BN buffers would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, tmp_path / "ddp.pth")
+    x = torch.randn(2, 3, 64, 64)
+    expected = tv_features(tv, x)
+    for name in ("tv.pth", "ddp.pth"):
+        source = backbone.read(tmp_path / name)
+        assert source.model is None and source.pretrain_config is None
+        ours = backbone.build(source, backbone.resolve_name(source, "resnext50_32x4d"), 7).eval()
+        assert ours.fc.out_features == 7
+        with torch.no_grad():
+            assert torch.allclose(ours.forward_features(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="does not record its architecture: set 'model.name'"):
+        backbone.resolve_name(backbone.read(tmp_path / "tv.pth"), "")
+
+
+def test_key_mismatch_is_one_error_listing_keys(tmp_path, data):
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["layer4.2.bn3.running_var"]
+    torch.save(state, tmp_path / "r50.pth")
+    with pytest.raises(ValueError) as err:
+        backbone.build(backbone.read(tmp_path / "r50.pth"), "resnext50_32x4d", 3)
+    text = str(err.value)
+    assert "\n" not in text and "1 missing key(s) (layer4.2.bn3.running_var)" in text
+    assert "1 unexpected key(s) (extra.weight)" in text and "wrong shape" in text  # grouped vs plain convs
+    proc = subprocess.run(cli("finetune", f"backbone={tmp_path / 'r50.pth'}", "model.name=resnext_tiny",
+                              f"data.train={data['train']}", f"run_dir={tmp_path / 'run'}", *TINY),
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert "does not fit resnext_tiny" in proc.stderr and "unexpected key(s) (extra.weight, layer1.1.bn1.bias" in proc.stderr
+
+
+def test_bad_backbone_files_are_one_line(tmp_path, data):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for path, message in ((tmp_path / "none.pt", "not found"), (tmp_path / "junk.pt", "not a readable torch file"),
+                          (tmp_path / "list.pt", "not a state dict")):
+        proc = subprocess.run(cli("finetune", f"backbone={path}", f"data.train={data['train']}",
+                                  f"run_dir={tmp_path / 'run'}", *TINY),
+                              cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
+
+
+def test_config_errors(data):
+    with pytest.raises(ValueError, match="'backbone' is required"):
+        make_config(FinetuneConfig, [], ["run_dir=r", "data.train=t"])
+    with pytest.raises(ValueError, match="must not exceed"):
+        make_config(FinetuneConfig, [], ["backbone=b", "run_dir=r", "data.train=t", "probe.c_min=10", "probe.c_max=1"])
+    with pytest.raises(ConfigError, match="mode"):
+        make_config(FinetuneConfig, [], ["backbone=b", "run_dir=r", "data.train=t", "mode=probe"])
+    proc = subprocess.run(cli("finetune", "eval", "only-one-arg"), cwd=REPO, env=child_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "usage: wsl finetune eval" in proc.stderr and "SHARDS" in proc.stderr
+
+
+def test_eval_refuses_a_pretrain_checkpoint_and_multilabel_shards(tmp_path, shard_dir, data, backbone_file):
+    checkpoint.save({"model": build_model("resnext_tiny", 3).state_dict(), "config": {"model": {}}}, tmp_path, 8, 1)
+    with pytest.raises(ValueError, match="not a `wsl finetune` checkpoint"):
+        evaluate_checkpoint(str(checkpoint.path_for(tmp_path, 8)), str(data["val"]), [])
+    cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.c_steps=2")
+    run(cfg, to_dict(cfg))
+    with pytest.raises(ValueError, match="multi-label data"):
+        evaluate_checkpoint(str(tmp_path / "probe" / "probe.pt"), str(shard_dir), [])
+
+
+def test_leak_guard(data, tmp_path):
+    pre = tmp_path / "pretrain-shards"
+    pre.mkdir()
+    manifest = {"shards": [{"file": "train-000000.tar", "sha256": "ab"}]}
+    shards.write_json(pre / "manifest.json", manifest)
+    source = backbone.read(pretrained(tmp_path / "backbone.pt", pre))
+    (warning,) = leak.check(source, [str(data["val"])])
+    assert "dedup.against[].fingerprint" in warning and str(data["val"]) in warning
+    val_print = shards.fingerprint(shards.read_manifest(data["val"]))
+    manifest["dedup"] = {"against": [{"name": "other", "directory": "/x", "fingerprint": "0" * 64, "num_samples": 5},
+                                     {"name": "val", "directory": str(data["val"]), "fingerprint": val_print,
+                                      "num_samples": 24}],
+                         "descriptor": "test", "threshold": 0.9, "removed": 0}
+    shards.write_json(pre / "manifest.json", manifest)
+    assert leak.check(source, [str(data["val"])]) == []
+    assert leak.check(source, [str(data["train"])]), "filtered against val only, not train"
+    torch.save(build_model("resnext_tiny", 0).state_dict(), tmp_path / "plain.pth")
+    (unknown,) = leak.check(backbone.read(tmp_path / "plain.pth"), [str(data["val"])])
+    assert "unknown" in unknown
+    gone = backbone.read(pretrained(tmp_path / "moved.pt", tmp_path / "nowhere"))
+    assert "not readable here" in leak.check(gone, [str(data["val"])])[0]
+
+
+def test_split_holds_out_a_share_of_every_class():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
+    fit_rows, held = split(labels, 0.2, 0)
+    assert sorted(np.concatenate([fit_rows, held]).tolist()) == list(range(16))
+    assert np.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]
+
+
+def test_single_label_metrics():
+    logits = torch.tensor([[3., 1, 0], [3., 1, 0], [0., 3, 1], [0., 3, 1], [0., 3, 1], [0., 0, 3]])
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    assert confusion_matrix(logits, labels, 3).tolist() == [[2, 0, 0], [0, 1, 0], [0, 2, 1]]
+    assert mean_per_class_accuracy(logits, labels, 3) == pytest.approx((1 + 1 + 1 / 3) / 3)
+    assert mean_per_class_accuracy(logits, labels, 5) == pytest.approx((1 + 1 + 1 / 3) / 3)  # absent classes skipped
+    (pair,) = most_confused(logits, labels, 3, count=5)
+    assert pair == {"true": 2, "predicted": 1, "errors": 2, "share": pytest.approx(2 / 3)}
