@@ -143,9 +143,9 @@ def test_wsl_config_refuses_what_the_stage_would(capsys):
     assert "'images.max_side' = 0 is out of range" in one_error(capsys, "config", "data", "build", "images.max_side=0")
     assert "unknown config key 'train.totl'" in one_error(capsys, "config", "pretrain", "train.totl=3")
     with pytest.raises(SystemExit) as exit_:
-        main(["config", "finetune"])
+        main(["config", "nosuchstage"])
     assert exit_.value.code == 2
-    assert "invalid choice: 'finetune'" in capsys.readouterr().err
+    assert "invalid choice: 'nosuchstage'" in capsys.readouterr().err
 
 
 # -- pretrain: every bad config one line, before the run directory exists ----------------------
