@@ -105,6 +105,9 @@ def data_dedup(args) -> int:
           f"{summary['train']['undecodable']} undecodable; report: {Path(cfg.out) / 'report.html'}")
     if cfg.apply:
         print(f"filtered shards: {cfg.apply} ({summary['apply']['num_samples']} samples)")
+    return 0
+
+
 def data_index(args) -> int:
     from data_tools import resampling, tables
     written = tables.index(args.directory, progress=not args.quiet)
