@@ -45,6 +45,8 @@ class VocabConfig:
     top_k: int = 17000
     min_count: int = 1
     restrict: str | None = None      # file of synset ids, e.g. the ImageNet-1k wnids
+    reuse: str | None = None         # another build's vocabulary.tsv (or its directory): the same
+                                     # labels in the same order, as a held-out set needs
     wordnet_dir: str | None = None   # default: Debian's /usr/share/wordnet
 
 
@@ -80,6 +82,8 @@ class BuildConfig:
         if (self.input.manifest is None) == (self.input.imagefolder is None):
             raise ValueError("give exactly one of 'input.manifest' and 'input.imagefolder'")
         parse_part(self.part)
+        if self.vocab.reuse and self.vocab.restrict:
+            raise ValueError("give at most one of 'vocab.reuse' and 'vocab.restrict'")
         if self.vocab.top_k < 1 or self.vocab.min_count < 1:
             raise ValueError("'vocab.top_k' and 'vocab.min_count' must be >= 1")
         if self.shards.samples is not None and self.shards.samples < 1:
@@ -166,6 +170,9 @@ def count_pass(source, labeler: Labeler, progress: bool) -> tuple[Counter, Count
 def choose_vocab(cfg: BuildConfig, source, labeler: Labeler, counts: Counter) -> list[vocab.Entry]:
     if source.single_label:
         chosen = list(source.classes)
+    elif cfg.vocab.reuse:
+        path = Path(cfg.vocab.reuse)
+        chosen = [e.synset for e in vocab.read(path / "vocabulary.tsv" if path.is_dir() else path)]
     else:
         restrict = vocab.read_synset_list(cfg.vocab.restrict) if cfg.vocab.restrict else None
         chosen = vocab.select(counts, cfg.vocab.top_k, cfg.vocab.min_count, restrict)
