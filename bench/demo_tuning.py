@@ -44,8 +44,8 @@ from pretrain.models import build_model  # noqa: E402
 from pretrain.train import run as pretrain  # noqa: E402
 
 # Corpus sizes: the full demo and the fast one CI runs.
-SIZES = {"full": SceneConfig(train=6000, heldout=600), "fast": SceneConfig(train=2000, heldout=300, target_train=30,
-                                                                          target_test=20)}
+SIZES = {"full": SceneConfig(train=6000, heldout=600, size=40),
+         "fast": SceneConfig(train=2000, heldout=300, target_train=30, target_test=20, size=40)}
 GOAL_PROBE_POINTS = 10.0
 DEVICE = torch.device("cpu")
 
@@ -95,7 +95,7 @@ def probe(trunk: torch.nn.Module, target: dict[str, Path], loader_cfg) -> float:
     return float((clf.predict(scaler.transform(test["scores"].numpy())) == test["labels"].numpy()).mean())
 
 
-def one_seed(seed: int, variant: str, workdir: Path) -> dict:
+def one_seed(seed: int, variant: str, workdir: Path, scene: list[str], overrides: list[str]) -> dict:
     clock, times = time.time(), {}
 
     def lap(name: str) -> None:
@@ -103,7 +103,9 @@ def one_seed(seed: int, variant: str, workdir: Path) -> dict:
         times[name] = round(time.time() - clock, 1)
         clock = time.time()
 
-    corpus = generate(workdir / "raw", dataclasses.replace(SIZES[variant], seed=seed), progress=False)
+    scene_cfg = make_config(SceneConfig, [], [f"{k}={v}" for k, v in dataclasses.asdict(SIZES[variant]).items()]
+                            + [f"seed={seed}", *scene])
+    corpus = generate(workdir / "raw", scene_cfg, progress=False)
     lap("generate")
     train_dir, held_dir = workdir / "shards", workdir / "heldout"
     build_shards(train_dir, f"input.manifest={corpus.train}")
@@ -116,7 +118,7 @@ def one_seed(seed: int, variant: str, workdir: Path) -> dict:
     preset = REPO / "configs/pretrain" / ("demo_fast.yaml" if variant == "fast" else "demo.yaml")
     cfg = make_config(PretrainConfig, [str(preset)],
                       [f"data.train={train_dir}", f"data.val={held_dir}", f"run_dir={workdir / 'run'}",
-                       f"seed={seed}", f"data.loader.seed={seed}"])
+                       f"seed={seed}", f"data.loader.seed={seed}", *overrides])
     pretrain(cfg, to_dict(cfg))
     lap("pretrain")
 
@@ -149,13 +151,15 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true", help="the small corpus and schedule CI runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
+    parser.add_argument("--scene", nargs="*", default=[], metavar="KEY=VALUE", help="SceneConfig overrides")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pretraining config overrides")
     args = parser.parse_args()
     variant = "fast" if args.fast else "full"
     results, ok = [], True
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(args.workdir or tmp)
         for seed in args.seeds:
-            r = one_seed(seed, variant, base / f"{variant}-seed{seed}")
+            r = one_seed(seed, variant, base / f"{variant}-seed{seed}", args.scene, args.set)
             results.append(r)
             margin = 100 * (r["probe_pretrained"] - r["probe_random"])
             passed = margin >= GOAL_PROBE_POINTS and r["mAP"] > 1.5 * r["prior_mAP"]

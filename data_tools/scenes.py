@@ -80,7 +80,7 @@ class SceneConfig:
     target_train: int = bounded(40, lo=1)         # target images per class
     target_test: int = bounded(30, lo=1)
     leaks: int = bounded(6, lo=0)                 # target test images planted, transformed, in the corpus
-    size: int = bounded(64, lo=32, hi=1024)       # side of the square images
+    size: int = bounded(40, lo=32, hi=1024)       # side of the square images
     zipf: float = bounded(1.0, lo=0)              # concept frequency ∝ 1 / rank**zipf
     tag_keep: float = bounded(0.8, lo=0, hi=1)    # chance that a present object is tagged at all
     scene_tag: float = bounded(0.6, lo=0, hi=1)   # chance that the background is tagged
@@ -158,11 +158,11 @@ def shape_mask(name: str, size: int, cx: float, cy: float, radius: float, angle:
 
 
 def texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A size×size brightness factor: plain, stripes, dots or checks, at random."""
+    """A size×size brightness factor: plain (half the time), stripes, dots or checks."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    kind = rng.integers(4)
+    kind = rng.integers(-2, 4)
     period = rng.uniform(4, 10)
-    if kind == 0:
+    if kind <= 0:  # plain, half the time
         return np.ones((size, size), np.float32)
     if kind == 1:
         t = rng.uniform(0, math.pi)
@@ -199,7 +199,7 @@ def background(rng: np.random.Generator, scene: str, size: int) -> np.ndarray:
         img = mix((110, 170, 70), (60, 130, 40), y) + rng.normal(0, 18, (size, size, 1))
     else:  # sky, with a few clouds
         img = mix((70, 120, 210), (150, 190, 240), y)
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(0, 3)):
             cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 0.7), rng.uniform(0.08, 0.2)
             img[(x - cx) ** 2 + ((y - cy) * 2) ** 2 < r * r] = (245, 245, 250)
     return img.astype(np.float32) + jitter
@@ -210,7 +210,7 @@ def clutter(rng: np.random.Generator, img: np.ndarray) -> None:
     size = img.shape[0]
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(0, 3)):
         x0, y0 = rng.uniform(0, size, 2)
         if rng.random() < 0.5:
             x1, y1 = rng.uniform(0, size, 2)
@@ -227,7 +227,7 @@ def render(rng: np.random.Generator, scene: str, objects: list[str], size: int) 
     img = background(rng, scene, size)
     clutter(rng, img)
     for name in objects:
-        radius = size * rng.uniform(0.16, 0.3)
+        radius = size * rng.uniform(0.24, 0.38)
         cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
         mask = shape_mask(name, size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
         img[mask] = (random_colour(rng) * texture(rng, size)[..., None])[mask]
@@ -254,7 +254,7 @@ def hashtags(rng: np.random.Generator, scene: str | None, objects: list[str], cf
 def draw_concepts(rng: np.random.Generator, cfg: SceneConfig) -> tuple[str, list[str]]:
     """A Zipf-drawn scene and one to three distinct Zipf-drawn objects."""
     scene = SCENES[rng.choice(len(SCENES), p=zipf_weights(len(SCENES), cfg.zipf))].name
-    count = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+    count = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
     picks = rng.choice(len(OBJECTS), size=count, replace=False, p=zipf_weights(len(OBJECTS), cfg.zipf))
     return scene, [OBJECTS[i].name for i in picks]
 

@@ -18,7 +18,7 @@ from data_tools.scenes import OBJECTS, POPULAR, SCENES, SceneConfig, generate, t
 from data_tools.wordnet import WordNet
 from launch.config import build as make_config
 
-SMALL = SceneConfig(train=1500, heldout=60, target_train=2, target_test=3, leaks=5, size=48, seed=7)
+SMALL = SceneConfig(train=1000, heldout=60, target_train=2, target_test=3, leaks=5, size=40, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_planted_leaks_are_transformed_copies_of_target_test_images(corpus):
         near = distance(restored, Image.open(source).convert("RGB").crop((x0, y0, x1, y1)))
         others = [distance(restored, Image.open(p).convert("RGB").crop((x0, y0, x1, y1)))
                   for p in tests if p != source]
-        assert near < 6 and near < min(others) / 4, (leak, near, min(others))
+        assert near < 10 and near < min(others) / 4, (leak, near, min(others))
     # The leak carries its objects' tags, like a repost would, and only those.
     by_path = {row["path"]: row for row in rows(corpus.train)}
     for leak in corpus.leaks:
