@@ -56,6 +56,8 @@ class VocabConfig:
     top_k: int = bounded(17000, lo=1)            # labels kept: the synsets with the most images
     min_count: int = bounded(1, lo=1)            # images a synset needs to be kept
     restrict: str | None = None      # file of synset ids, e.g. the ImageNet-1k wnids
+    reuse: str | None = None         # another build's vocabulary.tsv (or its directory): the same
+                                     # labels in the same order, as a held-out set needs
     wordnet_dir: str | None = None   # default: Debian's /usr/share/wordnet
 
 
@@ -95,6 +97,8 @@ class BuildConfig:
         if (self.input.manifest is None) == (self.input.imagefolder is None):
             raise ValueError("give exactly one of 'input.manifest' and 'input.imagefolder'")
         parse_part(self.part)
+        if self.vocab.reuse and self.vocab.restrict:
+            raise ValueError("give at most one of 'vocab.reuse' and 'vocab.restrict'")
         if "-" in self.shards.name or "/" in self.shards.name or "." in self.shards.name:
             raise ValueError("'shards.name' may not contain '-', '/' or '.'")
 
@@ -210,6 +214,9 @@ def check_lines(source, tally: Tally) -> None:
 def choose_vocab(cfg: BuildConfig, source, labeler: Labeler, tally: Tally) -> list[vocab.Entry]:
     if source.single_label:
         chosen = list(source.classes)
+    elif cfg.vocab.reuse:
+        path = Path(cfg.vocab.reuse)
+        chosen = [e.synset for e in vocab.read(path / "vocabulary.tsv" if path.is_dir() else path)]
     else:
         if not tally.counts:
             dropped = ", ".join(f"{k}={v}" for k, v in sorted(tally.dropped.items()) if v)
