@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_tools import shards
+from data_tools import resampling, shards
 from data_tools.build import add_counts, shard_entries, sum_tag_counts
 
 
@@ -79,4 +79,5 @@ def apply(train_dir: Path, manifest: dict, out: Path, removed: dict[str, set[str
         "dedup": record,
     })
     shards.write_json(out / "manifest.json", filtered)
+    resampling.fit(out, progress=False)  # the loaders' per-tag weights, refitted without the removed
     return filtered
