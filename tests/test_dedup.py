@@ -164,8 +164,10 @@ def test_self_dedup_keeps_one_per_component(tmp_path, sets):
     assert dedup("--train", str(train), "--against", str(sets["val"]), "--out", str(out), "--self") == 0
     found = matches(out)
     assert {m["against"] for m in found} == {"self"}
-    assert sorted(Path(m["train_path"]).name for m in found) == ["twin_b.jpg", "twin_c.jpg"]
-    assert {Path(m["eval_path"]).name for m in found} == {"twin_a.jpg"}
+    # one twin stays (the first in shard order, which the build's hash order decides)
+    removed = sorted(Path(m["train_path"]).name for m in found)
+    (kept,) = {Path(m["eval_path"]).name for m in found}
+    assert len(removed) == 2 and sorted([*removed, kept]) == ["twin_a.jpg", "twin_b.jpg", "twin_c.jpg"]
 
 
 @pytest.mark.parametrize("args, words", [
