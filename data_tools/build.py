@@ -236,17 +236,25 @@ def samples_per_shard(cfg: ShardConfig, sizes: list[int]) -> int:
     return max(1, int(cfg.target_mb * 2**20 / mean))
 
 
+def vocab_labels(record: Record, labeler: Labeler, index_of: dict[str, int], dropped: Counter) -> list[int]:
+    """The record's vocabulary indices; none for a record the count pass dropped (already
+    counted there) or one with no tag in the vocabulary (counted here)."""
+    ids = labeler(record)
+    if record_problem(record, ids):
+        return []
+    labels = sorted(index_of[sid] for sid in ids if sid in index_of)
+    if not labels:
+        dropped["no_vocab_tag"] += 1
+    return labels
+
+
 def plan(source, labeler: Labeler, index_of: dict[str, int], per_shard: int, part: tuple[int, int], dropped: Counter):
     """Yield (shard index, [(key, path, labels, json meta)]) for this part's shards."""
     mine, parts = part
     shard, group = 0, []
     for record in source:
-        ids = labeler(record)
-        if record_problem(record, ids):
-            continue
-        labels = sorted(index_of[sid] for sid in ids if sid in index_of)
+        labels = vocab_labels(record, labeler, index_of, dropped)
         if not labels:
-            dropped["no_vocab_tag"] += 1
             continue
         if shard % parts == mine:
             group.append((record.key, record.path, labels, record.sample_meta()))
@@ -279,12 +287,8 @@ def mixed_plan(source, labeler: Labeler, index_of: dict[str, int], total: int, p
     files = [open(folder / f"{b:05d}.jsonl", "w") for b in range(buckets)]
     try:
         for record in source:
-            ids = labeler(record)
-            if record_problem(record, ids):
-                continue
-            labels = sorted(index_of[sid] for sid in ids if sid in index_of)
+            labels = vocab_labels(record, labeler, index_of, dropped)
             if not labels:
-                dropped["no_vocab_tag"] += 1
                 continue
             h = key_hash(record.key)
             shard = (h * total) >> 64

@@ -253,6 +253,16 @@ def demo(args) -> int:
     return run_demo(Path(args.workdir))
 
 
+def add_training_stage(stages, name: str, what: str, run):
+    """A stage whose default command `train` runs `run`; returns its sub-command list."""
+    parser = stages.add_parser(name, help=f"{what}; `wsl {name} -c A.yaml k=v` is `wsl {name} train ...`")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="the default command: train; a run directory resumes by itself")
+    add_config_args(p)
+    p.set_defaults(func=run)
+    return commands
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsl", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -301,12 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG path (default: DIR/zipf.png)")
     p.set_defaults(func=data_stats)
 
-    pretrain_parser = stages.add_parser(
-        "pretrain", help="train a ResNeXt on hashtag shards; `wsl pretrain -c A.yaml k=v` is `wsl pretrain train ...`")
-    pretrain_cmds = pretrain_parser.add_subparsers(dest="command", required=True)
-    p = pretrain_cmds.add_parser("train", help="train (the default command): a run directory resumes by itself")
-    add_config_args(p)
-    p.set_defaults(func=pretrain)
+    pretrain_cmds = add_training_stage(stages, "pretrain", "train a ResNeXt on hashtag shards", pretrain)
     p = pretrain_cmds.add_parser("export", help="write the backbone of a run's newest checkpoint, for fine-tuning",
                                  description="Write the backbone (every weight but the classifier) of RUN_DIR's "
                                              "newest checkpoint, with its model name and config.")
@@ -327,16 +332,11 @@ def make_parser() -> argparse.ArgumentParser:
                           usage="wsl launch [options] STAGE [options] -- [stage args]")
     add_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="STAGE ...",
-                   help="the stage (data build, pretrain) and its own arguments")
+                   help=f"the stage ({', '.join(config_stages())}) and its own arguments")
     p.set_defaults(func=launch)
 
-    finetune_parser = stages.add_parser(
-        "finetune", help="full fine-tuning or a linear probe from a backbone; `wsl finetune -c A.yaml k=v` is "
-                         "`wsl finetune train ...`")
-    finetune_cmds = finetune_parser.add_subparsers(dest="command", required=True)
-    p = finetune_cmds.add_parser("train", help="fine-tune or probe (the default command): a run directory resumes")
-    add_config_args(p)
-    p.set_defaults(func=finetune)
+    finetune_cmds = add_training_stage(stages, "finetune", "full fine-tuning or a linear probe from a backbone",
+                                       finetune)
     p = finetune_cmds.add_parser("eval", help="score a fine-tuned checkpoint or probe.pt on labelled shards",
                                  description="Top-1, top-5, mean per-class accuracy and the most-confused class "
                                              "pairs of CHECKPOINT on SHARDS, into results.json, the console and "

@@ -14,6 +14,23 @@ from data_tools.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F40
 from launch.config import build as make_config  # noqa: E402
 
 
+def kill9_after_checkpoints(cmd: list[str], run_dir: Path, count: int, **popen) -> list[Path]:
+    """Run `cmd`, SIGKILL it as soon as `run_dir` holds `count` checkpoints (or after 240 s);
+    the checkpoints left behind."""
+    import signal
+    import subprocess
+    import time
+
+    from pretrain import checkpoint
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint.list_checkpoints(run_dir)) < count and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return checkpoint.list_checkpoints(run_dir)
+
+
 def build_shards(manifest: Path, out: Path, *overrides: str) -> dict:
     cfg = make_config(BuildConfig, [], [f"input.manifest={manifest}", f"output={out}", "progress=false",
                                         "workers=1", *overrides])

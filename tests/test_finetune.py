@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +12,14 @@ import torch
 import torchvision
 from PIL import Image
 
+from conftest import kill9_after_checkpoints
 from data_tools import shards
 from data_tools.build import BuildConfig, build
 from finetune import backbone, leak, logreg
 from finetune.config import FinetuneConfig
-from launch.cli import evaluate_checkpoint
 from finetune.linprobe import split
 from finetune.train import run
+from launch.cli import evaluate_checkpoint
 from launch.config import ConfigError, to_dict
 from launch.config import build as make_config
 from pretrain import checkpoint
@@ -131,14 +130,8 @@ def test_resume_after_kill9_is_bit_identical(data, backbone_file, tmp_path):
                               env=child_env(), capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(cli("finetune", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(checkpoint.list_checkpoints(run_dir)) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kept = checkpoint.list_checkpoints(run_dir)
+    kept = kill9_after_checkpoints(cli("finetune", f"run_dir={run_dir}", *common), run_dir, 2, cwd=REPO,
+                                   env=child_env())
     assert kept and checkpoint.path_for(run_dir, 128) not in kept, "the kill came too late to test resume"
     resumed = subprocess.run(cli("finetune", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
                              capture_output=True, text=True, timeout=300)

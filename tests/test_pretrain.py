@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import build_shards
+from conftest import build_shards, kill9_after_checkpoints
 from launch.config import build as make_config
 from launch.config import to_dict
 from pretrain import checkpoint, engine
@@ -123,14 +123,8 @@ def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(cli("pretrain", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(checkpoint.list_checkpoints(run_dir)) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kept = checkpoint.list_checkpoints(run_dir)
+    kept = kill9_after_checkpoints(cli("pretrain", f"run_dir={run_dir}", *common), run_dir, 2, cwd=REPO,
+                                   env=child_env())
     assert 1 <= len(kept) and checkpoint.path_for(run_dir, 320) not in kept, "the kill came too late to test resume"
 
     resumed = subprocess.run(cli("pretrain", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
