@@ -14,7 +14,7 @@ from torch import nn
 from data_tools import shards, vocab
 from data_tools.loaders import LoaderConfig, make_loader
 from pretrain import checkpoint
-from pretrain.evaluate import collect
+from pretrain.evaluate import collect, loader_config
 from pretrain.loggers import make_loggers
 from pretrain.metrics import mean_per_class_accuracy, most_confused, topk_accuracy
 from pretrain.models import build_model
@@ -105,7 +105,7 @@ def run_eval(model: nn.Module, cfg, config: dict, images_seen: int, checkpoint_p
     loader, bf16, W&B settings), writing results.json to `out` (default: beside the checkpoint)."""
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     results = {"checkpoint": str(checkpoint_path), "shards": str(shard_dir),
-               **evaluate(model, shard_dir, cfg.data.loader, device, cfg.train.bf16 and device.type == "cuda")}
+               **evaluate(model, shard_dir, loader_config(cfg), device, cfg.train.bf16 and device.type == "cuda")}
     out_dir = Path(out) if out else Path(checkpoint_path).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     shards.write_json(out_dir / "results.json", results)

@@ -45,3 +45,15 @@ def _check_one(source: Source, eval_dir: str) -> str | None:
         return None
     return (f"the pretraining data {train_dir} was not near-duplicate filtered against {eval_dir}: no "
             f"'{FIELD}' in {manifest_path} equals its fingerprint {wanted[:12]}...; results on it may be inflated")
+
+
+def check_checkpoint(config: dict, eval_dir: str) -> list[str]:
+    """`check` for `wsl finetune eval`: the backbone named in the fine-tuning run's config."""
+    from finetune import backbone
+    path = config.get("backbone")
+    if not path or not Path(path).is_file():
+        text = (f"the backbone of this checkpoint ({path or 'not recorded'}) is not readable here, so whether "
+                f"its pretraining data was filtered against {eval_dir} is unknown")
+        print(f"\n{'!' * 80}\nLEAK WARNING: {text}\n{'!' * 80}\n", file=sys.stderr, flush=True)
+        return [text]
+    return check(backbone.read(path), [eval_dir])

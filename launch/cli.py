@@ -240,8 +240,10 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     """Overrides change the checkpoint's own config for this evaluation only."""
     from finetune.config import FinetuneConfig
     from finetune.evaluate import load_model, run_eval
+    from finetune.leak import check_checkpoint
     from launch.config import from_dict, parse_override, set_dotted
     model, config, images_seen = load_model(checkpoint)
+    check_checkpoint(config, shards)
     for text in overrides:
         set_dotted(config, *parse_override(text))
     run_eval(model, from_dict(FinetuneConfig, config), config, images_seen, checkpoint, shards, out)

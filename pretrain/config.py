@@ -55,6 +55,8 @@ class LogConfig:
 class EvalConfig:
     every_images: int = bounded(0, lo=0)  # 0: only at the end
     max_images: int = bounded(50_000, lo=1)  # validation images scored
+    image_size: int = bounded(0, lo=0)   # eval crop side; 0: data.loader.image_size (larger: "FixRes" eval)
+    resize_size: int = bounded(0, lo=0)  # eval resize before the crop; 0: data.loader.resize_size, scaled alike
 
 
 @dataclass

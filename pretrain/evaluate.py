@@ -134,12 +134,20 @@ def collect(model: torch.nn.Module, loader, device: torch.device, bf16: bool, li
     return join(parts) if parts is not None else None
 
 
+def loader_config(cfg):
+    """The loader settings of evaluation: no resampling, and the eval resolution when one
+    is set (`eval.image_size`, with the resize scaled alike unless `eval.resize_size`)."""
+    base = cfg.data.loader
+    size = cfg.eval.image_size or base.image_size
+    resize = cfg.eval.resize_size or round(base.resize_size * size / base.image_size)
+    return dataclasses.replace(base, sqrt_resample=False, image_size=size, resize_size=max(resize, size))
+
+
 def make_evaluator(cfg, model: torch.nn.Module, env, device: torch.device):
     """A no-argument callable returning the metrics on cfg.data.val, prefixed 'val/'
     (on rank 0; the other ranks return an empty dict, since only rank 0 logs)."""
     shards.read_manifest(cfg.data.val)  # a missing or unfinished held-out set fails here, at start
-    loader_cfg = dataclasses.replace(cfg.data.loader, sqrt_resample=False)
-    loader = make_loader(loader_cfg, cfg.data.val, env.rank, env.world_size, device, "eval")
+    loader = make_loader(loader_config(cfg), cfg.data.val, env.rank, env.world_size, device, "eval")
     start = loader.state_dict()
     bf16 = cfg.train.bf16 and device.type == "cuda"
 

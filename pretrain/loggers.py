@@ -13,9 +13,10 @@ from pathlib import Path
 
 
 class JsonlLogger:
-    def __init__(self, run_dir: Path, resume_at: int = 0):
+    def __init__(self, run_dir: Path, resume_at: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
-        drop_rows_after(self.path, resume_at)
+        if resume_at is not None:
+            drop_rows_after(self.path, resume_at)
         self.file = open(self.path, "a", buffering=1)  # line-buffered: a crash loses no line
 
     def log(self, metrics: dict) -> None:
@@ -91,8 +92,9 @@ class Loggers:
 
 
 def make_loggers(run_dir: Path, is_main: bool, config: dict, wandb_mode: str, project: str,
-                 name: str | None, resume_at: int = 0) -> Loggers:
-    """`resume_at`: images seen at the checkpoint the run starts from (0: a fresh run)."""
+                 name: str | None, resume_at: int | None = None) -> Loggers:
+    """`resume_at`: a training run's images seen at the checkpoint it starts from (0: a
+    fresh run), whose later rows are dropped; None (an evaluation): rows are only added."""
     if not is_main:
         return Loggers([])
     loggers = [JsonlLogger(run_dir, resume_at)]

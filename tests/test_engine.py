@@ -233,3 +233,13 @@ def test_an_eval_boundary_at_the_end_evaluates_once(shard_dir, tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["images_seen"] for r in rows if "val/mAP" in r] == [32, 64]
     assert all(r["val/images"] == 16 for r in rows if "val/mAP" in r)
+
+
+def test_evaluation_may_run_at_its_own_resolution(shard_dir, tmp_path):
+    cfg = config(shard_dir, tmp_path / "run", "eval.image_size=48")  # TINY: 32 px crops of 36 px
+    loader_cfg = evaluate.loader_config(cfg)
+    assert (loader_cfg.image_size, loader_cfg.resize_size, loader_cfg.sqrt_resample) == (48, 54, False)
+    same = evaluate.loader_config(config(shard_dir, tmp_path / "run"))
+    assert (same.image_size, same.resize_size) == (32, 36)
+    images, _ = next(iter(make_loader(loader_cfg, shard_dir, 0, 1, "cpu", "eval")))
+    assert images.shape[-2:] == (48, 48)

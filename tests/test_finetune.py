@@ -102,7 +102,10 @@ def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsy
                  "checkpoint.every_images=192", "optim.lr_per_256=0.2", "trunk_lr_mult=0.5")
     results = run(cfg, to_dict(cfg))
     assert "LEAK WARNING" in capsys.readouterr().err   # the backbone was not filtered against val
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert sum("loss" in r for r in rows) >= 5 and "eval/top1" in rows[-1]  # the final evaluation adds, keeps
     assert evaluate_checkpoint(str(checkpoint.latest(tmp_path / "run")), str(data["train"]), [], tmp_path / "on-train") == 0
+    assert "LEAK WARNING" in capsys.readouterr().err
     train = json.loads((tmp_path / "on-train" / "results.json").read_text())
     assert train["num_samples"] == 72
     assert train["top1"] > 0.7, f"train top-1 {train['top1']:.2f} is not well above chance (0.17)"
