@@ -85,6 +85,7 @@ class SceneConfig:
     scale: float = bounded(0.31, lo=0.1, hi=0.5)  # mean object radius / image side (±0.07)
     clutter: int = bounded(2, lo=0, hi=10)        # most untagged marks per image
     textured: float = bounded(0.5, lo=0, hi=1)    # share of objects with stripes, dots or checks
+    own_pattern: float = bounded(0.0, lo=0, hi=1) # share of objects in their concept's two-colour pattern
     zipf: float = bounded(1.0, lo=0)              # concept frequency ∝ 1 / rank**zipf
     tag_keep: float = bounded(0.8, lo=0, hi=1)    # chance that a present object is tagged at all
     scene_tag: float = bounded(0.6, lo=0, hi=1)   # chance that the background is tagged
@@ -176,6 +177,20 @@ def texture(rng: np.random.Generator, size: int, textured: float) -> np.ndarray:
     return 0.8 + 0.2 * np.sign(np.sin(x * math.pi / period) * np.sin(y * math.pi / period))
 
 
+def own_pattern(name: str, size: int) -> np.ndarray:
+    """The concept's own binary pattern (stripes at its angle, or checks), whatever its colours:
+    identity a CNN learns in a few hundred steps, which colour statistics do not give away."""
+    index = [c.name for c in OBJECTS].index(name)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    period, step = size / 5, index // 2
+    if index % 2:  # checks, turned in 15° steps (a quarter turn maps them onto themselves)
+        t = step * math.pi / 12
+        u, v = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
+        return (np.sin(u * 2 * math.pi / period) * np.sin(v * 2 * math.pi / period)) > 0
+    t = step * math.pi / 6  # stripes, turned in 30° steps
+    return np.sin((x * math.cos(t) + y * math.sin(t)) * 2 * math.pi / period) > 0
+
+
 def random_colour(rng: np.random.Generator) -> np.ndarray:
     hue, sat, val = rng.uniform(0, 1), rng.uniform(0.5, 1), rng.uniform(0.45, 1)
     rgb = np.clip(np.abs(((hue * 6 + np.array([0, 4, 2])) % 6) - 3) - 1, 0, 1)
@@ -235,7 +250,12 @@ def render(rng: np.random.Generator, scene: str, objects: list[str], cfg: SceneC
         radius = size * rng.uniform(cfg.scale - 0.07, cfg.scale + 0.07)
         cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
         mask = shape_mask(name, size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
-        img[mask] = (random_colour(rng) * texture(rng, size, cfg.textured)[..., None])[mask]
+        if rng.random() < cfg.own_pattern:
+            pattern = own_pattern(name, size)[..., None]
+            paint = np.where(pattern, random_colour(rng), random_colour(rng))
+        else:
+            paint = random_colour(rng) * texture(rng, size, cfg.textured)[..., None]
+        img[mask] = paint[mask]
     img += rng.normal(0, 5, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 

@@ -3,7 +3,8 @@
 Every stage goes through its `wsl` subcommand (launch.cli.main), as a user would type it:
 
     generate (data_tools.scenes) -> wsl data build x4 (hashtags, held-out hashtags with the
-    training vocabulary, target train, target test) -> wsl data dedup --apply (report.html)
+    training vocabulary, target train, target test) -> wsl data stats (zipf.png)
+    -> wsl data dedup --apply (report.html)
     -> wsl pretrain on the filtered shards, held-out hashtags as data.val
     -> wsl finetune mode=linear and a short mode=full, from the pretrained backbone and from
     a random-init one -> results.md / results.json and PASS/FAIL lines for the goals.
@@ -144,6 +145,7 @@ def run_demo(workdir: Path, fast: bool = False, seed: int = 0) -> int:
           build_shards(heldout, f"input.manifest={corpus.heldout}", f"vocab.reuse={hashtags}", "shards.name=heldout"))
     for split, root in (("train", corpus.target_train), ("test", corpus.target_test)):
         stage(f"target task, {split}", build_shards(target[split], f"input.imagefolder={root}", f"shards.name={split}"))
+    stage("hashtag frequencies (Zipf plot)", ["data", "stats", str(hashtags), "--top", "10"])
     dedup = workdir / "dedup"
     stage("near-duplicates of the target test set", ["data", "dedup", "--train", str(hashtags), "--against",
                                                     f"target_test={target['test']}", "--out", str(dedup),
