@@ -32,21 +32,18 @@ from sklearn.preprocessing import StandardScaler
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_tools import shards  # noqa: E402
 from data_tools.build import BuildConfig, build  # noqa: E402
 from data_tools.loaders import make_loader  # noqa: E402
 from data_tools.scenes import SceneConfig, generate  # noqa: E402
 from launch.config import build as make_config  # noqa: E402
 from launch.config import to_dict  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
-from pretrain.evaluate import collect, metrics  # noqa: E402
+from launch.demo import PROBE_POINTS, VARIANTS, prior_metrics  # noqa: E402
+from pretrain.evaluate import collect  # noqa: E402
 from pretrain.models import build_model  # noqa: E402
 from pretrain.train import run as pretrain  # noqa: E402
 
-# Corpus sizes: the full demo and the fast one CI runs.
-SIZES = {"full": SceneConfig(train=6000, heldout=600, size=40),
-         "fast": SceneConfig(train=2000, heldout=300, target_train=30, target_test=20, size=40)}
-GOAL_PROBE_POINTS = 10.0
+GOAL_PROBE_POINTS = PROBE_POINTS
 DEVICE = torch.device("cpu")
 
 
@@ -59,17 +56,6 @@ class Features(torch.nn.Module):
 
     def forward(self, images):
         return self.trunk.forward_features(images)
-
-
-class Prior(torch.nn.Module):
-    """Scores every image with the training tag frequencies."""
-
-    def __init__(self, counts: list[int]):
-        super().__init__()
-        self.register_buffer("scores", torch.tensor(counts, dtype=torch.float32))
-
-    def forward(self, images):
-        return self.scores.expand(len(images), -1)
 
 
 def build_shards(out: Path, *overrides: str) -> dict:
@@ -103,7 +89,7 @@ def one_seed(seed: int, variant: str, workdir: Path, scene: list[str], overrides
         times[name] = round(time.time() - clock, 1)
         clock = time.time()
 
-    scene_cfg = make_config(SceneConfig, [], [f"{k}={v}" for k, v in dataclasses.asdict(SIZES[variant]).items()]
+    scene_cfg = make_config(SceneConfig, [], [f"{k}={v}" for k, v in dataclasses.asdict(VARIANTS[variant].scenes).items()]
                             + [f"seed={seed}", *scene])
     corpus = generate(workdir / "raw", scene_cfg, progress=False)
     lap("generate")
@@ -115,7 +101,7 @@ def one_seed(seed: int, variant: str, workdir: Path, scene: list[str], overrides
         build_shards(target[split], f"input.imagefolder={root}", f"shards.name={split}")
     lap("build")
 
-    preset = REPO / "configs/pretrain" / ("demo_fast.yaml" if variant == "fast" else "demo.yaml")
+    preset = REPO / "configs/pretrain" / VARIANTS[variant].pretrain
     cfg = make_config(PretrainConfig, [str(preset)],
                       [f"data.train={train_dir}", f"data.val={held_dir}", f"run_dir={workdir / 'run'}",
                        f"seed={seed}", f"data.loader.seed={seed}", *overrides])
@@ -124,7 +110,7 @@ def one_seed(seed: int, variant: str, workdir: Path, scene: list[str], overrides
 
     rows = [json.loads(line) for line in open(workdir / "run" / "metrics.jsonl")]
     val = [r for r in rows if "val/mAP" in r][-1]
-    prior = metrics(eval_table(Prior(shards.read_manifest(train_dir)["tag_counts"]), held_dir, cfg.data.loader), DEVICE)
+    prior = prior_metrics(train_dir, held_dir, cfg.data.loader)
 
     backbone = torch.load(workdir / "run" / "backbone.pt", weights_only=True)
     pretrained = build_model(cfg.model.name, 0)

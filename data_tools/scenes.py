@@ -81,6 +81,11 @@ class SceneConfig:
     target_test: int = bounded(30, lo=1)
     leaks: int = bounded(6, lo=0)                 # target test images planted, transformed, in the corpus
     size: int = bounded(40, lo=32, hi=1024)       # side of the square images
+    max_objects: int = bounded(3, lo=1, hi=3)     # objects per hashtag image: 1-3 drawn 6:3:1, cut here
+    scale: float = bounded(0.31, lo=0.1, hi=0.5)  # mean object radius / image side (±0.07)
+    clutter: int = bounded(2, lo=0, hi=10)        # most untagged marks per image
+    textured: float = bounded(0.5, lo=0, hi=1)    # share of objects with stripes, dots or checks
+    own_pattern: float = bounded(0.0, lo=0, hi=1) # share of objects in their concept's two-colour pattern
     zipf: float = bounded(1.0, lo=0)              # concept frequency ∝ 1 / rank**zipf
     tag_keep: float = bounded(0.8, lo=0, hi=1)    # chance that a present object is tagged at all
     scene_tag: float = bounded(0.6, lo=0, hi=1)   # chance that the background is tagged
@@ -157,12 +162,12 @@ def shape_mask(name: str, size: int, cx: float, cy: float, radius: float, angle:
     return np.asarray(mask.resize((size, size), Image.BILINEAR)) > 127
 
 
-def texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A size×size brightness factor: plain (half the time), stripes, dots or checks."""
+def texture(rng: np.random.Generator, size: int, textured: float) -> np.ndarray:
+    """A size×size brightness factor: plain, or (a `textured` share) stripes, dots or checks."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    kind = rng.integers(-2, 4)
+    kind = rng.integers(1, 4)
     period = rng.uniform(4, 10)
-    if kind <= 0:  # plain, half the time
+    if rng.random() >= textured:
         return np.ones((size, size), np.float32)
     if kind == 1:
         t = rng.uniform(0, math.pi)
@@ -170,6 +175,20 @@ def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     if kind == 2:
         return np.where((np.sin(x * 2 * math.pi / period) * np.sin(y * 2 * math.pi / period)) > 0.5, 0.6, 1.0)
     return 0.8 + 0.2 * np.sign(np.sin(x * math.pi / period) * np.sin(y * math.pi / period))
+
+
+def own_pattern(name: str, size: int) -> np.ndarray:
+    """The concept's own binary pattern (stripes at its angle, or checks), whatever its colours:
+    identity a CNN learns in a few hundred steps, which colour statistics do not give away."""
+    index = [c.name for c in OBJECTS].index(name)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    period, step = size / 5, index // 2
+    if index % 2:  # checks, turned in 15° steps (a quarter turn maps them onto themselves)
+        t = step * math.pi / 12
+        u, v = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
+        return (np.sin(u * 2 * math.pi / period) * np.sin(v * 2 * math.pi / period)) > 0
+    t = step * math.pi / 6  # stripes, turned in 30° steps
+    return np.sin((x * math.cos(t) + y * math.sin(t)) * 2 * math.pi / period) > 0
 
 
 def random_colour(rng: np.random.Generator) -> np.ndarray:
@@ -205,12 +224,12 @@ def background(rng: np.random.Generator, scene: str, size: int) -> np.ndarray:
     return img.astype(np.float32) + jitter
 
 
-def clutter(rng: np.random.Generator, img: np.ndarray) -> None:
+def clutter(rng: np.random.Generator, img: np.ndarray, most: int) -> None:
     """Small blobs and thin lines in random colours: no concept, no tag."""
     size = img.shape[0]
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    for _ in range(rng.integers(0, 3)):
+    for _ in range(rng.integers(0, most + 1)):
         x0, y0 = rng.uniform(0, size, 2)
         if rng.random() < 0.5:
             x1, y1 = rng.uniform(0, size, 2)
@@ -223,14 +242,20 @@ def clutter(rng: np.random.Generator, img: np.ndarray) -> None:
         draw.rectangle([0, 0, size, size], fill=0)
 
 
-def render(rng: np.random.Generator, scene: str, objects: list[str], size: int) -> Image.Image:
+def render(rng: np.random.Generator, scene: str, objects: list[str], cfg: SceneConfig) -> Image.Image:
+    size = cfg.size
     img = background(rng, scene, size)
-    clutter(rng, img)
+    clutter(rng, img, cfg.clutter)
     for name in objects:
-        radius = size * rng.uniform(0.24, 0.38)
+        radius = size * rng.uniform(cfg.scale - 0.07, cfg.scale + 0.07)
         cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
         mask = shape_mask(name, size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
-        img[mask] = (random_colour(rng) * texture(rng, size)[..., None])[mask]
+        if rng.random() < cfg.own_pattern:
+            pattern = own_pattern(name, size)[..., None]
+            paint = np.where(pattern, random_colour(rng), random_colour(rng))
+        else:
+            paint = random_colour(rng) * texture(rng, size, cfg.textured)[..., None]
+        img[mask] = paint[mask]
     img += rng.normal(0, 5, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
@@ -254,7 +279,8 @@ def hashtags(rng: np.random.Generator, scene: str | None, objects: list[str], cf
 def draw_concepts(rng: np.random.Generator, cfg: SceneConfig) -> tuple[str, list[str]]:
     """A Zipf-drawn scene and one to three distinct Zipf-drawn objects."""
     scene = SCENES[rng.choice(len(SCENES), p=zipf_weights(len(SCENES), cfg.zipf))].name
-    count = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
+    weights = np.array([0.6, 0.3, 0.1])[:cfg.max_objects]
+    count = int(rng.choice(np.arange(1, cfg.max_objects + 1), p=weights / weights.sum()))
     picks = rng.choice(len(OBJECTS), size=count, replace=False, p=zipf_weights(len(OBJECTS), cfg.zipf))
     return scene, [OBJECTS[i].name for i in picks]
 
@@ -280,7 +306,7 @@ def write_hashtag_split(root: Path, folder: str, count: int, rng: np.random.Gene
                 scene = None
             else:
                 scene, objects = draw_concepts(rng, cfg)
-                image = render(rng, scene, objects, cfg.size)
+                image = render(rng, scene, objects, cfg)
             save_jpeg(image, out / "imgs" / f"{i:06d}.jpg")
             tags = hashtags(rng, scene, objects, cfg)
             f.write(json.dumps({"path": f"imgs/{i:06d}.jpg", "tags": tags,
@@ -308,7 +334,7 @@ def write_target(root: Path, rng: np.random.Generator, cfg: SceneConfig) -> dict
                 rng.shuffle(objects)
                 scene = SCENES[rng.integers(len(SCENES))].name
                 path = root / "target" / split / class_name(pair) / f"{i:04d}.jpg"
-                save_jpeg(render(rng, scene, objects, cfg.size), path)
+                save_jpeg(render(rng, scene, objects, cfg), path)
                 split_paths[split].append(path)
     return split_paths
 

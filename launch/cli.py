@@ -252,7 +252,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
 
 def demo(args) -> int:
     from launch.demo import run_demo
-    return run_demo(Path(args.workdir))
+    return run_demo(Path(args.workdir), fast=args.fast, seed=args.seed)
 
 
 def add_training_stage(stages, name: str, what: str, run):
@@ -348,8 +348,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=finetune_eval)
 
-    p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes")
-    p.add_argument("--workdir", default="demo")
+    p = stages.add_parser("demo", help="the whole pipeline on generated data, on CPU, in minutes: does "
+                                       "hashtag pretraining beat random init in transfer?")
+    p.add_argument("--workdir", default="demo", help="everything it writes goes here (default: demo)")
+    p.add_argument("--fast", action="store_true", help="a smaller corpus and schedule (what CI runs)")
+    p.add_argument("--seed", type=int, default=0, help="corpus, weights and data order (default: 0)")
     p.set_defaults(func=demo)
     return parser
 

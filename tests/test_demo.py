@@ -1,0 +1,89 @@
+"""`wsl demo --fast` end to end, as CI and a new user run it, and its refusals of bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.demo import MARKER, claim
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wsl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo") / "demo"
+    done = wsl("demo", "--fast", "--workdir", str(workdir))
+    return workdir, done, json.loads((workdir / "results.json").read_text())
+
+
+def goal(results: dict, words: str) -> dict:
+    return next(g for g in results["goals"] if words in g["goal"])
+
+
+def test_fast_demo_prints_its_table_and_writes_every_result(fast_demo):
+    workdir, done, results = fast_demo
+    assert "| held-out hashtag mAP |" in done.stdout and "| target linear probe top-1 |" in done.stdout
+    assert (workdir / "results.md").read_text().strip() in done.stdout
+    assert done.stdout.count("PASS") + done.stdout.count("FAIL") >= len(results["goals"]) == 3
+    assert done.returncode == (0 if all(g["pass"] for g in results["goals"]) else 1), done.stderr[-2000:]
+    files = [Path(f) for f in results["files"]]
+    assert workdir / "dedup" / "report.html" in files and any(f.suffix == ".png" for f in files)
+    assert all(f.is_file() for f in files)
+    for run in ("probe_pretrained", "probe_random", "finetune_pretrained", "finetune_random"):
+        assert (workdir / run / "results.json").is_file()
+
+
+def test_fast_demo_finds_and_removes_every_planted_leak(fast_demo):
+    workdir, _, results = fast_demo
+    planted = len(json.loads((workdir / "raw" / "leaks.json").read_text())["leaks"])
+    assert planted > 0
+    assert results["leaks"]["planted"] == results["leaks"]["found"] == results["leaks"]["removed"] == planted
+    assert goal(results, "leak")["pass"]
+
+
+def test_fast_demo_hashtag_map_beats_the_label_prior(fast_demo):
+    _, _, results = fast_demo
+    h = results["hashtags"]
+    assert h["mAP"] >= 1.5 * h["prior_mAP"], h
+    assert goal(results, "mAP")["pass"]
+
+
+def test_fast_demo_pretrained_probe_beats_random_init_by_ten_points(fast_demo):
+    _, _, results = fast_demo
+    probe = results["probe_top1"]
+    assert probe["pretrained"] - probe["random"] >= 0.10, probe
+    assert goal(results, "linear probe")["pass"]
+
+
+def test_demo_refuses_a_foreign_non_empty_workdir_and_a_negative_seed(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    done = wsl("demo", "--fast", "--workdir", str(tmp_path))
+    assert done.returncode == 2 and "not empty" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    done = wsl("demo", "--seed", "-1", "--workdir", str(tmp_path / "new"))
+    assert done.returncode == 2 and "--seed" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_rerun_replaces_an_earlier_demo_only(tmp_path):
+    earlier = tmp_path / "demo"
+    (earlier / "pretrain").mkdir(parents=True)
+    (earlier / "pretrain" / "checkpoint-00001000.pt").write_bytes(b"stale")
+    (earlier / MARKER).write_text("")
+    claim(earlier)
+    assert sorted(p.name for p in earlier.iterdir()) == [MARKER]
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(NotADirectoryError):
+        claim(file)
