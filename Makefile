@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/wsl demo --workdir demo
+	$(VENV)/bin/wsl demo --fast --workdir demo
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
