@@ -22,7 +22,7 @@ class Stage:
     artifact: str                       # the file in that folder W&B records (dataset manifest, backbone)
     reads: tuple[str, ...] = ()         # dotted keys of the shard folders it reads
     merge: tuple[str, ...] | None = None  # subcommand joining `--part i/N` outputs; None: no arrays
-    trains: bool = False                # stops at a checkpoint through pretrain.engine.request_stop
+    trains: bool = False                # stops at a checkpoint through pretrain.stop.request_stop
 
     @property
     def name(self) -> str:

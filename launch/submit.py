@@ -8,7 +8,7 @@ SLURM sends USR2 to every task `signal_delay_s` before the time limit (`--signal
 on preemption too with `SlurmctldParameters=preempt_send_user_signal`). submitit's own
 USR2 handler requeues at once, on global rank 0 only, while the other ranks still train
 (submitit issue #9), so the task takes USR2 over: on every rank it asks the stage to stop
-(`pretrain.engine.request_stop`; the engine's flag all-reduce makes all ranks write one
+(`pretrain.stop.request_stop`; the engine's flag all-reduce makes all ranks write one
 checkpoint together), the stage returns 128+USR2, and only then does rank 0 hand over to
 submitit's handler, which calls `StageTask.checkpoint()` (a DelayedSubmission of this task,
 or None past --max-requeues) and requeues the job. The requeued job resumes from the run
@@ -94,7 +94,7 @@ class StageTask:
 
     def _stop(self, signum, frame) -> None:
         if self.trains:
-            from pretrain.engine import request_stop
+            from pretrain.stop import request_stop
             request_stop(signum)
         else:
             raise StageStopped(signum)

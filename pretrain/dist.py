@@ -97,18 +97,18 @@ def close() -> None:
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum small host-side counters over ranks (one collective for all of them)."""
-    if not tdist.is_initialized():
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    tdist.all_reduce(tensor)
-    return tensor.tolist()
+    return _all_reduce(values, device, tdist.ReduceOp.SUM)
 
 
 def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    return _all_reduce(values, device, tdist.ReduceOp.MAX)
+
+
+def _all_reduce(values: list[float], device: torch.device, op) -> list[float]:
     if not tdist.is_initialized():
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+    tdist.all_reduce(tensor, op=op)
     return tensor.tolist()
 
 

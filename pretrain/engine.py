@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pretrain import checkpoint, dist
 from pretrain.optim import set_lr
-from pretrain.stop import STOP_SIGNALS, Interrupted, request_stop, requested, stop_signals  # noqa: F401
+from pretrain.stop import Interrupted, requested, stop_signals
 
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from data_tools import shards
 from data_tools.loaders import make_loader
 from pretrain.metrics import average_precision, topk_accuracy
 
@@ -146,7 +145,6 @@ def loader_config(cfg):
 def make_evaluator(cfg, model: torch.nn.Module, env, device: torch.device):
     """A no-argument callable returning the metrics on cfg.data.val, prefixed 'val/'
     (on rank 0; the other ranks return an empty dict, since only rank 0 logs)."""
-    shards.read_manifest(cfg.data.val)  # a missing or unfinished held-out set fails here, at start
     loader = make_loader(loader_config(cfg), cfg.data.val, env.rank, env.world_size, device, "eval")
     start = loader.state_dict()
     bf16 = cfg.train.bf16 and device.type == "cuda"

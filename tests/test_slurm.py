@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import build_shards, write_corpus
-from pretrain import checkpoint, engine
+from pretrain import checkpoint
 from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,6 @@ def test_job_requeued_by_slurm_resumes_to_the_uninterrupted_weights(slurm, shard
     interrupted_run(slurm, shards, tmp_path, straight, lambda job: slurm.run("scontrol", "requeue", job))
 
 
-@pytest.mark.skipif(not hasattr(engine, "request_stop"), reason="needs pretrain.engine.request_stop (engine change)")
 def test_time_limit_signal_checkpoints_on_all_ranks_and_requeues_itself(slurm, shards, tmp_path, straight):
     # What SLURM does signal_delay_s before the time limit: USR2 to every task of the job.
     interrupted_run(slurm, shards, tmp_path, straight,
