@@ -100,8 +100,11 @@ def data_dedup(args) -> int:
     summary = run(cfg)
     if summary is None:
         return 0
+    verify = summary["verify"]
+    rule = (f"{verify['pairs_aligned']} pairs from {verify['candidates']:.2f} aligned, threshold {verify['threshold']:.2f}"
+            if verify["enabled"] else f"threshold {summary['threshold']:.4f}")
     print(f"{summary['removed']} of {summary['train']['samples']} training samples match "
-          f"(threshold {summary['threshold']:.4f}, {summary['descriptor']}); "
+          f"({rule}, {summary['descriptor']}); "
           f"{summary['train']['undecodable']} undecodable; report: {Path(cfg.out) / 'report.html'}")
     if cfg.apply:
         print(f"filtered shards: {cfg.apply} ({summary['apply']['num_samples']} samples)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+from data_tools.signals import STOP_SIGNALS
 
 _flag = {"signum": 0}
 

@@ -66,6 +66,7 @@ def write(path: Path, summary: dict, matches: list[dict], near: list[dict], trai
         f"({html.escape(cal['threshold_source'])}); calibration on {cal['copies']} synthetic copies of the "
         f"against images and {cal['unrelated']} unrelated pairs: precision {cal['precision']}, "
         f"recall {cal['recall']} at this threshold.</p>",
+        verify_line(summary.get("verify", {})),
         f"<p>{summary['removed']} of {summary['train']['samples']} training samples removed; "
         f"{summary['train']['undecodable']} training images do not decode. Against: "
         + ", ".join(f"{html.escape(a['name'])} ({a['num_samples']} images, {a['matched_train_samples']} matched)"
@@ -75,7 +76,8 @@ def write(path: Path, summary: dict, matches: list[dict], near: list[dict], trai
         parts.append(f"<p><b>Showing the {len(shown)} highest-scoring of {len(matches)} matches</b> "
                      "(report_pairs caps the page); matches.jsonl lists all.</p>")
     parts.append(_table("Matches (removed), by score", pairs[:len(shown)], uris, ""))
-    parts.append(_table(f"Closest non-matches (below {summary['threshold']:.4f}, kept)", pairs[len(shown):],
+    decides = summary["verify"]["threshold"] if summary.get("verify", {}).get("enabled") else summary["threshold"]
+    parts.append(_table(f"Closest non-matches (below {decides:.4f}, kept)", pairs[len(shown):],
                         uris, "near"))
     parts.append("</body></html>")
     tmp = path.with_name(path.name + ".tmp")
@@ -102,3 +104,11 @@ def _table(title: str, rows: list[tuple], uris: dict, css: str) -> str:
 
 def _img(uri: str) -> str:
     return f"<img src='{uri}' alt=''>" if uri else "<i>does not decode</i>"
+
+
+def verify_line(verify: dict) -> str:
+    if not verify.get("enabled"):
+        return "<p>Alignment check off: the descriptor's score decides.</p>"
+    return (f"<p>Alignment check on: the {verify['pairs_aligned']} pairs with a descriptor score of at least "
+            f"{verify['candidates']:.2f} were aligned (scales, positions, mirror), and an aligned score of at "
+            f"least <b>{verify['threshold']:.2f}</b> makes a match; the scores below are aligned scores.</p>")

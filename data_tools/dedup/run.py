@@ -21,7 +21,7 @@ import tarfile
 import time
 import zlib
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,6 +34,7 @@ from data_tools.build import parse_part
 from data_tools.dedup import views
 from data_tools.dedup.descriptors import make_descriptor
 from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
+from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
 from data_tools.fields import bounded, check_ranges
 
 BATCH = 256          # images described per call
@@ -67,6 +68,13 @@ class CalibrationConfig:
 
 
 @dataclass
+class VerifyConfig:
+    enabled: bool = False                          # align candidate pairs (dedup/verify.py)
+    candidates: float = bounded(0.75, lo=-1, hi=1) # descriptor score from which a pair is aligned
+    threshold: float = bounded(ALIGN_THRESHOLD, lo=-1, hi=1)  # aligned score from which it is a copy
+
+
+@dataclass
 class DedupConfig:
     train: str = ""
     against: list[str] = field(default_factory=list)   # DIR or NAME=DIR
@@ -77,6 +85,7 @@ class DedupConfig:
     descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     part: str = "0/1"
     merge: bool = False                                 # only join finished shard results
     workers: int = bounded(0, lo=0, hi=1024)            # 0: one per core
@@ -127,16 +136,18 @@ def cached_descriptor(desc_cfg: DescriptorConfig):
     return _DESCRIPTORS[key]
 
 
-def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sample_every: int = 0) -> dict:
-    """Worker: every sample of one shard decoded and described (the query view, or all
+def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sample_every: int = 0,
+                   verify: bool = False) -> dict:
+    """Worker: every sample of one shard decoded and described (the query views, or all
     the index views), undecodable images counted; the thumbnails of about one in
-    `sample_every` images come back for calibration."""
+    `sample_every` images come back for calibration, and with `verify` every image's
+    small pixels for aligning candidate pairs."""
     descriptor = cached_descriptor(desc_cfg)
     keys, paths, images, bad = [], [], [], []
     try:
         for key, files in shards.iter_samples(Path(tar)):
             try:
-                im = views.query_view(views.decode(files.get("jpg", b"")))
+                im = views.decode(files.get("jpg", b""))
             except views.Undecodable as err:
                 bad.append({"key": key, "shard": Path(tar).name, "reason": str(err)[:200]})
                 continue
@@ -145,21 +156,16 @@ def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sampl
             images.append(im)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise ValueError(f"{tar}: unreadable shard ({err}); check the set with `wsl data verify`") from None
-    if index_side:
-        per = [views.index_views(im) for im in images]
-        flat = [v for group in per for v in group]
-        vectors = np.concatenate([descriptor.describe(flat[i:i + BATCH]) for i in range(0, len(flat), BATCH)]
-                                 or [np.zeros((0, descriptor.dim), np.float32)])
-        counts = [len(group) for group in per]
-    else:
-        vectors = np.concatenate([descriptor.describe(images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
-                                 or [np.zeros((0, descriptor.dim), np.float32)])
-        counts = [1] * len(images)
+    per = [(views.index_views if index_side else views.query_views)(im) for im in images]
+    flat = [v for group in per for v in group]
+    vectors = np.concatenate([descriptor.describe(flat[i:i + BATCH]) for i in range(0, len(flat), BATCH)]
+                             or [np.zeros((0, descriptor.dim), np.float32)])
+    counts = [len(group) for group in per]
     # Sampled by key, so the calibration set does not depend on how shards reach workers.
     thumbnails = {key: im for key, im in zip(keys, images)
                   if sample_every and zlib.crc32(key.encode()) % sample_every == 0}
     return {"keys": keys, "paths": paths, "vectors": vectors, "counts": counts, "bad": bad,
-            "thumbnails": thumbnails}
+            "thumbnails": thumbnails, "pixels": [pixels(im) for im in images] if verify else None}
 
 
 def _source_path(files: dict) -> str:
@@ -171,16 +177,17 @@ def _source_path(files: dict) -> str:
 
 def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_every: int = 0):
     """describe_shard over `tars`, in order, a bounded number in flight."""
+    verify = cfg.verify.enabled
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.descriptor.name == "learned" or workers == 1:
         # One network on one device: batches, not processes, are the parallelism.
         for tar in tars:
-            yield describe_shard(tar, cfg.descriptor, index_side, sample_every)
+            yield describe_shard(tar, cfg.descriptor, index_side, sample_every, verify)
         return
     with ProcessPoolExecutor(workers) as pool:
         pending = []
         for tar in tars:
-            pending.append(pool.submit(describe_shard, tar, cfg.descriptor, index_side, sample_every))
+            pending.append(pool.submit(describe_shard, tar, cfg.descriptor, index_side, sample_every, verify))
             if len(pending) > 2 * workers:
                 yield pending.pop(0).result()
         for future in pending:
@@ -191,7 +198,7 @@ def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor) -> tuple[Eva
     """The index over all against sets, a sample of thumbnails for calibration, bad counts."""
     total = sum(s.manifest["num_samples"] for s in sets)
     every = max(1, total // cfg.calibration.images)
-    images, vectors, owner, thumbnails, bad = [], [], [], {}, {}
+    images, vectors, owner, thumbnails, bad, eval_pixels = [], [], [], {}, {}, []
     tars = [(s, e["file"], str(s.directory / e["file"])) for s in sets for e in s.manifest["shards"]]
     bar = tqdm(total=total, desc="index against", unit="img", disable=not cfg.progress)
     results = shard_tasks(cfg, [t for _, _, t in tars], index_side=True, sample_every=every)
@@ -202,13 +209,14 @@ def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor) -> tuple[Eva
             owner += [len(images)] * count
             images.append(EvalImage(s.name, key, path, shard))
         vectors.append(result["vectors"])
+        eval_pixels += result["pixels"] or []
         bad.setdefault(s.name, []).extend(result["bad"])
         bar.update(len(result["keys"]) + len(result["bad"]))
     bar.close()
     if not images:
         raise ValueError("no image of the against set(s) decodes: nothing to filter against")
     index = EvalIndex(descriptor, images, np.concatenate(vectors), np.asarray(owner, np.int64),
-                      cfg.search.index, cfg.search.nlist, cfg.search.nprobe)
+                      cfg.search.index, cfg.search.nlist, cfg.search.nprobe, eval_pixels)
     return index, thumbnails, bad
 
 
@@ -224,18 +232,28 @@ def settle_threshold(cfg: DedupConfig, descriptor, index: EvalIndex, thumbnails:
 
 
 def scan_shard(result: dict, index: EvalIndex, threshold: float, near_misses: int, shard: str,
-               keep_keys: bool) -> dict:
-    scores, who = index.best(result["vectors"])
-    matches, near = [], []
-    for pos, (key, path, score, eval_id) in enumerate(zip(result["keys"], result["paths"], scores, who)):
+               keep_keys: bool, verify: VerifyConfig, align_map=map) -> dict:
+    """Each training image's closest evaluation image, a match at `threshold`; with the
+    alignment check, the pairs from `verify.candidates` are aligned (through `align_map`,
+    a thread pool's map: OpenCV releases the GIL) and the aligned score decides."""
+    scores, who = index.best(result["vectors"], result["counts"])
+    rows = []
+    for key, path, score, eval_id in zip(result["keys"], result["paths"], scores, who):
         hit = index.images[eval_id]
-        row = {"train_key": key, "train_path": path, "train_shard": shard, "against": hit.set_name,
-               "eval_key": hit.key, "eval_path": hit.path, "eval_shard": hit.shard,
-               "score": round(float(score), 5)}
-        (matches if score >= threshold else near).append(row)
-    near = sorted(near, key=lambda r: -r["score"])[:near_misses]
+        rows.append({"train_key": key, "train_path": path, "train_shard": shard, "against": hit.set_name,
+                     "eval_key": hit.key, "eval_path": hit.path, "eval_shard": hit.shard,
+                     "score": round(float(score), 5)})
+    decides = threshold
+    if verify.enabled:  # pairs below the candidates are neither matches nor near misses worth showing
+        picked = [pos for pos, score in enumerate(scores) if score >= verify.candidates]
+        aligned = align_map(lambda pos: aligned_score(result["pixels"][pos], index.pixels[who[pos]]), picked)
+        rows = [{**rows[pos], "descriptor_score": rows[pos]["score"], "score": round(score, 5)}
+                for pos, score in zip(picked, aligned)]
+        decides = verify.threshold
+    matches = [row for row in rows if row["score"] >= decides]
+    near = sorted((row for row in rows if row["score"] < decides), key=lambda r: -r["score"])[:near_misses]
     found = {"shard": shard, "samples": len(result["keys"]) + len(result["bad"]), "matches": matches,
-             "near": near, "bad": result["bad"]}
+             "near": near, "bad": result["bad"], "aligned": len(rows) if verify.enabled else 0}
     if keep_keys:  # --self joins every shard's images at the end
         found.update(keys=result["keys"], paths=result["paths"])
     return found
@@ -247,7 +265,8 @@ def settings(cfg: DedupConfig, train: ShardSet, sets: list[ShardSet]) -> dict:
     return {"train": shards.fingerprint(train.manifest),
             "against": [[s.name, shards.fingerprint(s.manifest)] for s in sets],
             "descriptor": asdict(cfg.descriptor), "threshold": cfg.threshold,
-            "calibration": asdict(cfg.calibration), "search": asdict(cfg.search), "self_dedup": cfg.self_dedup}
+            "calibration": asdict(cfg.calibration), "search": asdict(cfg.search), "self_dedup": cfg.self_dedup,
+            "verify": asdict(cfg.verify)}
 
 
 def check_settings(state: Path, wanted: dict) -> None:
@@ -309,12 +328,15 @@ def scan(cfg: DedupConfig, train: ShardSet, todo: list[str], index: EvalIndex, t
          state: Path) -> None:
     tars = [str(train.directory / name) for name in todo]
     bar = tqdm(total=len(tars), desc="scan training shards", unit="shard", disable=not cfg.progress)
-    for name, result in zip(todo, shard_tasks(cfg, tars, index_side=False)):
-        if cfg.self_dedup:  # before the result file, whose presence marks the shard done
-            np.save(state / "shards" / f"{name}.npy", result["vectors"].astype(np.float16))
-        found = scan_shard(result, index, threshold, cfg.near_misses, name, cfg.self_dedup)
-        shards.write_json(state / "shards" / f"{name}.json", found)
-        bar.update()
+    with ThreadPoolExecutor(cfg.workers or os.cpu_count() or 1) as threads:
+        for name, result in zip(todo, shard_tasks(cfg, tars, index_side=False)):
+            if cfg.self_dedup:  # before the result file, whose presence marks the shard done
+                last = np.cumsum(result["counts"], dtype=np.int64) - 1  # each image's frame-cut view
+                np.save(state / "shards" / f"{name}.npy", result["vectors"][last].astype(np.float16))
+            found = scan_shard(result, index, threshold, cfg.near_misses, name, cfg.self_dedup, cfg.verify,
+                               threads.map)
+            shards.write_json(state / "shards" / f"{name}.json", found)
+            bar.update()
     bar.close()
 
 
@@ -346,6 +368,7 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
         "removed": len(removed),
         "descriptor": descriptor_name(cfg),
         "threshold": threshold,
+        "verify": {**asdict(cfg.verify), "pairs_aligned": sum(r.get("aligned", 0) for r in results)},
         "calibration": facts["calibration"],
         "index": facts["index"],
         "timings": facts["timings"],
@@ -367,6 +390,7 @@ def dedup_record(summary: dict) -> dict:
                     for a in summary["against"]],
         "descriptor": summary["descriptor"],
         "threshold": summary["threshold"],
+        "verify": {k: summary["verify"][k] for k in ("enabled", "candidates", "threshold")},
         "removed": summary["removed"],
         "self": summary["self"]["enabled"],
         "calibration": {k: summary["calibration"][k] for k in ("precision", "recall")},

@@ -43,31 +43,40 @@ class EvalIndex:
     """Views of the evaluation images; `owner[row]` is the image a view belongs to."""
 
     def __init__(self, descriptor, images: list[EvalImage], vectors: np.ndarray, owner: np.ndarray,
-                 kind: str = "flat", nlist: int = 1024, nprobe: int = 32):
+                 kind: str = "flat", nlist: int = 1024, nprobe: int = 32, pixels: list | None = None):
         self.descriptor = descriptor
         self.images = images
         self.owner = owner
-        self.views_per_image = len(vectors) // max(1, len(images))
+        self.pixels = pixels  # per image, its framings for the alignment check (verify.pixels)
+        self.views_per_image = int(np.bincount(owner).max()) if len(owner) else 0
         self.index = make_index(vectors.shape[1], kind, nlist, nprobe, vectors)
 
-    def best(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per query, the best score and the evaluation image it belongs to."""
+    def best(self, queries: np.ndarray, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Per training image (its `counts[i]` query views in a row), the best score and the
+        evaluation image it belongs to."""
         if len(queries) == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         scores, rows = self.index.search(queries, 1)
-        return scores[:, 0], self.owner[np.maximum(rows[:, 0], 0)]
+        scores, owners = scores[:, 0], self.owner[np.maximum(rows[:, 0], 0)]
+        starts = np.cumsum([0] + list(counts[:-1]))
+        pick = [start + int(np.argmax(scores[start:start + n])) for start, n in zip(starts, counts)]
+        return scores[pick], owners[pick]
 
     def calibrate(self, thumbnails: dict[int, object], seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores of synthetic copies against their own image (positives) and against the
         closest other image (negatives): what a threshold separates."""
         rng = random.Random(seed)
         ids = sorted(thumbnails)
-        queries = self.descriptor.describe([views.query_view(copies.random_copy(thumbnails[i], rng)) for i in ids])
+        per_copy = [views.query_views(copies.random_copy(thumbnails[i], rng)) for i in ids]
+        queries = self.descriptor.describe([view for group in per_copy for view in group])
         k = min(self.index.ntotal, self.views_per_image + 8)
         scores, rows = self.index.search(queries, k)
-        positive, negative = [], []
-        for i, row_scores, row_ids in zip(ids, scores, rows):
-            mine = self.owner[np.maximum(row_ids, 0)] == i
+        owners = self.owner[np.maximum(rows, 0)]
+        positive, negative, start = [], [], 0
+        for i, group in zip(ids, per_copy):
+            row_scores, row_ids, row_owners = (a[start:start + len(group)] for a in (scores, rows, owners))
+            start += len(group)
+            mine = row_owners == i
             positive.append(row_scores[mine].max() if mine.any() else -1.0)
             others = row_scores[~mine & (row_ids >= 0)]
             if len(others):

@@ -4,8 +4,10 @@ evaluation image that the index holds.
 The evaluation side is small (about 92k images for ImageNet val + CUB test + Places val),
 so it can hold several views of each image — mirrored, centre crops, shifted crops —
 and a training copy that was cropped or flipped lands near one of them, without a
-descriptor that is itself invariant to crops and flips. A black (or any flat) frame
-around a copy is cut on the query side, where it costs one pass over a thumbnail.
+descriptor that is itself invariant to crops and flips. A black (or white) frame
+around a copy is cut, on both sides, where it costs one pass over a thumbnail; an image
+whose own background is flat and near white or black (snow, a product shot on white) is
+also described whole, since its frame-like rows may be cut to a depth its copy does not share.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ Image.MAX_IMAGE_PIXELS = None  # shards hold images `wsl data build` already che
 WORK_SIDE = 128           # images are reduced to about this side before anything else
 CROPS = (0.9, 0.8, 0.7, 0.6)    # centre crops indexed per evaluation image (side fraction)
 SHIFT = 0.05              # shifted 0.85 crops: this fraction of the side off centre
+SHIFTS = [(dx, dy) for dx in (-SHIFT, 0, SHIFT) for dy in (-SHIFT, 0, SHIFT) if dx or dy]
 BORDER_TOLERANCE = 12     # grey levels a frame row may vary and still count as flat
 FRAME_DARK, FRAME_LIGHT = 40, 215   # a frame is near black or near white
 BLEND = 2                 # rows past a frame that resizing and JPEG blended into it
@@ -98,12 +101,25 @@ def crop(im: Image.Image, fraction: float, dx: float = 0.0, dy: float = 0.0) -> 
     return im.crop((round(x0), round(y0), round(x0 + cw), round(y0 + ch)))
 
 
-def index_views(im: Image.Image) -> list[Image.Image]:
-    """The views of one evaluation image that go into the index (all of them and mirrored)."""
+def framings(im: Image.Image) -> list[Image.Image]:
+    """The image as decoded and, when cut_border found a frame, without it."""
+    cut = cut_border(im)
+    return [im] if cut.size == im.size else [im, cut]
+
+
+def aligned_views(im: Image.Image) -> list[Image.Image]:
+    """Crops of one framing, centred and moved toward each edge and corner (a re-post
+    cropped off one corner lands near a corner view), and all of them mirrored."""
     views = [im] + [crop(im, f) for f in CROPS]
-    views += [crop(im, 0.85, dx, dy) for dx, dy in ((-SHIFT, 0), (SHIFT, 0), (0, -SHIFT), (0, SHIFT))]
+    views += [crop(im, 0.85, dx, dy) for dx, dy in SHIFTS]
     return views + [ImageOps.mirror(v) for v in views]
 
 
-def query_view(im: Image.Image) -> Image.Image:
-    return cut_border(im)
+def index_views(im: Image.Image) -> list[Image.Image]:
+    """The views of one evaluation image that go into the index."""
+    return [view for framing in framings(im) for view in aligned_views(framing)]
+
+
+def query_views(im: Image.Image) -> list[Image.Image]:
+    """The views of one training image searched against the index; its score is the best."""
+    return framings(im)

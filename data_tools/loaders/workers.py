@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_tools.loaders import transforms
 from data_tools.loaders.catalog import Catalog, Reader
+from data_tools.signals import STOP_SIGNALS
 
 PREFETCH = 2  # batches each worker may have ready ahead of the main process
 
@@ -74,9 +75,6 @@ class Batches(IterableDataset):
                 yield transforms.pil_batch(job, read, self.train, self.sizes, self.ring.slot(j))
         finally:
             read.close()
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def ignore_stop_signals(worker_id: int) -> None:
