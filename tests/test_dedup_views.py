@@ -101,3 +101,6 @@ def test_alignment_check_keeps_look_alikes_the_descriptor_would_remove(look_alik
     assert len(keys_of(root / "filtered_true")) == 60
     record = json.loads((root / "filtered_true" / "manifest.json").read_text())["dedup"]
     assert record["verify"]["threshold"] == ALIGN_THRESHOLD
+    page = (root / "out_true" / "report.html").read_text()
+    assert "Alignment check on" in page and "descriptor 0." in page
+    assert "Alignment check off" in (root / "out_false" / "report.html").read_text()

@@ -93,13 +93,18 @@ def _table(title: str, rows: list[tuple], uris: dict, css: str) -> str:
                "<th>sources</th></tr>")
     for m, train_side, eval_side in rows:
         out.append(
-            f"<tr><td>{m['score']:.4f}</td><td>{_img(uris.get(train_side, ''))}</td>"
+            f"<tr><td>{m['score']:.4f}{_descriptor_score(m)}</td><td>{_img(uris.get(train_side, ''))}</td>"
             f"<td>{_img(uris.get(eval_side, ''))}</td>"
             f"<td>train: {html.escape(m['train_shard'])} / {html.escape(m['train_key'])}<br>"
             f"{html.escape(m['train_path'])}<br>{html.escape(m['against'])}: {html.escape(m['eval_key'])}<br>"
             f"{html.escape(m['eval_path'])}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def _descriptor_score(m: dict) -> str:
+    """With the alignment check, the descriptor's score under the aligned one."""
+    return f"<br><small>descriptor {m['descriptor_score']:.4f}</small>" if "descriptor_score" in m else ""
 
 
 def _img(uri: str) -> str:
