@@ -85,9 +85,9 @@ def data_verify(args) -> int:
     return 0
 
 
-def data_dedup(args) -> int:
+def dedup_flags(args) -> list[str]:
+    """`wsl data dedup`'s flags as config overrides (also what `wsl launch data dedup` submits)."""
     import json
-    from data_tools.dedup.run import DedupConfig, run
     flags = [f"train={args.train}"] if args.train else []
     flags += [f"out={args.out}"] if args.out else []
     flags += [f"apply={args.apply}"] if args.apply else []
@@ -96,7 +96,12 @@ def data_dedup(args) -> int:
     flags += [f"part={args.part}"] if args.part else []
     # --against values go in as a YAML list of strings, whatever characters the paths hold.
     flags += [f"against={json.dumps(args.against)}"] if args.against else []
-    cfg = make_config(DedupConfig, args.config, args.overrides + flags)
+    return flags
+
+
+def data_dedup(args) -> int:
+    from data_tools.dedup.run import DedupConfig, run
+    cfg = make_config(DedupConfig, args.config, args.overrides + dedup_flags(args))
     summary = run(cfg)
     if summary is None:
         return 0
@@ -305,7 +310,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--self", action="store_true", help="also remove near-duplicates within the training set")
     p.add_argument("--part", metavar="i/N", help="scan only training shards i, i+N, ... (a SLURM array task)")
     p.add_argument("--merge", action="store_true", help="join the finished --part results (scan nothing)")
-    p.set_defaults(func=data_dedup)
+    p.set_defaults(func=data_dedup, flags=dedup_flags)
     p = data_cmds.add_parser("index", help="add sample tables (and the resampling fit) to shards of an older build")
     p.add_argument("directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

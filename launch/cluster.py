@@ -37,6 +37,8 @@ HELP = {
     "group": "W&B group joining a pipeline's stages (default: the name of the stage's data folder)",
     "wandb": "W&B for the data stages' lineage (training stages follow their own log.wandb)",
     "project": "W&B project for the data stages (training stages use log.project)",
+    "wait": "with --cluster slurm: stay, print each job's state as it changes, and exit 0 only when "
+            "every job completed (Ctrl-C stops the waiting, not the jobs); local jobs are always waited for",
 }
 
 
@@ -61,6 +63,7 @@ class LaunchConfig:
     group: str | None = None
     wandb: Literal["auto", "online", "offline", "off"] = "auto"
     project: str = "wsl"
+    wait: bool = False
 
     def check(self) -> None:
         minutes = time_minutes(self.time)
@@ -101,6 +104,10 @@ def add_options(parser) -> None:
     hints = typing.get_type_hints(LaunchConfig)
     for f in dataclasses.fields(LaunchConfig):
         hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
+                                action="store_true", help=HELP[f.name])
+            continue
         literal = typing.get_origin(hint) is Literal
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
                             type=int if int in (hint, *typing.get_args(hint)) else str,

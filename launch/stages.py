@@ -21,6 +21,7 @@ class Stage:
     output: str                         # dotted config key of the folder it writes
     artifact: str                       # the file in that folder W&B records (dataset manifest, backbone)
     reads: tuple[str, ...] = ()         # dotted keys of the shard folders it reads
+    inputs: tuple[str, ...] = ()        # dotted keys of every file or folder that must exist to start
     merge: tuple[str, ...] | None = None  # subcommand joining `--part i/N` outputs; None: no arrays
     trains: bool = False                # stops at a checkpoint through pretrain.stop.request_stop
 
@@ -35,19 +36,19 @@ class Stage:
 
 STAGES = {stage.name: stage for stage in (
     Stage(("data", "build"), "data_tools.build:BuildConfig", output="output", artifact="manifest.json",
-          merge=("data", "merge")),
+          inputs=("input.manifest", "input.imagefolder"), merge=("data", "merge")),
     Stage(("data", "convert"), "data_tools.convert:ConvertConfig", output="output", artifact="manifest.json",
-          merge=("data", "merge")),
+          inputs=("root",), merge=("data", "merge")),
     Stage(("data", "dedup"), "data_tools.dedup.run:DedupConfig", output="out", artifact="summary.json",
-          reads=("train",)),
+          reads=("train",), inputs=("train", "against")),
     Stage(("pretrain",), "pretrain.config:PretrainConfig", output="run_dir", artifact="backbone.pt",
-          reads=("data.train",), trains=True),
+          reads=("data.train",), inputs=("data.train", "data.val"), trains=True),
     Stage(("finetune",), "finetune.config:FinetuneConfig", output="run_dir", artifact="results.json",
-          reads=("data.train",), trains=True),
+          reads=("data.train",), inputs=("data.train", "data.val", "backbone"), trains=True),
 )}
 
 # Arguments of a stage's parser that are not config keys of the same name.
-PARSER_ONLY = {"config", "overrides", "func", "stage", "command"}
+PARSER_ONLY = {"config", "overrides", "func", "stage", "command", "flags"}
 
 
 def config_class(stage: Stage) -> type:
@@ -59,9 +60,26 @@ def resolve(stage: Stage, argv: list[str]):
     """The stage's config from its own command line, as `wsl STAGE ARGV` would build it."""
     from launch.cli import make_parser, with_default_command
     args = make_parser().parse_args(with_default_command([*stage.command, *argv]))
-    # A stage flag such as `--part 3/8` sets the config key of the same name.
-    flags = [f"{k}={v}" for k, v in vars(args).items() if k not in PARSER_ONLY and v is not None]
+    # A stage flag such as `--part 3/8` sets the config key of the same name, unless the
+    # subcommand maps its flags itself (`flags`: data dedup's --self, --against).
+    if hasattr(args, "flags"):
+        flags = args.flags(args)
+    else:
+        flags = [f"{k}={v}" for k, v in vars(args).items() if k not in PARSER_ONLY and v is not None]
     return make_config(config_class(stage), args.config, [*args.overrides, *flags])
+
+
+def missing_inputs(stage: Stage, cfg) -> list[str]:
+    """`KEY = PATH` for each input the stage names that is not on this machine's file system
+    (URLs are not checked): what is missing at submission is missing in the queue too."""
+    missing = []
+    for key in stage.inputs:
+        value = lookup(cfg, key)
+        for item in value if isinstance(value, list) else [value]:
+            path = str(item or "").rpartition("=")[2] if key == "against" else str(item or "")
+            if path and "://" not in path and not Path(path).exists():
+                missing.append(f"{key} = {path}")
+    return missing
 
 
 def lookup(cfg, dotted: str):

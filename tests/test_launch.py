@@ -63,11 +63,13 @@ def test_local_array_build_runs_parts_one_at_a_time_and_equals_one_shot(tmp_path
 
 
 def test_a_failing_local_job_is_one_line_naming_its_log(tmp_path):
-    done = wsl_launch(tmp_path, "--wandb", "off", "--job-dir", "job", *build_args(tmp_path / "none.jsonl",
+    # There when submitted (a missing one is refused before: test below), unreadable when run.
+    (tmp_path / "broken.jsonl").write_text("this is not json\n")
+    done = wsl_launch(tmp_path, "--wandb", "off", "--job-dir", "job", *build_args(tmp_path / "broken.jsonl",
                                                                                     tmp_path / "out"))
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert "wsl: error: input manifest not found" in last and "_0_log.err" in last, done.stderr
+    assert "wsl: error: input.manifest" in last and "not JSON" in last and "_0_log.err" in last, done.stderr
 
 
 @pytest.mark.parametrize("options, message", [
@@ -82,6 +84,10 @@ def test_a_failing_local_job_is_one_line_naming_its_log(tmp_path):
     (["data", "bake"], "unknown stage 'data bake'"),
     (["data", "build", "--", "vocab.top_kk=3"], "unknown config key 'vocab.top_kk'"),
     (["data", "build", "--", "input.manifest=m.jsonl", "output=out", "workers=many"], "'workers' = 'many' must be of type int"),
+    (["data", "build", "--", "input.manifest=nowhere.jsonl", "output=out"],
+     "data build: not found, so not submitted: input.manifest = nowhere.jsonl"),
+    (["pretrain", "--", "data.train=no_shards", "run_dir=run"], "pretrain: not found, so not submitted: data.train"),
+    (["data", "dedup", "--", "train=.", "against=[val=no_val]", "out=o"], "not submitted: against = no_val"),
 ])
 def test_bad_launch_is_one_line_before_anything_is_made(tmp_path, options, message):
     stage = [] if any(o in ("pretrain", "data") for o in options) else ["data", "build"]
@@ -204,3 +210,27 @@ def test_pipeline_joins_one_wandb_group_with_artifact_lineage(tmp_path):
     assert {e.path for e in model.manifest.contents} == {"backbone.pt", checkpoint.path_for(tmp_path / "run", 32).name}
     summary = {key(item): item.value_json for s in of_type(records[1], "summary") for item in s.update}
     assert "shards" in summary["inputs"]
+
+
+def test_dedup_stage_runs_as_a_job_with_its_own_flags(tmp_path):
+    # --self and --against are flags of `wsl data dedup` with no config key of their name.
+    raw = write_corpus(tmp_path / "raw", 12)
+    build_shards(raw, tmp_path / "train", "shards.samples=4")
+    build_shards(raw, tmp_path / "val", "shards.samples=4", "shards.name=val")
+    done = wsl_launch(tmp_path, "--wandb", "off", "--job-dir", "job", "data", "dedup", "--", "--train",
+                      str(tmp_path / "train"), "--against", f"val={tmp_path / 'val'}", "--out", str(tmp_path / "out"),
+                      "--self", "workers=1", "progress=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["self"]["enabled"] and summary["against"][0]["name"] == "val"
+    assert summary["removed"] == 12  # the same images on both sides: every training image matches
+
+
+def test_wait_reads_every_array_task_from_scontrol_lines():
+    from launch.submit import scontrol_ids
+    assert scontrol_ids({"JobId": "7"}) == ["7"]
+    assert scontrol_ids({"JobId": "8", "ArrayJobId": "8", "ArrayTaskId": "2"}) == ["8_2"]
+    # Pending tasks share one line, with SLURM's range, list, step and %parallelism syntax.
+    assert scontrol_ids({"ArrayJobId": "9", "ArrayTaskId": "0-2%4"}) == ["9_0", "9_1", "9_2"]
+    assert scontrol_ids({"ArrayJobId": "9", "ArrayTaskId": "0,3,5-6"}) == ["9_0", "9_3", "9_5", "9_6"]
+    assert scontrol_ids({"ArrayJobId": "9", "ArrayTaskId": "0-6:3"}) == ["9_0", "9_3", "9_6"]

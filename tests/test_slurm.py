@@ -128,3 +128,22 @@ def test_bad_config_is_refused_before_submission(slurm, shards, tmp_path):
     assert "unknown config key 'train.total_imgs'" in done.stderr
     assert slurm.run("squeue", "-h", "-o", "%i") == before
     assert not (tmp_path / "job").exists()
+
+
+def test_wait_stays_until_the_job_ends_and_exits_with_its_outcome(slurm, tmp_path):
+    raw = write_corpus(tmp_path / "raw", 16)
+    done = launch(slurm, tmp_path, "--job-dir", "job", "--wait", "--wandb", "off", "data", "build", "--",
+                  f"input.manifest={raw}", f"output={tmp_path / 'out'}", "workers=1", "progress=false")
+    assert done.returncode == 0, done.stdout + done.stderr + logs(tmp_path / "job")
+    (job,) = (tmp_path / "job" / "job_id").read_text().split()
+    assert f"job {job}: COMPLETED" in done.stderr and f"done: job(s) {job}" in done.stderr
+    assert (tmp_path / "out" / "manifest.json").is_file()  # there when the command returns
+
+    # Valid when submitted, failing when run: the manifest is not JSON lines.
+    (tmp_path / "broken.jsonl").write_text("this is not json\n")
+    done = launch(slurm, tmp_path, "--job-dir", "job2", "--wait", "--wandb", "off", "data", "build", "--",
+                  f"input.manifest={tmp_path / 'broken.jsonl'}", f"output={tmp_path / 'out2'}", "workers=1",
+                  "progress=false")
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [line for line in done.stderr.splitlines() if line.startswith("wsl launch: job")]
+    assert len(failed) == 1 and "failed" in failed[0] and "log:" in failed[0], done.stderr
