@@ -3,7 +3,8 @@
 A probe then trains any number of heads from the files without touching images again. A
 finished extraction is recorded in a small JSON beside the arrays (what shards, which
 backbone, which stage and crop); a re-run with the same record reuses the files, and an
-interrupted one (no record) starts over.
+interrupted one (no record) starts over. Under torchrun or srun each rank extracts its
+share of the samples straight into the shared arrays, at their catalog rows.
 """
 from __future__ import annotations
 
@@ -18,42 +19,65 @@ from tqdm import tqdm
 
 from data_tools import shards
 from data_tools.loaders import LoaderConfig, make_loader
+from pretrain import dist
 
 
 def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, device: torch.device,
-            stages: int | None, out: Path, identity: dict, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D) float32 memmap, labels (N,) int64) of every sample of `shard_dir`,
-    centre-cropped as for evaluation. `identity` names the backbone in the record."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+            stages: int | None, out: Path, identity: dict, bf16: bool = False,
+            env: dist.DistEnv = dist.DistEnv()) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D) float32 memmap, labels (N,) int64) of every sample of `shard_dir`
+    in catalog order, centre-cropped as for evaluation. `identity` names the backbone in
+    the record. Every rank of a process group calls it; each returns the whole arrays."""
     record = {"shards": str(shard_dir), "fingerprint": shards.fingerprint(shards.read_manifest(shard_dir)),
               "stages": stages, "image_size": loader_cfg.image_size, "resize_size": loader_cfg.resize_size,
               **identity}
     meta = out.with_suffix(".json")
     feats_path, labels_path = out.with_suffix(".features.npy"), out.with_suffix(".labels.npy")
-    if meta.is_file() and json.loads(meta.read_text()) == record:
+    if dist.from_main(meta.is_file() and json.loads(meta.read_text()) == record):
         return np.load(feats_path, mmap_mode="r"), np.load(labels_path)
-    meta.unlink(missing_ok=True)
+    if env.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta.unlink(missing_ok=True)
     cfg = dataclasses.replace(loader_cfg, sqrt_resample=False, drop_last=False)
-    loader = make_loader(cfg, shard_dir, 0, 1, device, "eval")
+    loader = make_loader(cfg, shard_dir, env.rank, env.world_size, device, "eval")
+    n = loader.num_samples
     model = model.to(device).eval()
-    feats, labels, row = None, np.empty(loader.num_samples, dtype=np.int64), 0
-    with torch.no_grad(), tqdm(total=loader.num_samples, unit="img", desc=f"features {Path(shard_dir).name}") as bar:
-        for images, targets in loader:
+    feats = labels = None
+    with torch.no_grad(), tqdm(total=len(loader) * cfg.batch_size * env.world_size, unit="img",
+                               desc=f"features {Path(shard_dir).name}", disable=not env.is_main) as bar:
+        for batch in loader:
+            images, targets = batch
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                batch = model.forward_features(images, stages).float().cpu().numpy()
-            if feats is None:
-                feats = np.lib.format.open_memmap(feats_path, mode="w+", dtype=np.float32,
-                                                  shape=(loader.num_samples, batch.shape[1]))
-            take = min(len(batch), loader.num_samples - row)
-            feats[row:row + take] = batch[:take]
-            labels[row:row + take] = targets[:take].cpu().numpy()
-            row += take
-            bar.update(take)
-    if row != loader.num_samples:
-        raise RuntimeError(f"{shard_dir}: the loader gave {row} of {loader.num_samples} samples")
+                part = model.forward_features(images, stages).float().cpu().numpy()
+            if feats is None:  # the width is known now: rank 0 makes the files, the others open them
+                feats, labels = shared_arrays(feats_path, labels_path, n, part.shape[1], env)
+            # A rank's wrap-around fill repeats rows another rank has: the same values again.
+            rows = np.asarray(batch.rows)
+            feats[rows] = part
+            labels[rows] = targets.cpu().numpy()
+            bar.update(len(rows) * env.world_size)
     feats.flush()
-    np.save(labels_path, labels)
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, meta)   # the record last: its presence means the arrays are whole
-    return np.load(feats_path, mmap_mode="r"), labels
+    labels.flush()
+    dist.barrier()
+    if env.is_main:
+        missing = int((np.asarray(labels) < 0).sum())
+        if missing:
+            raise RuntimeError(f"{shard_dir}: the loaders gave {n - missing} of {n} samples")
+        tmp = meta.with_name(meta.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, meta)   # the record last: its presence means the arrays are whole
+    dist.barrier()
+    return np.load(feats_path, mmap_mode="r"), np.load(labels_path)
+
+
+def shared_arrays(feats_path: Path, labels_path: Path, n: int, width: int,
+                  env: dist.DistEnv) -> tuple[np.memmap, np.memmap]:
+    """(N, width) float32 features and (N,) int64 labels (-1: not written yet), as .npy
+    files every rank writes into."""
+    if env.is_main:
+        np.lib.format.open_memmap(feats_path, mode="w+", dtype=np.float32, shape=(n, width)).flush()
+        labels = np.lib.format.open_memmap(labels_path, mode="w+", dtype=np.int64, shape=(n,))
+        labels[:] = -1
+        labels.flush()
+    dist.barrier()
+    return np.load(feats_path, mmap_mode="r+"), np.load(labels_path, mmap_mode="r+")

@@ -9,6 +9,8 @@ a linear head is trained on them:
   Nesterov momentum, the LR divided by 10 at 8/28, 16/28 and 24/28 of training.
 The head is written as probe.pt (the trunk with the head as its `fc`, BN folded in), which
 `wsl finetune eval` reads like any fine-tuning checkpoint; val results go to results.json.
+Under torchrun or srun every rank extracts a share of the features (the costly part); rank 0
+then trains the head alone, after the other ranks have left the process group.
 """
 from __future__ import annotations
 
@@ -94,13 +96,10 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
     return head.cpu(), {"epochs": p.epochs}
 
 
-def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict:
+def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
+    """The probe's results on rank 0 (None on the other ranks)."""
     env = dist.read_env()
-    if env.world_size > 1:
-        raise ValueError("the linear probe runs in one process (its cost is one feature pass); launch it without torchrun")
     device = dist.pick_device(cfg.device, env)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     source = backbone.read(cfg.backbone)
     name = backbone.resolve_name(source, cfg.model.name)
     config_dict["model"]["name"] = name
@@ -108,15 +107,38 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict:
     manifest = shards.read_manifest(cfg.data.train)
     if manifest["label_type"] != "single":
         raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
-    num_classes = manifest["num_classes"]
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     model = backbone.build(source, name, 0)
+    dist.init(env, device, cfg.dist_timeout_s)
+    try:
+        extracted = extract_all(cfg, model, device, env, run_dir)
+    finally:
+        dist.close()  # the head is rank 0's alone: no rank waits in a collective while it trains
+    if not env.is_main:
+        return None
+    return train_and_evaluate(cfg, config_dict, model, device, manifest["num_classes"], *extracted)
+
+
+def extract_all(cfg: FinetuneConfig, model, device: torch.device, env: dist.DistEnv, run_dir: Path) -> tuple:
+    """(train features, train labels, val features, val labels or None), every rank sharing the work."""
     stages = 3 if cfg.probe.features == "res4" else None
     bf16 = cfg.train.bf16 and device.type == "cuda"
     stat = Path(cfg.backbone).stat()
     identity = {"backbone": str(Path(cfg.backbone).resolve()), "backbone_bytes": stat.st_size,
                 "backbone_mtime_ns": stat.st_mtime_ns}
     x, y = features.extract(model, cfg.data.train, cfg.data.loader, device, stages,
-                            run_dir / "features" / "train", identity, bf16)
+                            run_dir / "features" / "train", identity, bf16, env)
+    vx = vy = None
+    if cfg.data.val:
+        vx, vy = features.extract(model, cfg.data.val, cfg.data.loader, device, stages,
+                                  run_dir / "features" / "val", identity, bf16, env)
+    return x, y, vx, vy
+
+
+def train_and_evaluate(cfg: FinetuneConfig, config_dict: dict, model, device: torch.device, num_classes: int,
+                       x: np.ndarray, y: np.ndarray, vx: np.ndarray | None, vy: np.ndarray | None) -> dict:
+    run_dir = Path(cfg.run_dir)
     train_head = sweep if cfg.probe.head == "logreg" else bn_linear
     head, record = train_head(cfg, x, y, num_classes, device)
     model.fc = head
@@ -126,9 +148,7 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict:
     os.replace(tmp, run_dir / "probe.pt")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
     results = {"probe": str(run_dir / "probe.pt"), **record}
-    if cfg.data.val:
-        vx, vy = features.extract(model, cfg.data.val, cfg.data.loader, device, stages,
-                                  run_dir / "features" / "val", identity, bf16)
+    if vx is not None:
         with torch.no_grad():
             scores = head(torch.as_tensor(np.array(vx)))
         results.update(shards=cfg.data.val, **summarize(scores, torch.as_tensor(vy), class_names(cfg.data.val)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,6 @@ def cli(*args: str) -> list[str]:
 
 
 def child_env() -> dict:
-    import os
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     return env
@@ -356,3 +356,24 @@ def test_single_label_metrics():
     assert mean_per_class_accuracy(logits, labels, 5) == pytest.approx((1 + 1 + 1 / 3) / 3)  # absent classes skipped
     (pair,) = most_confused(logits, labels, 3, count=5)
     assert pair == {"true": 2, "predicted": 1, "errors": 2, "share": pytest.approx(2 / 3)}
+
+
+def test_two_rank_probe_shares_the_extraction_and_equals_one_process(data, backbone_file, tmp_path):
+    common = [f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}", *TINY,
+              "mode=linear", "probe.c_steps=5", "probe.c_max=10", "data.loader.batch_size=16"]
+    one = subprocess.run(cli("finetune", *common, f"run_dir={tmp_path / 'one'}"), cwd=REPO, env=child_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # 72 train and 24 val images over 2 ranks in batches of 16: the last batches wrap around.
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(30500 + os.getpid() % 1000), "-m", "launch.cli", "finetune", *common,
+                          f"run_dir={tmp_path / 'two'}"], cwd=REPO, env=child_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for split in ("train", "val"):
+        a, b = (np.load(tmp_path / run / "features" / f"{split}.features.npy") for run in ("one", "two"))
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+        assert np.array_equal(*(np.load(tmp_path / run / "features" / f"{split}.labels.npy") for run in ("one", "two")))
+    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two")]
+    assert results[0]["C"] == results[1]["C"] and results[0]["top1"] == results[1]["top1"]
+    assert two.stderr.count("logreg sweep") == 1  # rank 0 alone trains the head
