@@ -328,8 +328,8 @@ def wait_slurm(jobs: list, first_poll: float = 2.0, longest_poll: float = 30.0) 
                     unknown_since.setdefault(job_id, time.time())
                 else:
                     unknown_since.pop(job_id, None)
-            ended = [job for job in jobs if states[job.job_id].startswith(ENDED) or job.paths.result_pickle.exists()]
-            if len(ended) == len(jobs):
+            # By state only: a requeued job keeps the result file of its interrupted attempt.
+            if all(state.startswith(ENDED) for state in states.values()):
                 break
             lost = [job_id for job_id, since in unknown_since.items() if time.time() - since > FORGOTTEN_S]
             if lost:

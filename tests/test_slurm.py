@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
 import sys
 import time
@@ -147,3 +148,38 @@ def test_wait_stays_until_the_job_ends_and_exits_with_its_outcome(slurm, tmp_pat
     assert done.returncode == 1, done.stdout + done.stderr
     failed = [line for line in done.stderr.splitlines() if line.startswith("wsl launch: job")]
     assert len(failed) == 1 and "failed" in failed[0] and "log:" in failed[0], done.stderr
+
+
+def waiting_launch(slurm, cwd: Path, job_dir: str, run_dir: Path, shards: Path) -> tuple[subprocess.Popen, str]:
+    """`wsl launch --wait` of a pretrain job, in the background: (the process, the job id)."""
+    env = {**slurm.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "launch", "--cluster", "slurm", "--wait",
+                             "--job-dir", job_dir, *pretrain_args(shards, run_dir)],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (cwd / job_dir / "job_id").is_file():
+        time.sleep(0.1)
+    return proc, (cwd / job_dir / "job_id").read_text().split()[0]
+
+
+def test_wait_follows_a_requeue_and_ctrl_c_stops_only_the_waiting(slurm, shards, tmp_path):
+    proc, job = waiting_launch(slurm, tmp_path, "job", tmp_path / "run", shards)
+    deadline = time.time() + 180
+    while time.time() < deadline and not checkpoint.list_checkpoints(tmp_path / "run"):
+        time.sleep(0.1)
+    slurm.run("scontrol", "requeue", job)
+    slurm.release_requeued(job)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err + logs(tmp_path / "job")
+    assert f"job {job}: COMPLETED" in err and "resumed from" in logs(tmp_path / "job")
+
+    proc, job = waiting_launch(slurm, tmp_path, "job2", tmp_path / "run2", shards)
+    deadline = time.time() + 120
+    while time.time() < deadline and slurm.states(job).get(job) != "RUNNING":
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "stopped waiting; the job(s) go on" in err, err
+    assert slurm.wait(job) == {job: "COMPLETED"}, logs(tmp_path / "job2")
