@@ -248,7 +248,9 @@ def submit_slurm(executor, waves: list[list], opts: cluster.LaunchConfig, job_di
         jobs = [executor.submit(task) for task in parts]
     merger = cluster.executor(dataclasses.replace(opts, nodes=1, tasks_per_node=1, gpus_per_node=0), job_dir,
                               f"wsl-{stage.job_type}-merge")
-    merger.update_parameters(dependency=f"afterok:{jobs[0].job_id.split('_')[0]}")
+    # kill-on-invalid-dep: a merge whose parts failed is ended by SLURM, not left pending forever.
+    merger.update_parameters(dependency=f"afterok:{jobs[0].job_id.split('_')[0]}",
+                             additional_parameters={"kill-on-invalid-dep": "yes"})
     return [*jobs, merger.submit(merge)]
 
 

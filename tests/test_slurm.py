@@ -183,3 +183,15 @@ def test_wait_follows_a_requeue_and_ctrl_c_stops_only_the_waiting(slurm, shards,
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "stopped waiting; the job(s) go on" in err, err
     assert slurm.wait(job) == {job: "COMPLETED"}, logs(tmp_path / "job2")
+
+
+def test_a_failed_array_ends_its_merge_and_the_wait(slurm, tmp_path):
+    # Valid at submission, failing when run: every part fails, so the merge's `afterok` never
+    # holds; SLURM must end it (kill-on-invalid-dep), or it would pend, and --wait with it, forever.
+    (tmp_path / "broken.jsonl").write_text("this is not json\n" * 4)
+    done = launch(slurm, tmp_path, "--job-dir", "job", "--wait", "--array-parts", "2", "--wandb", "off", "data",
+                  "build", "--", f"input.manifest={tmp_path / 'broken.jsonl'}", f"output={tmp_path / 'out'}",
+                  "workers=1", "progress=false")
+    assert done.returncode == 1, done.stdout + done.stderr
+    merge = (tmp_path / "job" / "job_id").read_text().split()[-1]
+    assert f"job {merge}: CANCELLED" in done.stderr and "failed: wsl: error: input.manifest" in done.stderr
