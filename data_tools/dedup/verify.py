@@ -24,8 +24,8 @@ from data_tools.dedup import views
 
 SIDE = 64                                    # pixels on the shorter side of both images
 FRACTIONS = np.linspace(1.0, 0.6, 9)         # share of the original's side the copy may show
-# Between the demo's generated scenes' transformed copies (aligned >= 0.867 on 1,500) and
-# their closest look-alikes (<= 0.798 on 2,000); docs/benchmarks.md, "Demo".
+# Under the demo's transformed copies (1,800, all at 0.870 or above) and over their closest
+# look-alike scenes (all but 3 of 6,000): bench/demo_leaks.py, docs/benchmarks.md "Demo".
 ALIGN_THRESHOLD = 0.83
 
 
