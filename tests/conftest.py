@@ -31,6 +31,25 @@ def kill9_after_checkpoints(cmd: list[str], run_dir: Path, count: int, **popen) 
     return checkpoint.list_checkpoints(run_dir)
 
 
+def straight_and_resumed(argv: list[str], tmp_path: Path, total: int, **popen) -> tuple[dict, dict]:
+    """The final weights of `argv` (a training command) run straight through, and of the same
+    run killed (-9) after two checkpoints and run again, which must say it resumed."""
+    import subprocess
+
+    from pretrain import checkpoint
+    straight = subprocess.run([*argv, f"run_dir={tmp_path / 'straight'}"], capture_output=True, text=True,
+                              timeout=300, **popen)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_dir = tmp_path / "killed"
+    kept = kill9_after_checkpoints([*argv, f"run_dir={run_dir}"], run_dir, 2, **popen)
+    assert kept and checkpoint.path_for(run_dir, total) not in kept, "the kill came too late to test resume"
+    resumed = subprocess.run([*argv, f"run_dir={run_dir}"], capture_output=True, text=True, timeout=300, **popen)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    return (checkpoint.load(checkpoint.path_for(tmp_path / "straight", total))["model"],
+            checkpoint.load(checkpoint.path_for(run_dir, total))["model"])
+
+
 def build_shards(manifest: Path, out: Path, *overrides: str) -> dict:
     cfg = make_config(BuildConfig, [], [f"input.manifest={manifest}", f"output={out}", "progress=false",
                                         "workers=1", *overrides])

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import kill9_after_checkpoints
+from conftest import straight_and_resumed
 from data_tools import shards
 from data_tools.build import BuildConfig, build
 from finetune import backbone, leak, logreg
@@ -129,19 +129,7 @@ def test_trunk_gets_its_share_of_the_lr():
 def test_resume_after_kill9_is_bit_identical(data, backbone_file, tmp_path):
     common = [f"backbone={backbone_file}", f"data.train={data['train']}", *TINY, "train.total_images=128",
               "checkpoint.every_images=32", "trunk_lr_mult=0.5"]
-    straight = subprocess.run(cli("finetune", f"run_dir={tmp_path / 'straight'}", *common), cwd=REPO,
-                              env=child_env(), capture_output=True, text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    run_dir = tmp_path / "killed"
-    kept = kill9_after_checkpoints(cli("finetune", f"run_dir={run_dir}", *common), run_dir, 2, cwd=REPO,
-                                   env=child_env())
-    assert kept and checkpoint.path_for(run_dir, 128) not in kept, "the kill came too late to test resume"
-    resumed = subprocess.run(cli("finetune", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr
-    a = checkpoint.load(checkpoint.path_for(tmp_path / "straight", 128))["model"]
-    b = checkpoint.load(checkpoint.path_for(run_dir, 128))["model"]
+    a, b = straight_and_resumed(cli("finetune", *common), tmp_path, 128, cwd=REPO, env=child_env())
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run's weights differ from the uninterrupted run"
     start = build_model("resnext_tiny", 6).state_dict()
     assert not torch.equal(a["layer1.0.conv1.weight"], backbone.read(backbone_file).state_dict["layer1.0.conv1.weight"])
@@ -370,10 +358,10 @@ def test_two_rank_probe_shares_the_extraction_and_equals_one_process(data, backb
                           f"run_dir={tmp_path / 'two'}"], cwd=REPO, env=child_env(), capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    for split in ("train", "val"):
-        a, b = (np.load(tmp_path / run / "features" / f"{split}.features.npy") for run in ("one", "two"))
+    for part in ("train", "val"):
+        a, b = (np.load(tmp_path / run / "features" / f"{part}.features.npy") for run in ("one", "two"))
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
-        assert np.array_equal(*(np.load(tmp_path / run / "features" / f"{split}.labels.npy") for run in ("one", "two")))
+        assert np.array_equal(*(np.load(tmp_path / run / "features" / f"{part}.labels.npy") for run in ("one", "two")))
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two")]
     assert results[0]["C"] == results[1]["C"] and results[0]["top1"] == results[1]["top1"]
     assert two.stderr.count("logreg sweep") == 1  # rank 0 alone trains the head

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import build_shards, kill9_after_checkpoints
+from conftest import build_shards, straight_and_resumed
 from launch.config import build as make_config
 from launch.config import to_dict
 from pretrain import checkpoint, engine
@@ -118,21 +118,7 @@ def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
     # The bottleneck probe runs when the run starts: the run must not be perturbed by it.
     common = [f"data.train={shard_dir}", *TINY, "train.total_images=320", "checkpoint.every_images=64",
               "train.bottleneck_seconds=0.3"]
-    straight = subprocess.run(cli("pretrain", f"run_dir={tmp_path / 'straight'}", *common), cwd=REPO,
-                              env=child_env(), capture_output=True, text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    run_dir = tmp_path / "killed"
-    kept = kill9_after_checkpoints(cli("pretrain", f"run_dir={run_dir}", *common), run_dir, 2, cwd=REPO,
-                                   env=child_env())
-    assert 1 <= len(kept) and checkpoint.path_for(run_dir, 320) not in kept, "the kill came too late to test resume"
-
-    resumed = subprocess.run(cli("pretrain", f"run_dir={run_dir}", *common), cwd=REPO, env=child_env(),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr
-    a = weights(checkpoint.path_for(tmp_path / "straight", 320))
-    b = weights(checkpoint.path_for(run_dir, 320))
+    a, b = straight_and_resumed(cli("pretrain", *common), tmp_path, 320, cwd=REPO, env=child_env())
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run's weights differ from the uninterrupted run"
 
