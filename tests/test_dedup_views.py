@@ -96,6 +96,9 @@ def test_alignment_check_keeps_look_alikes_the_descriptor_would_remove(look_alik
     assert {"copy_0.jpg", "copy_1.jpg"} <= runs["true"]
     assert runs["true"] == {"copy_0.jpg", "copy_1.jpg"}
     assert len(runs["false"]) > len(runs["true"])  # at 0.80 the descriptor also takes look-alikes
+    crowded = json.loads((root / "out_false" / "summary.json").read_text())["most_matched"]
+    assert crowded and crowded[0]["matches"] >= 3 and crowded[0]["against"] == "val"
+    assert "matched by several training images" in (root / "out_false" / "report.html").read_text()
     summary = json.loads((root / "out_true" / "summary.json").read_text())
     assert summary["verify"]["enabled"] and summary["verify"]["pairs_aligned"] >= 2
     assert len(keys_of(root / "filtered_true")) == 60

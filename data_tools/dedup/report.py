@@ -72,6 +72,7 @@ def write(path: Path, summary: dict, matches: list[dict], near: list[dict], trai
         + ", ".join(f"{html.escape(a['name'])} ({a['num_samples']} images, {a['matched_train_samples']} matched)"
                     for a in summary["against"]) + ".</p>",
     ]
+    parts.append(most_matched_line(summary.get("most_matched", [])))
     if len(matches) > len(shown):
         parts.append(f"<p><b>Showing the {len(shown)} highest-scoring of {len(matches)} matches</b> "
                      "(report_pairs caps the page); matches.jsonl lists all.</p>")
@@ -117,3 +118,12 @@ def verify_line(verify: dict) -> str:
     return (f"<p>Alignment check on: the {verify['pairs_aligned']} pairs with a descriptor score of at least "
             f"{verify['candidates']:.2f} were aligned (scales, positions, mirror), and an aligned score of at "
             f"least <b>{verify['threshold']:.2f}</b> makes a match; the scores below are aligned scores.</p>")
+
+
+def most_matched_line(items: list[dict]) -> str:
+    if not items:
+        return ""
+    listed = "; ".join(f"{html.escape(i['against'])}: {html.escape(i['eval_path'] or i['eval_key'])} "
+                       f"({i['matches']} training images)" for i in items)
+    return (f"<p><b>Evaluation images matched by several training images</b> (a photo re-posted many times, "
+            f"or a layout plain enough for look-alikes to reach the threshold: worth a look): {listed}.</p>")

@@ -20,7 +20,7 @@ import sys
 import tarfile
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -366,6 +366,7 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
         "self": {"enabled": cfg.self_dedup,
                  "removed": len({m["train_key"] for m in matches if m["against"] == "self"})},
         "removed": len(removed),
+        "most_matched": most_matched(matches),
         "descriptor": descriptor_name(cfg),
         "threshold": threshold,
         "verify": {**asdict(cfg.verify), "pairs_aligned": sum(r.get("aligned", 0) for r in results)},
@@ -381,6 +382,17 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
         summary["apply"] = {"directory": cfg.apply, "num_samples": filtered["num_samples"]}
         shards.write_json(out / "summary.json", summary)
     return summary
+
+
+MANY_MATCHES = 3   # training images on one evaluation image that make it worth a look
+
+
+def most_matched(matches: list[dict], top: int = 10) -> list[dict]:
+    """Evaluation images that many training images matched: a photo re-posted many times,
+    or a layout so plain that look-alikes reach the threshold. Either way, worth a look."""
+    counts = Counter((m["against"], m["eval_key"], m["eval_path"]) for m in matches if m["against"] != "self")
+    return [{"against": against, "eval_key": key, "eval_path": path, "matches": n}
+            for (against, key, path), n in counts.most_common(top) if n >= MANY_MATCHES]
 
 
 def dedup_record(summary: dict) -> dict:
