@@ -26,6 +26,10 @@ class ProbeConfig:
     lr: float = bounded(0.01, lo=0, open_lo=True)     # bn_linear: per 256 features
     batch_size: int = bounded(256, lo=1)              # bn_linear
     weight_decay: float = bounded(5e-4, lo=0)         # bn_linear (VISSL's linear eval default)
+    # bn_linear: training features per image, each a random-resized crop + flip (VISSL trains on
+    # such crops); epoch e uses view e mod views, so views = epochs is one fresh crop an epoch.
+    # 1: the centre crop. Cached like the rest: views x the feature file.
+    views: int = bounded(1, lo=1, hi=1000)
 
 
 @dataclass
@@ -45,5 +49,8 @@ class FinetuneConfig(PretrainConfig):
         if self.mode == "linear":
             if not self.run_dir or not self.data.train:
                 raise ValueError("config keys 'run_dir' and 'data.train' are required")
+            if self.probe.views > 1 and self.probe.head != "bn_linear":
+                raise ValueError(f"'probe.views' = {self.probe.views} needs 'probe.head' = bn_linear (the logreg "
+                                 "sweep picks C on held-out images, which other views of them would leak into)")
             return
         super().check()

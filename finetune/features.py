@@ -24,13 +24,16 @@ from pretrain import dist
 
 def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, device: torch.device,
             stages: int | None, out: Path, identity: dict, bf16: bool = False,
-            env: dist.DistEnv = dist.DistEnv()) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D) float32 memmap, labels (N,) int64) of every sample of `shard_dir`
-    in catalog order, centre-cropped as for evaluation. `identity` names the backbone in
-    the record. Every rank of a process group calls it; each returns the whole arrays."""
+            env: dist.DistEnv = dist.DistEnv(), views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(features (views·N, D) float32 memmap, labels (views·N,) int64) of every sample of
+    `shard_dir` in catalog order, view after view: one centre crop as for evaluation, or
+    `views` > 1 training crops (random-resized, flipped; the loader's seed and epoch fix
+    them). `identity` names the backbone in the record. Every rank of a process group
+    calls it; each returns the whole arrays."""
     record = {"shards": str(shard_dir), "fingerprint": shards.fingerprint(shards.read_manifest(shard_dir)),
               "stages": stages, "image_size": loader_cfg.image_size, "resize_size": loader_cfg.resize_size,
-              **identity}
+              **identity, **({"views": views, "min_scale": loader_cfg.min_scale, "seed": loader_cfg.seed}
+                             if views > 1 else {})}
     meta = out.with_suffix(".json")
     feats_path, labels_path = out.with_suffix(".features.npy"), out.with_suffix(".labels.npy")
     if dist.from_main(meta.is_file() and json.loads(meta.read_text()) == record):
@@ -39,30 +42,32 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
         out.parent.mkdir(parents=True, exist_ok=True)
         meta.unlink(missing_ok=True)
     cfg = dataclasses.replace(loader_cfg, sqrt_resample=False, drop_last=False)
-    loader = make_loader(cfg, shard_dir, env.rank, env.world_size, device, "eval")
+    loader = make_loader(cfg, shard_dir, env.rank, env.world_size, device, "eval" if views == 1 else "train")
     n = loader.num_samples
     model = model.to(device).eval()
     feats = labels = None
-    with torch.no_grad(), tqdm(total=len(loader) * cfg.batch_size * env.world_size, unit="img",
+    with torch.no_grad(), tqdm(total=views * len(loader) * cfg.batch_size * env.world_size, unit="img",
                                desc=f"features {Path(shard_dir).name}", disable=not env.is_main) as bar:
-        for batch in loader:
-            images, targets = batch
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                part = model.forward_features(images, stages).float().cpu().numpy()
-            if feats is None:  # the width is known now: rank 0 makes the files, the others open them
-                feats, labels = shared_arrays(feats_path, labels_path, n, part.shape[1], env)
-            # A rank's wrap-around fill repeats rows another rank has: the same values again.
-            rows = np.asarray(batch.rows)
-            feats[rows] = part
-            labels[rows] = targets.cpu().numpy()
-            bar.update(len(rows) * env.world_size)
+        for view in range(views):
+            loader.set_epoch(view)  # a training loader's epoch draws its crops
+            for batch in loader:
+                images, targets = batch
+                with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    part = model.forward_features(images, stages).float().cpu().numpy()
+                if feats is None:  # the width is known now: rank 0 makes the files, the others open them
+                    feats, labels = shared_arrays(feats_path, labels_path, views * n, part.shape[1], env)
+                # A rank's wrap-around fill repeats rows another rank has: a view of them again.
+                rows = view * n + np.asarray(batch.rows)
+                feats[rows] = part
+                labels[rows] = targets.cpu().numpy()
+                bar.update(len(rows) * env.world_size)
     feats.flush()
     labels.flush()
     dist.barrier()
     if env.is_main:
         missing = int((np.asarray(labels) < 0).sum())
         if missing:
-            raise RuntimeError(f"{shard_dir}: the loaders gave {n - missing} of {n} samples")
+            raise RuntimeError(f"{shard_dir}: the loaders gave {views * n - missing} of {views * n} samples")
         tmp = meta.with_name(meta.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, meta)   # the record last: its presence means the arrays are whole

@@ -6,7 +6,9 @@ a linear head is trained on them:
   45 values), every C one head of a single batched L-BFGS run (finetune.logreg); C is
   picked on a held-out share of train, then refit on all of train;
 - `bn_linear`: VISSL's linear evaluation head, BatchNorm without affine + linear, SGD with
-  Nesterov momentum, the LR divided by 10 at 8/28, 16/28 and 24/28 of training.
+  Nesterov momentum, the LR divided by 10 at 8/28, 16/28 and 24/28 of training; on the
+  centre crop's features, or (`probe.views` > 1) on random-resized, flipped crops as VISSL
+  trains it, one cached view per image an epoch.
 The head is written as probe.pt (the trunk with the head as its `fc`, BN folded in), which
 `wsl finetune eval` reads like any fine-tuning checkpoint; val results go to results.json.
 Under torchrun or srun every rank extracts a share of the features (the costly part); rank 0
@@ -76,9 +78,11 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * p.epochs) for m in VISSL_MILESTONES], 0.1)
     xs, ys = torch.as_tensor(np.array(x), device=device), torch.as_tensor(y, device=device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(p.epochs):
+    images = len(ys) // p.views
+    for epoch in range(p.epochs):
         bn.train()
-        for rows in torch.randperm(len(ys), generator=generator).split(p.batch_size):
+        first = (epoch % p.views) * images  # this epoch's view of every image
+        for rows in (first + torch.randperm(images, generator=generator)).split(p.batch_size):
             if len(rows) < 2:
                 continue  # BN cannot normalise a batch of one
             rows = rows.to(device)
@@ -93,7 +97,7 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
         inv = (bn.running_var + bn.eps).rsqrt()
         head.weight.copy_(linear.weight * inv)
         head.bias.copy_(linear.bias - head.weight @ bn.running_mean)
-    return head.cpu(), {"epochs": p.epochs}
+    return head.cpu(), {"epochs": p.epochs, "views": p.views}
 
 
 def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
@@ -128,7 +132,7 @@ def extract_all(cfg: FinetuneConfig, model, device: torch.device, env: dist.Dist
     identity = {"backbone": str(Path(cfg.backbone).resolve()), "backbone_bytes": stat.st_size,
                 "backbone_mtime_ns": stat.st_mtime_ns}
     x, y = features.extract(model, cfg.data.train, cfg.data.loader, device, stages,
-                            run_dir / "features" / "train", identity, bf16, env)
+                            run_dir / "features" / "train", identity, bf16, env, cfg.probe.views)
     vx = vy = None
     if cfg.data.val:
         vx, vy = features.extract(model, cfg.data.val, cfg.data.loader, device, stages,

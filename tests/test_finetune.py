@@ -365,3 +365,29 @@ def test_two_rank_probe_shares_the_extraction_and_equals_one_process(data, backb
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two")]
     assert results[0]["C"] == results[1]["C"] and results[0]["top1"] == results[1]["top1"]
     assert two.stderr.count("logreg sweep") == 1  # rank 0 alone trains the head
+
+
+def test_bn_linear_on_augmented_views_cached_per_view(data, backbone_file, tmp_path):
+    common = [f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}",
+              f"run_dir={tmp_path / 'probe'}", *TINY, "mode=linear", "probe.head=bn_linear", "probe.epochs=30",
+              "probe.lr=0.5", "probe.views=3", "data.loader.min_scale=0.5"]
+    first = subprocess.run(cli("finetune", *common), cwd=REPO, env=child_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    cached = tmp_path / "probe" / "features" / "train.features.npy"
+    feats = np.load(cached)
+    assert feats.shape == (3 * 72, build_model("resnext_tiny", 0).num_features)
+    views = feats.reshape(3, 72, -1)
+    assert not np.allclose(views[0], views[1]), "the views are the same crops"
+    assert np.array_equal(*(np.load(tmp_path / "probe" / "features" / "train.labels.npy").reshape(3, 72)[[0, 2]]))
+    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+    assert results["views"] == 3 and results["top1"] > 0.5
+    stamp = cached.stat().st_mtime_ns
+    again = subprocess.run(cli("finetune", *common, "probe.epochs=20"), cwd=REPO, env=child_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and cached.stat().st_mtime_ns == stamp, "the views were extracted again"
+
+
+def test_views_need_the_bn_linear_head(data, backbone_file, tmp_path):
+    with pytest.raises(ValueError, match="'probe.views' = 3 needs 'probe.head' = bn_linear"):
+        config(data, backbone_file, tmp_path, "mode=linear", "probe.views=3")
