@@ -27,9 +27,12 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
             env: dist.DistEnv = dist.DistEnv(), views: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(features (views·N, D) float32 memmap, labels (views·N,) int64) of every sample of
     `shard_dir` in catalog order, view after view: one centre crop as for evaluation, or
-    `views` > 1 training crops (random-resized, flipped; the loader's seed and epoch fix
-    them). `identity` names the backbone in the record. Every rank of a process group
-    calls it; each returns the whole arrays."""
+    `views` > 1 training crops (random-resized, flipped). `identity` names the backbone in
+    the record. Every rank of a process group calls it; each returns the whole arrays.
+
+    The centre crops are shared out by sample (a rank's wrap-around fill rewrites the
+    values another rank wrote). Training crops are shared out by view, each view drawn by
+    a one-rank training loader at epoch = view: the same crops for any number of ranks."""
     record = {"shards": str(shard_dir), "fingerprint": shards.fingerprint(shards.read_manifest(shard_dir)),
               "stages": stages, "image_size": loader_cfg.image_size, "resize_size": loader_cfg.resize_size,
               **identity, **({"views": views, "min_scale": loader_cfg.min_scale, "seed": loader_cfg.seed}
@@ -42,25 +45,25 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
         out.parent.mkdir(parents=True, exist_ok=True)
         meta.unlink(missing_ok=True)
     cfg = dataclasses.replace(loader_cfg, sqrt_resample=False, drop_last=False)
-    loader = make_loader(cfg, shard_dir, env.rank, env.world_size, device, "eval" if views == 1 else "train")
+    if views == 1:
+        loader, mine = make_loader(cfg, shard_dir, env.rank, env.world_size, device, "eval"), [0]
+    else:
+        loader, mine = make_loader(cfg, shard_dir, 0, 1, device, "train"), range(env.rank, views, env.world_size)
     n = loader.num_samples
     model = model.to(device).eval()
-    feats = labels = None
-    with torch.no_grad(), tqdm(total=views * len(loader) * cfg.batch_size * env.world_size, unit="img",
-                               desc=f"features {Path(shard_dir).name}", disable=not env.is_main) as bar:
-        for view in range(views):
+    feats, labels = shared_arrays(feats_path, labels_path, views * n, width(model, stages, cfg, device), env)
+    with torch.no_grad(), tqdm(total=views * n, unit="img", desc=f"features {Path(shard_dir).name}",
+                               disable=not env.is_main) as bar:
+        for view in mine:
             loader.set_epoch(view)  # a training loader's epoch draws its crops
             for batch in loader:
                 images, targets = batch
                 with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                     part = model.forward_features(images, stages).float().cpu().numpy()
-                if feats is None:  # the width is known now: rank 0 makes the files, the others open them
-                    feats, labels = shared_arrays(feats_path, labels_path, views * n, part.shape[1], env)
-                # A rank's wrap-around fill repeats rows another rank has: a view of them again.
                 rows = view * n + np.asarray(batch.rows)
                 feats[rows] = part
                 labels[rows] = targets.cpu().numpy()
-                bar.update(len(rows) * env.world_size)
+                bar.update(len(rows) * (env.world_size if views == 1 else 1))
     feats.flush()
     labels.flush()
     dist.barrier()
@@ -73,6 +76,13 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
         os.replace(tmp, meta)   # the record last: its presence means the arrays are whole
     dist.barrier()
     return np.load(feats_path, mmap_mode="r"), np.load(labels_path)
+
+
+def width(model: torch.nn.Module, stages: int | None, cfg: LoaderConfig, device: torch.device) -> int:
+    """The features' width, from one blank image (every rank must know it before any batch)."""
+    with torch.no_grad():
+        blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device)
+        return int(model.forward_features(blank, stages).shape[1])
 
 
 def shared_arrays(feats_path: Path, labels_path: Path, n: int, width: int,

@@ -391,3 +391,19 @@ def test_bn_linear_on_augmented_views_cached_per_view(data, backbone_file, tmp_p
 def test_views_need_the_bn_linear_head(data, backbone_file, tmp_path):
     with pytest.raises(ValueError, match="'probe.views' = 3 needs 'probe.head' = bn_linear"):
         config(data, backbone_file, tmp_path, "mode=linear", "probe.views=3")
+
+
+def test_augmented_views_are_the_same_crops_on_two_ranks(data, backbone_file, tmp_path):
+    common = [f"backbone={backbone_file}", f"data.train={data['train']}", *TINY, "mode=linear",
+              "probe.head=bn_linear", "probe.epochs=3", "probe.views=3", "data.loader.min_scale=0.5"]
+    one = subprocess.run(cli("finetune", *common, f"run_dir={tmp_path / 'one'}"), cwd=REPO, env=child_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # Three views over two ranks: rank 0 draws views 0 and 2, rank 1 view 1.
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(31500 + os.getpid() % 1000), "-m", "launch.cli", "finetune", *common,
+                          f"run_dir={tmp_path / 'two'}"], cwd=REPO, env=child_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (np.load(tmp_path / run / "features" / "train.features.npy") for run in ("one", "two"))
+    assert a.shape == b.shape == (3 * 72, a.shape[1]) and np.allclose(a, b, atol=1e-5)
