@@ -346,18 +346,25 @@ def test_single_label_metrics():
     assert pair == {"true": 2, "predicted": 1, "errors": 2, "share": pytest.approx(2 / 3)}
 
 
-def test_two_rank_probe_shares_the_extraction_and_equals_one_process(data, backbone_file, tmp_path):
-    common = [f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}", *TINY,
-              "mode=linear", "probe.c_steps=5", "probe.c_max=10", "data.loader.batch_size=16"]
-    one = subprocess.run(cli("finetune", *common, f"run_dir={tmp_path / 'one'}"), cwd=REPO, env=child_env(),
+def one_and_two_ranks(args: list[str], tmp_path: Path, port: int) -> subprocess.CompletedProcess:
+    """`wsl finetune ARGS` in one process (run_dir one/) and under torchrun on 2 ranks
+    (run_dir two/); the 2-rank run's outcome."""
+    one = subprocess.run(cli("finetune", *args, f"run_dir={tmp_path / 'one'}"), cwd=REPO, env=child_env(),
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    # 72 train and 24 val images over 2 ranks in batches of 16: the last batches wrap around.
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(30500 + os.getpid() % 1000), "-m", "launch.cli", "finetune", *common,
+                          "--master-port", str(port + os.getpid() % 1000), "-m", "launch.cli", "finetune", *args,
                           f"run_dir={tmp_path / 'two'}"], cwd=REPO, env=child_env(), capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
+    return two
+
+
+def test_two_rank_probe_shares_the_extraction_and_equals_one_process(data, backbone_file, tmp_path):
+    # 72 train and 24 val images over 2 ranks in batches of 16: the last batches wrap around.
+    two = one_and_two_ranks([f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}",
+                             *TINY, "mode=linear", "probe.c_steps=5", "probe.c_max=10", "data.loader.batch_size=16"],
+                            tmp_path, 30500)
     for part in ("train", "val"):
         a, b = (np.load(tmp_path / run / "features" / f"{part}.features.npy") for run in ("one", "two"))
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
@@ -394,16 +401,9 @@ def test_views_need_the_bn_linear_head(data, backbone_file, tmp_path):
 
 
 def test_augmented_views_are_the_same_crops_on_two_ranks(data, backbone_file, tmp_path):
-    common = [f"backbone={backbone_file}", f"data.train={data['train']}", *TINY, "mode=linear",
-              "probe.head=bn_linear", "probe.epochs=3", "probe.views=3", "data.loader.min_scale=0.5"]
-    one = subprocess.run(cli("finetune", *common, f"run_dir={tmp_path / 'one'}"), cwd=REPO, env=child_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
     # Three views over two ranks: rank 0 draws views 0 and 2, rank 1 view 1.
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(31500 + os.getpid() % 1000), "-m", "launch.cli", "finetune", *common,
-                          f"run_dir={tmp_path / 'two'}"], cwd=REPO, env=child_env(), capture_output=True,
-                         text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one_and_two_ranks([f"backbone={backbone_file}", f"data.train={data['train']}", *TINY, "mode=linear",
+                       "probe.head=bn_linear", "probe.epochs=3", "probe.views=3", "data.loader.min_scale=0.5"],
+                      tmp_path, 31500)
     a, b = (np.load(tmp_path / run / "features" / "train.features.npy") for run in ("one", "two"))
     assert a.shape == b.shape == (3 * 72, a.shape[1]) and np.allclose(a, b, atol=1e-5)
