@@ -122,12 +122,11 @@ def run_stage(argv: list[str]) -> int:
 
 
 def dist_environ(job) -> dict[str, str]:
-    """torchrun's variables from submitit's job environment, so pretrain.dist reads one kind.
-    The port comes from the job id: two jobs sharing a node do not collide, and a requeued
-    job (same id) finds the same one."""
+    """torchrun's variables from submitit's job environment, so pretrain.dist reads one kind."""
+    from pretrain.dist import job_port  # in the job: the stage imports torch anyway
     master = job.hostnames[0] if job.cluster == "slurm" else "127.0.0.1"
     return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
-            "MASTER_ADDR": master, "MASTER_PORT": str(20000 + int(re.sub(r"\D", "", job.raw_job_id) or 0) % 20000)}
+            "MASTER_ADDR": master, "MASTER_PORT": str(job_port(int(re.sub(r"\D", "", job.raw_job_id) or 0)))}
 
 
 def say(text: str) -> None:

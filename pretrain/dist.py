@@ -44,11 +44,18 @@ def read_env(environ: dict | None = None) -> DistEnv:
                        env["MASTER_ADDR"], int(env["MASTER_PORT"]), "torchrun")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_JOB_ID" in env:
         nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
-        # A port derived from the job id: two jobs sharing a node do not collide.
-        port = int(env.get("MASTER_PORT", 20000 + int(env["SLURM_JOB_ID"]) % 20000))
+        port = int(env.get("MASTER_PORT", job_port(int(env["SLURM_JOB_ID"]))))
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                        env.get("MASTER_ADDR") or first_host(nodes), port, "slurm")
     return DistEnv()
+
+
+def job_port(job_id: int) -> int:
+    """The rendezvous port of a job: from its id, so two jobs sharing a node do not collide
+    and a requeued job (same id) finds the same one; in 10000-29999, below Linux's
+    ephemeral range (32768-60999), where the kernel gives ports to outgoing connections
+    (one of those made a job's port busy: EADDRINUSE)."""
+    return 10000 + job_id % 20000
 
 
 def first_host(nodelist: str) -> str:

@@ -142,7 +142,8 @@ def test_dist_environ_from_a_slurm_job(monkeypatch):
         monkeypatch.setenv(key, value)
     env = dist_environ(SlurmJobEnvironment())
     assert env == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu012",
-                   "MASTER_PORT": str(20000 + 123457 % 20000)}
+                   "MASTER_PORT": str(10000 + 123457 % 20000)}
+    assert int(env["MASTER_PORT"]) < 32768  # below the ephemeral ports outgoing connections take
 
 
 # -- W&B lineage, read back from the offline files ---------------------------------------------

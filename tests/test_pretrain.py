@@ -223,7 +223,7 @@ def test_dist_env_reading():
     slurm = read_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
                       "SLURM_JOB_NODELIST": "gpu[012-015]"})
     assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.source) == (5, 16, 1, "slurm")
-    assert slurm.master_addr == "gpu012" and slurm.master_port == 20000 + 4242
+    assert slurm.master_addr == "gpu012" and slurm.master_port == 10000 + 4242
 
 
 def test_bad_config_is_one_line(shard_dir, tmp_path):
