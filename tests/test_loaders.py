@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,12 +19,13 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from conftest import build_shards, photo
 from data_tools import resampling, shards, tables
 from data_tools.build import BuildConfig, build
-from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader, transforms
+from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader, transforms, workers
 from data_tools.loaders.bottleneck import measure
 from launch.config import build as make_config
 
@@ -352,3 +356,18 @@ def test_dali_on_gpu_survives_and_counts_bad_samples(broken_dir):
 def test_wds_on_gpu_gives_channels_last_cuda_batches(shard_dir):
     images, targets = next(iter(make_loader(config(), shard_dir, device="cuda")))
     assert images.is_cuda and targets.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
+
+
+def slow_start(worker_id: int) -> None:
+    """A worker whose start takes a second before it ignores the stop signals: the moment in
+    which torch's own SIGTERM handler (installed first) would let a signal kill it."""
+    time.sleep(1.0)
+    workers.ignore_stop_signals(worker_id)
+
+
+def test_a_worker_signalled_while_it_starts_survives():
+    with workers.stop_signals_held():
+        produced = iter(DataLoader(list(range(8)), batch_size=None, num_workers=2, worker_init_fn=slow_start))
+    for worker in produced._workers:  # as a signal to the whole process group would
+        os.kill(worker.pid, signal.SIGTERM)
+    assert sorted(produced) == list(range(8))

@@ -13,6 +13,7 @@ exact resume starts in the middle of a shard.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import signal
@@ -83,6 +84,22 @@ def ignore_stop_signals(worker_id: int) -> None:
     A worker still ends with its parent (DataLoader's watchdog)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    # Born with them blocked (stop_signals_held): one that came meanwhile is dropped now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """The stop signals blocked while DataLoader forks its workers. torch gives a new worker
+    a SIGTERM handler that dies before worker_init_fn (ignore_stop_signals) runs, and a
+    signal to the whole group in that moment killed it and, through DataLoader's error, the
+    run. A child inherits the block, so such a signal waits and is dropped; this process
+    gets its own when the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 @functools.cache
@@ -122,9 +139,11 @@ def batches(catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, worker
     pinned = cuda and pin(ring.data)
     copied = None  # on a GPU: the last batch's copy, whose slot is still held
     data = Batches(catalog, jobs, train, sizes, use_dali, ring)
+    with stop_signals_held():  # creating the iterator forks the workers
+        produced = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
+                                   worker_init_fn=ignore_stop_signals))
     try:
-        for slot, rows, failed in DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
-                                             worker_init_fn=ignore_stop_signals):
+        for slot, rows, failed in produced:
             images = ring.data[slot][:len(rows)]
             if cuda:
                 images = images.to(device, non_blocking=pinned)
