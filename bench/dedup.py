@@ -100,8 +100,8 @@ def aligned(originals: list[bytes], train: list[bytes], scores: np.ndarray, who:
     out = np.full(len(train), -1.0)
     for i in tqdm(np.flatnonzero(scores >= floor), desc="align candidate pairs", unit="pair"):
         if who[i] not in decoded:
-            decoded[who[i]] = verify.pixels(views.decode(originals[who[i]]))
-        out[i] = verify.aligned_score(verify.pixels(views.decode(train[i])), decoded[who[i]])
+            decoded[who[i]] = verify.pixels(views.framings(views.decode(originals[who[i]])))
+        out[i] = verify.aligned_score(verify.pixels(views.framings(views.decode(train[i]))), decoded[who[i]])
     return out
 
 

@@ -84,11 +84,11 @@ def main() -> None:
     print(f"descriptor, look-alikes: max {other_scores.max():.3f}; at or above the shipped {DCT_THRESHOLD}: "
           f"{int((other_scores >= DCT_THRESHOLD).sum())}; copies below it: {int((copy_scores < DCT_THRESHOLD).sum())}")
     check = VerifyConfig()
-    original_pixels = [pixels(im) for im in originals]
-    aligned_copies = np.array([aligned_score(pixels(c), original_pixels[i])
+    original_pixels = [pixels(views.framings(im)) for im in originals]
+    aligned_copies = np.array([aligned_score(pixels(views.framings(c)), original_pixels[i])
                                for c, i in tqdm(zip(copies, source), total=len(copies), desc="align copies")])
     candidates = np.flatnonzero(other_scores >= check.candidates)
-    aligned_others = np.array([aligned_score(pixels(train[k]), original_pixels[other_who[k]])
+    aligned_others = np.array([aligned_score(pixels(views.framings(train[k])), original_pixels[other_who[k]])
                                for k in tqdm(candidates, desc="align look-alikes")])
     # A copy the descriptor puts under the candidates is never aligned: missed.
     aligned_copies = np.where(copy_scores >= check.candidates, aligned_copies, -1.0)

@@ -165,7 +165,8 @@ def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sampl
     thumbnails = {key: im for key, im in zip(keys, images)
                   if sample_every and zlib.crc32(key.encode()) % sample_every == 0}
     return {"keys": keys, "paths": paths, "vectors": vectors, "counts": counts, "bad": bad,
-            "thumbnails": thumbnails, "pixels": [pixels(im) for im in images] if verify else None}
+            "thumbnails": thumbnails, "pixels": [pixels(views.framings(im) if index_side else group)
+                                                 for im, group in zip(images, per)] if verify else None}
 
 
 def _source_path(files: dict) -> str:

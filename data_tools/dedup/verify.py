@@ -20,8 +20,6 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data_tools.dedup import views
-
 SIDE = 64                                    # pixels on the shorter side of both images
 FRACTIONS = np.linspace(1.0, 0.6, 9)         # share of the original's side the copy may show
 # Under the demo's transformed copies (1,800, all at 0.870 or above) and over their closest
@@ -29,10 +27,11 @@ FRACTIONS = np.linspace(1.0, 0.6, 9)         # share of the original's side the 
 ALIGN_THRESHOLD = 0.83
 
 
-def pixels(im: Image.Image) -> list[np.ndarray]:
-    """Each framing of the image (views.framings) as float32 RGB with its shorter side SIDE."""
+def pixels(framings: list[Image.Image]) -> list[np.ndarray]:
+    """An image's framings (views.framings: the training side has them already, as its
+    query views) as uint8 RGB with the shorter side SIDE."""
     out = []
-    for framing in views.framings(im):
+    for framing in framings:
         scale = SIDE / min(framing.size)
         size = (max(1, round(framing.width * scale)), max(1, round(framing.height * scale)))
         out.append(np.asarray(framing.convert("RGB").resize(size, Image.BILINEAR), np.uint8))
