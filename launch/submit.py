@@ -353,15 +353,22 @@ def slurm_states(jobs: list) -> dict[str, str]:
     for a job it has forgotten (MinJobAge after the end), from sacct through submitit."""
     states = {}
     for base in dict.fromkeys(job.job_id.split("_")[0] for job in jobs):
-        out = subprocess.run(["scontrol", "-o", "show", "job", base], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            fields = dict(re.findall(r"(\w+)=(\S*)", line))
-            for job_id in scontrol_ids(fields):
-                states[job_id] = fields.get("JobState", "UNKNOWN")
+        states.update(scontrol_states(subprocess.run(["scontrol", "-o", "show", "job", base],
+                                                     capture_output=True, text=True).stdout))
     for job in jobs:
         if job.job_id not in states:
             states[job.job_id] = job.watcher.get_state(job.job_id, mode="force")
     return {job.job_id: states[job.job_id] for job in jobs}
+
+
+def scontrol_states(out: str) -> dict[str, str]:
+    """{job id: state} from `scontrol -o show job` output; an array gives each task."""
+    states = {}
+    for line in out.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        for job_id in scontrol_ids(fields):
+            states[job_id] = fields.get("JobState", "UNKNOWN")
+    return states
 
 
 def scontrol_ids(fields: dict) -> list[str]:

@@ -7,7 +7,6 @@ many small clusters; preemption signals on (`preempt_send_user_signal`).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from launch.submit import ENDED, scontrol_states
+
 REPO = Path(__file__).resolve().parents[1]
-DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
@@ -121,19 +121,13 @@ class SlurmCluster:
 
     def states(self, job_id: str) -> dict[str, str]:
         """{job id: state} from slurmctld (no sacct: works without accounting); arrays give each task."""
-        out = self.run("scontrol", "-o", "show", "job", job_id, check=False)
-        states = {}
-        for line in out.splitlines():
-            fields = dict(re.findall(r"(\w+)=(\S*)", line))
-            key = fields["JobId"] if "ArrayTaskId" not in fields else f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
-            states[key] = fields["JobState"]
-        return states
+        return scontrol_states(self.run("scontrol", "-o", "show", "job", job_id, check=False))
 
     def wait(self, job_id: str, timeout: float = 240) -> dict[str, str]:
         deadline = time.time() + timeout
         while time.time() < deadline:
             states = self.states(job_id)
-            if states and all(s in DONE_STATES for s in states.values()):
+            if states and all(s in ENDED for s in states.values()):
                 return states
             time.sleep(0.5)
         raise TimeoutError(f"job {job_id} not done after {timeout}s: {self.states(job_id)}")
