@@ -8,6 +8,7 @@ setup: $(VENV)/.installed
 # The registry's torch (a CUDA build, which runs on CPU too) with its matching torchvision;
 # the machine's local CPU-only torch wheel has no torchvision to match it.
 $(VENV)/.installed: pyproject.toml
+	bash scripts/check-disk.sh $(VENV) 9
 	bash scripts/install-system-deps.sh
 	python3 -m venv $(VENV)
 	$(PIP_ENV) $(VENV)/bin/pip install -q --upgrade pip
