@@ -9,7 +9,7 @@ from pathlib import Path
 
 from launch.config import ConfigError
 from launch.config import build as make_config
-from pretrain.stop import Interrupted
+from pretrain.stop import Interrupted, NonFiniteLoss
 
 USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
 
@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:  # the checkpoint is written
         print(f"wsl: {err}", file=sys.stderr)
         return 128 + err.signum
+    except NonFiniteLoss as err:
+        print(f"wsl: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # before training started or outside it: nothing to save
         print("wsl: interrupted", file=sys.stderr)
         return 130

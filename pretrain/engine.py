@@ -24,12 +24,7 @@ from tqdm import tqdm
 
 from pretrain import checkpoint, dist
 from pretrain.optim import set_lr
-from pretrain.stop import Interrupted, requested, stop_signals
-
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
+from pretrain.stop import Interrupted, NonFiniteLoss, requested, stop_signals
 
 
 @dataclass
@@ -165,9 +160,7 @@ def train(job: Job, progress: Progress) -> Progress:
                 before = progress.images_seen
                 out = train_step(job, stream, progress)
                 if progress.bad_in_row >= job.max_bad_steps:
-                    raise NonFiniteLoss(f"{progress.bad_in_row} steps in a row had a non-finite loss or gradient "
-                                        f"(at {progress.images_seen} images); the last good checkpoint is "
-                                        f"{checkpoint.latest(job.run_dir) or 'none'}")
+                    raise NonFiniteLoss(progress.bad_in_row, progress.images_seen, checkpoint.latest(job.run_dir))
                 window.add(out)
                 bar.update(job.global_batch)
                 signum = agreed_stop(job, progress)

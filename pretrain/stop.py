@@ -25,6 +25,18 @@ class Interrupted(RuntimeError):
         self.images_seen = images_seen
 
 
+class NonFiniteLoss(RuntimeError):
+    """The run diverged: `train.max_bad_steps` steps in a row had a non-finite loss or
+    gradient, each skipped. Here beside Interrupted so that `wsl` reports it in one line
+    without importing torch."""
+
+    def __init__(self, in_row: int, images_seen: int, last_good):
+        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+        super().__init__(f"diverged: {in_row} step(s) in a row had a non-finite loss or gradient, at "
+                         f"{images_seen} images; {where}. Lower optim.lr_per_256 or raise "
+                         "optim.warmup_images, then re-run (it resumes from the last checkpoint)")
+
+
 def request_stop(signum: int = signal.SIGTERM) -> None:
     """Ask the running loop to checkpoint and stop, as the signal `signum` would."""
     _flag["signum"] = _flag["signum"] or int(signum)

@@ -170,7 +170,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shard_dir, tmp_path):
 
     train_mod.make_loss = poisoned
     try:
-        with pytest.raises(engine.NonFiniteLoss, match="3 steps in a row"):
+        with pytest.raises(engine.NonFiniteLoss, match="3 step\(s\) in a row"):
             run(cfg, to_dict(cfg))
     finally:
         train_mod.make_loss = real_make_loss
@@ -180,6 +180,16 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shard_dir, tmp_path):
     assert last_good is not None
     state = checkpoint.load(last_good)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_diverging_run_ends_in_one_line_with_exit_1(shard_dir, tmp_path):
+    proc = subprocess.run(cli("pretrain", f"data.train={shard_dir}", f"run_dir={tmp_path / 'run'}", *TINY,
+                              "train.total_images=800", "optim.warmup_images=0", "optim.lr_per_256=1e12",
+                              "train.max_bad_steps=2", "data.loader.workers=2"),
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "wsl: diverged: 2 step(s) in a row" in proc.stderr and "lr_per_256" in proc.stderr
 
 
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path):
