@@ -11,7 +11,7 @@ the same shards, train transforms (RandomResizedCrop 224 + flip + normalise), ba
   baseline  the user's usual alternative: webdataset.WebDataset -> shuffle -> decode("pil")
             -> torchvision v2 RandomResizedCrop/flip/ToDtype/Normalize, DataLoader with one
             worker per core;
-  wds, dali-cpu (and dali on a GPU)   data_tools.loaders.make_loader, all cores.
+  pil, dali-cpu (and dali on a GPU)   data_tools.loaders.make_loader, all cores.
 
 Each figure is img/s as training reads (data_tools.loaders.bottleneck.loader_rate): the
 first batch (start-up) is left out, later epochs' worker starts are counted.
@@ -176,9 +176,9 @@ def main() -> None:
               flush=True)
         base = loader_rate(baseline_loader(shards, cores, args.batch_size, num_classes), args.seconds)
         print(f"  baseline (webdataset + PIL + torchvision):  {base:8.0f} img/s", flush=True)
-        backends = [("wds", "cpu"), ("dali-cpu", "cpu")] if dali_available() else [("wds", "cpu")]
+        backends = [("pil", "cpu"), ("dali-cpu", "cpu")] if dali_available() else [("pil", "cpu")]
         if torch.cuda.is_available():
-            backends += [("dali", "cuda"), ("wds", "cuda")]
+            backends += [("dali", "cuda"), ("pil", "cuda")]
         rates = {}
         for backend, device in backends:
             loader = make_loader(LoaderConfig(backend=backend, batch_size=args.batch_size, workers=cores), shards,

@@ -5,7 +5,7 @@ start-up < 10 s and peak RSS < 2 GB per rank, per-sample cost flat).
 
 Remote (goal: >= 90 % of local disk): steady img/s of one loader over the --remote set
 served by a moto S3 server process on 127.0.0.1 against the same shards on local disk, in
-one run (wds, a worker per core, 64x64 crops, train).
+one run (pil, a worker per core, 64x64 crops, train).
 
 Generates one shard of tiny JPEGs (a few distinct images' bytes reused, 2-3 Zipf tags each,
 written with data_tools.shards.write_shard: tar, DALI index, sample table), then shard sets
@@ -13,7 +13,7 @@ of each size made of hard links to it, each with its manifest and resampling fit
 simulated set has the manifest, per-shard counts and the resampling fit of the full size,
 but only the shards the measured rank reads first are on disk (hard links again): a loader
 that touched any other shard would fail. Each measurement is a fresh process: rank 0 of
---world, backend wds, one worker, train phase with square-root resampling; start-up is
+--world, backend pil, one worker, train phase with square-root resampling; start-up is
 construction to the first batch, RSS the process's peak, and what the loader added to the
 resident memory of the process as imported (torch alone is most of the peak); the
 worker process's peak is printed apart.
@@ -131,7 +131,7 @@ def measure(directory: str, world: int) -> dict:
     from data_tools.loaders import LoaderConfig, make_loader
     before = resident_mb()
     start = time.perf_counter()
-    loader = make_loader(LoaderConfig(backend="wds", batch_size=64, image_size=32, resize_size=40, workers=1),
+    loader = make_loader(LoaderConfig(backend="pil", batch_size=64, image_size=32, resize_size=40, workers=1),
                          directory, rank=0, world_size=world)
     built = time.perf_counter() - start
     batches = iter(loader)
@@ -173,7 +173,7 @@ def remote_vs_local(directory: Path, seconds: float) -> tuple[float, float]:
         fs.mkdir("bench")
         for path in sorted(directory.iterdir()):
             fs.put_file(str(path), f"bench/set/{path.name}")
-        cfg = LoaderConfig(backend="wds", batch_size=64, image_size=64, resize_size=72, workers=0)
+        cfg = LoaderConfig(backend="pil", batch_size=64, image_size=64, resize_size=72, workers=0)
         with tempfile.TemporaryDirectory() as cache:
             local = loader_rate(make_loader(cfg, directory), seconds)
             cfg.cache_dir = cache
@@ -203,7 +203,7 @@ def main() -> None:
         runs = [(n, make_set(root, n)) for n in args.sizes]
         if args.simulate:
             runs.append((args.simulate, make_set(root, args.simulate, args.world)))
-        print(f"rank 0 of {args.world}, {PER_SHARD} samples per shard, batch 64 (wds, 1 worker)")
+        print(f"rank 0 of {args.world}, {PER_SHARD} samples per shard, batch 64 (pil, 1 worker)")
         print(f"{'samples':>14} {'shards':>8} {'construct s':>12} {'first batch s':>14} {'peak RSS MB':>12} "
               f"{'of it loader MB':>16} {'worker RSS MB':>14}")
         for n, directory in runs:

@@ -78,7 +78,7 @@ def test_blocked_tag_metrics_equal_the_dense_ones(monkeypatch):
 
 
 def eval_loader(shard_dir, rank, world):
-    cfg = LoaderConfig(backend="wds", batch_size=4, workers=1, image_size=32, resize_size=36)
+    cfg = LoaderConfig(backend="pil", batch_size=4, workers=1, image_size=32, resize_size=36)
     return make_loader(cfg, shard_dir, rank, world, "cpu", "eval")
 
 
@@ -212,7 +212,7 @@ def test_resume_drops_metric_rows_past_the_checkpoint(shard_dir, tmp_path):
 def test_bottleneck_probe_on_a_tiny_set_measures_and_keeps_its_time(tmp_path):
     shard_dir = tmp_path / "shards"
     build_shards(write_corpus(tmp_path / "raw", 43), shard_dir, "shards.samples=16")
-    cfg = LoaderConfig(backend="wds", batch_size=32, workers=1, image_size=32, resize_size=36)
+    cfg = LoaderConfig(backend="pil", batch_size=32, workers=1, image_size=32, resize_size=36)
     loader = make_loader(cfg, shard_dir, 0, 1, "cpu", "train")
     model = build_model("resnext_tiny", 8)
 

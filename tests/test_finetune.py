@@ -35,7 +35,7 @@ COLOURS = {"black": (20, 20, 20), "blue": (30, 60, 200), "green": (40, 180, 60),
            "white": (235, 235, 235), "yellow": (220, 210, 40)}
 TINY = ["device=cpu", "log.wandb=off", "train.bottleneck_seconds=0", "data.loader.batch_size=8",
         "data.loader.image_size=32", "data.loader.resize_size=36", "data.loader.workers=1",
-        "data.loader.backend=wds", "optim.warmup_images=16", "optim.schedule=cosine", "log.every_steps=1",
+        "data.loader.backend=pil", "optim.warmup_images=16", "optim.schedule=cosine", "log.every_steps=1",
         "checkpoint.keep=100", "optim.weight_decay=0"]
 
 

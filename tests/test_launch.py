@@ -20,7 +20,7 @@ from pretrain import checkpoint
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "model.name=resnext_tiny", "train.bottleneck_seconds=0", "data.loader.batch_size=8",
         "data.loader.image_size=32", "data.loader.resize_size=36", "data.loader.workers=1",
-        "data.loader.backend=wds", "optim.warmup_images=16", "log.every_steps=1", "log.sample_images=0"]
+        "data.loader.backend=pil", "optim.warmup_images=16", "log.every_steps=1", "log.sample_images=0"]
 
 
 def wsl_launch(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -29,14 +29,14 @@ from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader
 from data_tools.loaders.bottleneck import measure
 from launch.config import build as make_config
 
-CPU_BACKENDS = ["wds", pytest.param("dali-cpu", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]
+CPU_BACKENDS = ["pil", pytest.param("dali-cpu", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]
 SMALL = dict(batch_size=16, image_size=32, resize_size=40, workers=1)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the lent GPU machine)")
 
 
-def config(backend: str = "wds", **overrides) -> LoaderConfig:
+def config(backend: str = "pil", **overrides) -> LoaderConfig:
     return LoaderConfig(backend=backend, **{**SMALL, **overrides})
 
 
@@ -185,14 +185,14 @@ def test_hashtag_data_is_sqrt_resampled_by_default(shard_dir):
 # --- the same samples, whatever the backend or worker count ------------------------------
 
 def test_every_backend_yields_the_same_samples(shard_dir):
-    backends = ["wds", "dali-cpu"] if dali_available() else ["wds"]
+    backends = ["pil", "dali-cpu"] if dali_available() else ["pil"]
     evals = [Counter(keys_of(epoch(make_loader(config(b), shard_dir, phase="eval")))) for b in backends]
     assert all(e == evals[0] for e in evals) and set(evals[0]) == set(samples(shard_dir))
     trains = [keys_of(epoch(make_loader(config(b), shard_dir))) for b in backends]
     assert all(Counter(t) == Counter(trains[0]) for t in trains)
 
 
-def test_wds_output_does_not_depend_on_the_worker_count(shard_dir):
+def test_pil_output_does_not_depend_on_the_worker_count(shard_dir):
     one = epoch(make_loader(config(workers=1), shard_dir))
     two = epoch(make_loader(config(workers=2), shard_dir))
     assert keys_of(one) == keys_of(two)
@@ -353,7 +353,7 @@ def test_dali_on_gpu_survives_and_counts_bad_samples(broken_dir):
 
 @gpu
 @pytest.mark.gpu
-def test_wds_on_gpu_gives_channels_last_cuda_batches(shard_dir):
+def test_pil_on_gpu_gives_channels_last_cuda_batches(shard_dir):
     images, targets = next(iter(make_loader(config(), shard_dir, device="cuda")))
     assert images.is_cuda and targets.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
 

@@ -44,7 +44,7 @@ def shuffled(rows):
 
 
 def distinct_tags_per_batch(directory: Path) -> float:
-    cfg = LoaderConfig(backend="wds", batch_size=BATCH, shuffle_buffer=1, sqrt_resample=False, workers=1)
+    cfg = LoaderConfig(backend="pil", batch_size=BATCH, shuffle_buffer=1, sqrt_resample=False, workers=1)
     loader = make_loader(cfg, directory)
     rows = loader.order().rows()
     batches = [rows[s:s + BATCH] for s in range(0, len(rows) - BATCH + 1, BATCH)]

@@ -26,7 +26,7 @@ from pretrain.train import run
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
         "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
-        "data.loader.workers=1", "data.loader.backend=wds", "optim.warmup_images=32",
+        "data.loader.workers=1", "data.loader.backend=pil", "optim.warmup_images=32",
         "optim.schedule=cosine", "log.every_steps=1", "checkpoint.keep=100"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from data_tools.loaders import LoaderConfig, make_loader
 
-SMALL = dict(backend="wds", batch_size=16, image_size=32, resize_size=40, workers=1, shuffle_buffer=32)
+SMALL = dict(backend="pil", batch_size=16, image_size=32, resize_size=40, workers=1, shuffle_buffer=32)
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from data_tools.loaders import LoaderConfig, make_loader
 from data_tools.verify import verify
 
 CLI = [sys.executable, "-m", "launch.cli"]
-SMALL = LoaderConfig(backend="wds", batch_size=16, image_size=32, resize_size=40, workers=1)
+SMALL = LoaderConfig(backend="pil", batch_size=16, image_size=32, resize_size=40, workers=1)
 
 
 def test_tables_hold_each_samples_place_labels_and_key(shard_dir):
@@ -102,13 +102,13 @@ def test_a_table_whose_rows_disagree_with_the_manifest_is_named(tmp_path, shard_
     manifest["shards"][0]["samples"] += 1
     shards.write_json(out / "manifest.json", manifest)
     with pytest.raises(ValueError, match=f"train-000000.table has {rows} rows, the manifest says {rows + 1}"):
-        make_loader(LoaderConfig(backend="wds", sqrt_resample=False, workers=1), out)
+        make_loader(LoaderConfig(backend="pil", sqrt_resample=False, workers=1), out)
 
 
 def test_a_rank_reads_only_the_tables_of_the_shards_it_reaches(tmp_path, shard_dir):
     """With every other shard's table deleted, a rank still starts and makes its first batches."""
     out = shutil.copytree(shard_dir, tmp_path / "copy")
-    cfg = LoaderConfig(backend="wds", batch_size=8, image_size=32, resize_size=40, workers=1, shuffle_buffer=8)
+    cfg = LoaderConfig(backend="pil", batch_size=8, image_size=32, resize_size=40, workers=1, shuffle_buffer=8)
     probe = make_loader(cfg, shard_dir, rank=1, world_size=2)
     first = probe.order().rows(0, 16)  # the first two batches
     needed = {probe.catalog.shard_of(r) for r in first} | {0}  # shard 0: checked at load

@@ -10,7 +10,7 @@ exactly where the stream stopped, also on another world size. Samples that canno
 used are skipped and counted in `bad_samples`; a batch whose image fails to decode keeps
 its size, the slot filled with another sample of the batch.
 
-Backends: `dali` (GPU, dali.py), `dali-cpu` and `wds` (worker processes, workers.py);
+Backends: `dali` (GPU, dali.py), `dali-cpu` and `pil` (worker processes, workers.py);
 `auto` takes dali on a GPU and dali-cpu on CPU, the faster CPU backend (bench/loader.py).
 """
 from __future__ import annotations
@@ -36,15 +36,15 @@ from data_tools.loaders import plan as plans
 from data_tools.loaders import remote, transforms
 from data_tools.loaders.workers import PREFETCH
 
-BACKENDS = ("auto", "dali", "dali-cpu", "wds")
+BACKENDS = ("auto", "dali", "dali-cpu", "pil")
 PHASES = ("train", "eval")
 
 
 @dataclass
 class LoaderConfig:
-    backend: Literal["auto", "dali", "dali-cpu", "wds"] = "auto"  # auto: dali on a GPU, dali-cpu on CPU
+    backend: Literal["auto", "dali", "dali-cpu", "pil"] = "auto"  # auto: dali on a GPU, dali-cpu on CPU
     batch_size: int = bounded(64, lo=1)          # per rank
-    workers: int = bounded(0, lo=0, hi=1024)     # worker processes (wds) or threads (dali); 0: every core we may use
+    workers: int = bounded(0, lo=0, hi=1024)     # worker processes (pil, dali-cpu) or threads (dali); 0: every core we may use
     image_size: int = bounded(224, lo=8)         # side of the square crop the model sees
     resize_size: int = bounded(256, lo=8)        # eval: shorter side before the centre crop
     min_scale: float = bounded(0.08, lo=0, hi=1, open_lo=True)  # train: smallest RandomResizedCrop area, as a fraction
@@ -116,12 +116,12 @@ def dali_available() -> bool:
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if not dali_available():
-            return "wds"
+            return "pil"
         return "dali" if device.type == "cuda" else "dali-cpu"
     if backend == "dali" and device.type != "cuda":
-        raise ValueError("backend 'dali' decodes on a GPU; on CPU use 'dali-cpu' or 'wds'")
+        raise ValueError("backend 'dali' decodes on a GPU; on CPU use 'dali-cpu' or 'pil'")
     if backend.startswith("dali") and not dali_available():
-        raise ValueError(f"backend '{backend}' needs nvidia-dali, which is not installed; use 'wds'")
+        raise ValueError(f"backend '{backend}' needs nvidia-dali, which is not installed; use 'pil'")
     return backend
 
 

@@ -1,6 +1,6 @@
 """The CPU backends' processes: DataLoader workers that each make every W-th batch.
 
-`wds` decodes with PIL (transforms.pil_batch); `dali-cpu` runs a one-thread DALI pipeline
+`pil` decodes with PIL (transforms.pil_batch); `dali-cpu` runs a one-thread DALI pipeline
 in each worker (dali.cpu_batches), whose libjpeg-turbo ROI decode only decodes the crop
 window. Batch j goes to worker j mod W and the DataLoader hands the batches back in that
 order, so what a rank yields does not depend on its worker count. Worker processes (not
