@@ -56,7 +56,8 @@ def sweep(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: int,
     heads = logreg.fit(x[fit_rows], y[fit_rows], num_classes, cs, cfg.probe.max_iter, device)
     scores = logreg.accuracy(heads, x[held_rows], y[held_rows], device)
     best = int(np.argmax(scores))
-    say(f"logreg sweep: {len(cs)} C values in {heads.iterations} L-BFGS iterations; best C = {cs[best]:.3g} "
+    say(f"logreg sweep: {len(cs)} values of C in [{cs[0]:.3g}, {cs[-1]:.3g}], {min(heads.iterations)} to "
+        f"{max(heads.iterations)} L-BFGS iterations each; best C = {cs[best]:.3g} "
         f"({100 * scores[best]:.2f} % on {len(held_rows)} held-out train images); refitting on all of train")
     final = logreg.fit(x, y, num_classes, [cs[best]], cfg.probe.max_iter, device)
     head = nn.Linear(x.shape[1], num_classes)

@@ -184,7 +184,7 @@ def test_linear_probe_end_to_end_and_eval_agrees(data, backbone_file, tmp_path):
     first = subprocess.run(cli("finetune", *common), cwd=REPO, env=child_env(), capture_output=True, text=True,
                            timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "logreg sweep: 5 C values" in first.stderr and "LEAK WARNING" in first.stderr
+    assert "logreg sweep: 5 values of C" in first.stderr and "LEAK WARNING" in first.stderr
     results = json.loads((tmp_path / "probe" / "results.json").read_text())
     assert len(results["sweep"]) == 5 and results["num_samples"] == 24
     assert results["top1"] > 0.5, "colour classes from even a random trunk's features"
