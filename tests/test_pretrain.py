@@ -170,7 +170,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shard_dir, tmp_path):
 
     train_mod.make_loss = poisoned
     try:
-        with pytest.raises(engine.NonFiniteLoss, match="3 step\(s\) in a row"):
+        with pytest.raises(engine.NonFiniteLoss, match=r"3 step\(s\) in a row"):
             run(cfg, to_dict(cfg))
     finally:
         train_mod.make_loss = real_make_loss
