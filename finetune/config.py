@@ -49,6 +49,7 @@ class FinetuneConfig(PretrainConfig):
         if self.mode == "linear":
             if not self.run_dir or not self.data.train:
                 raise ValueError("config keys 'run_dir' and 'data.train' are required")
+            self.check_eval()
             if self.probe.views > 1 and self.probe.head != "bn_linear":
                 raise ValueError(f"'probe.views' = {self.probe.views} needs 'probe.head' = bn_linear (the logreg "
                                  "sweep picks C on held-out images, which other views of them would leak into)")

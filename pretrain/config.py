@@ -82,3 +82,15 @@ class PretrainConfig:
         if self.optim.warmup_images >= self.train.total_images:
             raise ValueError(f"'optim.warmup_images' ({self.optim.warmup_images}) must be below "
                              f"'train.total_images' ({self.train.total_images})")
+        self.check_eval()
+
+    def check_eval(self) -> None:
+        """The eval resolution, checked at start rather than by the first evaluation's loader,
+        which may come at the end of the run."""
+        size, resize = self.eval.image_size, self.eval.resize_size
+        if 0 < size < 8:
+            raise ValueError(f"config key 'eval.image_size' ({size}) must be 0 (data.loader.image_size) or at least 8")
+        size = size or self.data.loader.image_size
+        if 0 < resize < size:
+            raise ValueError(f"config key 'eval.resize_size' ({resize}) must be 0 (scaled with the crop) or at "
+                             f"least the eval crop ({size}): evaluation crops the crop out of the resized image")

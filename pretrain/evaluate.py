@@ -139,7 +139,7 @@ def loader_config(cfg):
     base = cfg.data.loader
     size = cfg.eval.image_size or base.image_size
     resize = cfg.eval.resize_size or round(base.resize_size * size / base.image_size)
-    return dataclasses.replace(base, sqrt_resample=False, image_size=size, resize_size=max(resize, size))
+    return dataclasses.replace(base, sqrt_resample=False, image_size=size, resize_size=resize)
 
 
 def make_evaluator(cfg, model: torch.nn.Module, env, device: torch.device):

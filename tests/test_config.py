@@ -162,6 +162,9 @@ def test_pretrain_errors_are_one_line_before_the_run_directory(capsys, tmp_path,
         "'data.val': ": [*base, f"run_dir={run_dir}", f"data.val={tmp_path / 'no_val'}"],
         "'data.train': ": ["pretrain", "-c", tiny, f"data.train={tmp_path}", f"run_dir={run_dir}"],
         "'train.loss' = ce needs single-label data": [*base, f"run_dir={run_dir}", "train.loss=ce"],
+        "'eval.image_size' (4) must be 0": [*base, f"run_dir={run_dir}", "eval.image_size=4"],
+        "'eval.resize_size' (70) must be 0 (scaled with the crop) or at least the eval crop (80)":
+            [*base, f"run_dir={run_dir}", "eval.image_size=80", "eval.resize_size=70"],
     }
     if not torch.cuda.is_available():
         cases["device=cuda asked for, but no CUDA device is visible"] = [*base, f"run_dir={run_dir}", "device=cuda"]
