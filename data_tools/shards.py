@@ -123,10 +123,34 @@ def file_sha256(path: Path) -> str:
 
 
 def read_manifest(directory: str | Path) -> dict:
+    """The manifest of a shard directory, local or at a URL (s3://, gs://, http(s)://)."""
+    if "://" in str(directory):
+        return json.loads(read_remote(str(directory), "manifest.json"))
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no manifest.json (not a finished `wsl data build` output)")
     return json.loads(path.read_text())
+
+
+def read_vocabulary(directory: str | Path, manifest: dict) -> list:
+    """The vocabulary.tsv entries of a shard directory, local or at a URL."""
+    from data_tools import vocab
+    if "://" in str(directory):
+        return vocab.parse(read_remote(str(directory), manifest["vocabulary"]), f"{directory}/{manifest['vocabulary']}")
+    return vocab.read(Path(directory) / manifest["vocabulary"])
+
+
+def read_remote(url: str, name: str) -> str:
+    """A small file of a shard directory at a URL, through fsspec (the storage's own
+    settings, such as AWS_ENDPOINT_URL or ~/.aws, apply)."""
+    import fsspec
+    try:
+        with fsspec.open(f"{url.rstrip('/')}/{name}", "rt") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url} has no {name} (not a finished `wsl data build` output)") from None
+    except Exception as err:  # no such host, refused, no credentials: each client has its own errors
+        raise FileNotFoundError(f"cannot read {url}/{name}: {type(err).__name__}: {err}") from None
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -58,7 +58,12 @@ def read(path: str | Path) -> list[Entry]:
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary not found: {path}")
     with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+        return parse(f.read(), path)
+
+
+def parse(text: str, path) -> list[Entry]:
+    """The entries of a vocabulary.tsv's text; `path` names it in errors."""
+    rows = list(csv.reader(text.splitlines(), delimiter="\t"))
     if not rows or tuple(rows[0]) != HEADER:
         raise ValueError(f"{path} is not a vocabulary.tsv (header must be {' '.join(HEADER)})")
     entries = []

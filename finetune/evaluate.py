@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_tools import shards, vocab
+from data_tools import shards
 from data_tools.loaders import LoaderConfig, make_loader
 from pretrain import checkpoint
 from pretrain.evaluate import collect, loader_config
@@ -58,7 +58,7 @@ def load_model(path: str | Path) -> tuple[Probe, dict, int]:
 
 def class_names(shard_dir: str | Path) -> list[str]:
     manifest = shards.read_manifest(shard_dir)
-    entries = vocab.read(Path(shard_dir) / manifest["vocabulary"])
+    entries = shards.read_vocabulary(shard_dir, manifest)
     return [e.synset if e.lemma == e.synset else f"{e.synset} ({e.lemma})" for e in entries]
 
 

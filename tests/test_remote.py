@@ -3,6 +3,7 @@ http.server, each its own process on 127.0.0.1, started here. The stream must be
 read from local disk, and the local cache must hold no more than the shards in use."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -114,3 +115,27 @@ def test_a_missing_remote_set_is_one_clear_error(s3_url, tmp_path):
 def test_a_remote_set_needs_a_positive_cache(s3_url):
     with pytest.raises(ValueError, match="cache_gb"):
         make_loader(LoaderConfig(**SMALL, cache_gb=0), s3_url)
+
+
+def test_wsl_pretrain_trains_and_evaluates_on_shards_at_a_url(s3_url, tmp_path):
+    """The `wsl` command, not only the loader: its checks and the run read the manifest
+    through the URL (they once read a local path and refused every URL)."""
+    from test_pretrain import REPO, TINY, child_env, cli
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(cli("pretrain", f"data.train={s3_url}", f"data.val={s3_url}", f"run_dir={run_dir}", *TINY,
+                              "train.total_images=64", "eval.max_images=32", f"data.loader.cache_dir={tmp_path}"),
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert rows[-1]["images_seen"] >= 64 and any("val/mAP" in row for row in rows)
+
+
+def test_class_names_of_a_set_at_a_url_are_those_on_disk(http_url, shard_dir):
+    from finetune.evaluate import class_names
+    assert class_names(http_url) == class_names(shard_dir)
+
+
+def test_a_url_without_a_shard_set_is_one_clear_error(http_url):
+    from data_tools import shards
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
+        shards.read_manifest(f"{http_url}/nothing")
