@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pretrain import checkpoint
 from pretrain.models import MODELS, ResNeXt, build_model
 
 HEAD = "fc."
@@ -31,10 +32,7 @@ def read(path: str | Path) -> Source:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise ValueError(f"backbone {path} is not a readable torch file: {str(err).splitlines()[0]}") from None
+    blob = checkpoint.load_weights(path, "backbone")
     if not isinstance(blob, dict):
         raise ValueError(f"backbone {path} holds a {type(blob).__name__}, not a state dict")
     name, config = None, None
@@ -45,6 +43,8 @@ def read(path: str | Path) -> Source:
         name = config.get("model", {}).get("name")
     elif isinstance(blob.get("state_dict"), dict):           # timm/Lightning-style wrapper
         weights = blob["state_dict"]
+    elif isinstance(blob.get("model"), dict):                # MAE / DeiT / DINO-style wrapper
+        weights = blob["model"]
     else:                                                     # torchvision / WSL-Images: the bare state dict
         weights = blob
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):

@@ -142,15 +142,36 @@ def pretrain(args) -> int:
     return 0
 
 
-def check_pretrain(cfg) -> None:
+def check_pretrain(cfg, device: bool = True) -> None:
     """What the config says about the world (files, data, device), checked before the run
-    directory is made: each a one-line error instead of a traceback minutes in."""
-    from pretrain import dist
+    directory is made: each a one-line error instead of a traceback minutes in. `device`:
+    also that the device asked for is here (not on a login node submitting to SLURM)."""
     from pretrain.models import MODELS
-    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
-        raise ConfigError(f"config key 'run_dir' = {cfg.run_dir} is a file; give a directory")
     if cfg.model.name not in MODELS:
         raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a model (known: {', '.join(MODELS)})")
+    check_training(cfg, device)
+
+
+def check_finetune(cfg, device: bool = True) -> None:
+    """check_pretrain's checks for labelled data, which would otherwise fail only when the
+    final evaluation reads data.val, after the whole run."""
+    from pretrain.models import MODELS
+    if cfg.model.name and cfg.model.name not in MODELS:
+        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a model (known: {', '.join(MODELS)})")
+    if not Path(cfg.backbone).is_file():
+        raise ConfigError(f"config key 'backbone': file not found: {cfg.backbone}")
+    train = check_training(cfg, device)
+    if train["label_type"] != "single":
+        raise ConfigError(f"config key 'data.train': {cfg.data.train} holds multi-label data; fine-tuning needs "
+                          "single-label shards (`wsl data build` from an ImageFolder, or `wsl data convert`)")
+
+
+def check_training(cfg, device: bool) -> dict:
+    """The run directory, the data sets and the loss against each other, the device; the
+    training set's manifest."""
+    from pretrain import dist
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise ConfigError(f"config key 'run_dir' = {cfg.run_dir} is a file; give a directory")
     train = read_shards("data.train", cfg.data.train)
     if cfg.data.val:
         val = read_shards("data.val", cfg.data.val)
@@ -161,10 +182,12 @@ def check_pretrain(cfg) -> None:
     if wanted != train["label_type"]:
         raise ConfigError(f"config key 'train.loss' = {cfg.train.loss} needs {wanted}-label data, but data.train "
                           f"is {train['label_type']}-label (train.loss=auto picks the right one)")
-    try:
-        dist.pick_device(cfg.device, dist.read_env())
-    except RuntimeError as err:  # no GPU for device=cuda, a half-set torchrun environment
-        raise ConfigError(str(err)) from None
+    if device:
+        try:
+            dist.pick_device(cfg.device, dist.read_env())
+        except RuntimeError as err:  # no GPU for device=cuda, a half-set torchrun environment
+            raise ConfigError(str(err)) from None
+    return train
 
 
 def read_shards(key: str, directory: str) -> dict:
@@ -236,6 +259,7 @@ def finetune(args) -> int:
     from finetune.train import run
     from launch.config import to_dict
     cfg = make_config(FinetuneConfig, args.config, args.overrides)
+    check_finetune(cfg)
     run(cfg, to_dict(cfg))
     return 0
 

@@ -24,6 +24,7 @@ class Stage:
     inputs: tuple[str, ...] = ()        # dotted keys of every file or folder that must exist to start
     merge: tuple[str, ...] | None = None  # subcommand joining `--part i/N` outputs; None: no arrays
     trains: bool = False                # stops at a checkpoint through pretrain.stop.request_stop
+    check: str = ""                     # "module:function" that checks its data and files, as `wsl STAGE` does
 
     @property
     def name(self) -> str:
@@ -42,9 +43,10 @@ STAGES = {stage.name: stage for stage in (
     Stage(("data", "dedup"), "data_tools.dedup.run:DedupConfig", output="out", artifact="summary.json",
           reads=("train",), inputs=("train", "against")),
     Stage(("pretrain",), "pretrain.config:PretrainConfig", output="run_dir", artifact="backbone.pt",
-          reads=("data.train",), inputs=("data.train", "data.val"), trains=True),
+          reads=("data.train",), inputs=("data.train", "data.val"), trains=True, check="launch.cli:check_pretrain"),
     Stage(("finetune",), "finetune.config:FinetuneConfig", output="run_dir", artifact="results.json",
-          reads=("data.train",), inputs=("data.train", "data.val", "backbone"), trains=True),
+          reads=("data.train",), inputs=("data.train", "data.val", "backbone"), trains=True,
+          check="launch.cli:check_finetune"),
 )}
 
 # Arguments of a stage's parser that are not config keys of the same name.
@@ -80,6 +82,14 @@ def missing_inputs(stage: Stage, cfg) -> list[str]:
             if path and "://" not in path and not Path(path).exists():
                 missing.append(f"{key} = {path}")
     return missing
+
+
+def check(stage: Stage, cfg) -> None:
+    """The stage's own checks of its data against its config (label types, classes), but not
+    of the device: the submitting machine is often a login node without the job's GPUs."""
+    if stage.check:
+        module, name = stage.check.split(":")
+        getattr(importlib.import_module(module), name)(cfg, device=False)
 
 
 def lookup(cfg, dotted: str):

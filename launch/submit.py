@@ -176,6 +176,7 @@ def launch(args: argparse.Namespace) -> int:
     missing = stages.missing_inputs(stage, cfg)
     if missing:
         raise ConfigError(f"{stage.name}: not found, so not submitted: {'; '.join(missing)}")
+    stages.check(stage, cfg)
     job_dir = make_job_dir(opts.job_dir, stage)
     dump(cfg, job_dir / "config.yaml")
     lineage = make_lineage(stage, cfg, opts, job_dir)

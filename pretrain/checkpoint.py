@@ -7,6 +7,7 @@ weights_only, so a checkpoint file cannot run code.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import re
@@ -50,6 +51,30 @@ def save(state: dict, run_dir: Path, images_seen: int, keep: int) -> Path:
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# Training scripts (timm, MAE, DeiT) save their argparse arguments beside the weights; a
+# Namespace only sets attributes, so a weights-only load (no code runs) may accept it.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def load_weights(path: str | Path, what: str):
+    """A weights file of any trainer, loaded weights-only; one that cannot be is one line
+    saying why (`what` names the file's role: "backbone", "descriptor checkpoint")."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        text = " ".join(str(err).split())
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if refused:
+            why = (f"holds a {refused[1]} object, which a weights-only load refuses; from a trusted file, save "
+                   "its state dict alone: torch.save(torch.load(F, weights_only=False)['state_dict'], 'weights.pt')")
+        elif "Unsupported operand" in text:
+            why = "is not a torch file (neither torch.save's zip nor a pickle)"
+        else:
+            why = f"is not a readable torch file: {text[:300]}"
+        raise ValueError(f"{what} {path} {why}") from None
 
 
 def rng_state(device: torch.device | None = None) -> dict:

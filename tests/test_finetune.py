@@ -1,6 +1,8 @@
 """`wsl finetune` on real shards of generated JPEGs: tiny ResNeXt, CPU, real processes."""
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -276,12 +278,42 @@ def test_key_mismatch_is_one_error_listing_keys(tmp_path, data):
 def test_bad_backbone_files_are_one_line(tmp_path, data):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     torch.save([1, 2], tmp_path / "list.pt")
-    for path, message in ((tmp_path / "none.pt", "not found"), (tmp_path / "junk.pt", "not a readable torch file"),
+    for path, message in ((tmp_path / "none.pt", "not found"), (tmp_path / "junk.pt", "is not a torch file"),
                           (tmp_path / "list.pt", "not a state dict")):
         proc = subprocess.run(cli("finetune", f"backbone={path}", f"data.train={data['train']}",
                                   f"run_dir={tmp_path / 'run'}", *TINY),
                               cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
+
+
+def test_other_trainers_checkpoints_load_with_their_saved_args(tmp_path):
+    """timm saves {"state_dict", "args": Namespace}, MAE and DeiT {"model", "args"}: a plain
+    weights-only load refused both. Other objects are still refused, in one line."""
+    weights = build_model("resnext_tiny", 5).state_dict()
+    torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.1), "epoch": 3}, tmp_path / "timm.pth.tar")
+    torch.save({"model": weights, "args": argparse.Namespace(lr=0.1)}, tmp_path / "mae.pth")
+    trunk = {k for k in weights if not k.startswith("fc.")}
+    for name in ("timm.pth.tar", "mae.pth"):
+        assert set(backbone.read(tmp_path / name).state_dict) == trunk
+    torch.save({"state_dict": weights, "day": datetime.date(2026, 1, 1)}, tmp_path / "dated.pth")
+    with pytest.raises(ValueError, match="holds a datetime.date object, which a weights-only load refuses"):
+        backbone.read(tmp_path / "dated.pth")
+
+
+def test_labelled_sets_are_checked_before_the_run(tmp_path, shard_dir, data, backbone_file):
+    """Multi-label training shards, or a val set of other classes, once failed only when the
+    final evaluation read data.val, after the whole fine-tuning run."""
+    for mode in ("full", "linear"):
+        for sets, message in (((shard_dir, data["val"]), "data.val has"),
+                              ((data["train"], shard_dir), "data.val has"),
+                              ((shard_dir, None), "fine-tuning needs single-label shards")):
+            run_dir = tmp_path / f"run-{mode}"
+            val = [f"data.val={sets[1]}"] if sets[1] else []
+            proc = subprocess.run(cli("finetune", f"mode={mode}", f"backbone={backbone_file}", f"data.train={sets[0]}",
+                                      *val, f"run_dir={run_dir}", *TINY),
+                                  cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2 and message in proc.stderr, (mode, sets, proc.stderr[-2000:])
+            assert proc.stderr.strip().count("\n") == 0 and not run_dir.exists()
 
 
 def test_config_errors(data):

@@ -235,3 +235,17 @@ def test_wait_reads_every_array_task_from_scontrol_lines():
     assert scontrol_ids({"ArrayJobId": "9", "ArrayTaskId": "0-2%4"}) == ["9_0", "9_1", "9_2"]
     assert scontrol_ids({"ArrayJobId": "9", "ArrayTaskId": "0,3,5-6"}) == ["9_0", "9_3", "9_5", "9_6"]
     assert scontrol_ids({"ArrayJobId": "9", "ArrayTaskId": "0-6:3"}) == ["9_0", "9_3", "9_6"]
+
+
+def test_the_stages_own_data_checks_run_before_submission(tmp_path, shard_dir):
+    """What `wsl pretrain` / `wsl finetune` refuse at start is refused before a job is made,
+    not in the queue (the device is not checked: the login node has no GPU)."""
+    (tmp_path / "backbone.pt").write_bytes(b"")
+    cases = {("pretrain", "--", f"data.train={shard_dir}", "run_dir=run", "train.loss=ce", "device=cuda"):
+             "'train.loss' = ce needs single-label data",
+             ("finetune", "--", f"backbone={tmp_path / 'backbone.pt'}", f"data.train={shard_dir}", "run_dir=run"):
+             "fine-tuning needs single-label shards"}
+    for options, message in cases.items():
+        done = wsl_launch(tmp_path, *options)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert not (tmp_path / "jobs").exists()

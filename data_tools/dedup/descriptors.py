@@ -127,7 +127,8 @@ def load_network(path: str, arch: str | None):
             return torch.jit.load(path, map_location="cpu")
     except (RuntimeError, ValueError):
         pass  # not TorchScript: a pickled state dict
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from pretrain.checkpoint import load_weights  # one floor up, as the architectures below
+    state = load_weights(path, "descriptor checkpoint")
     if isinstance(state, dict) and "state_dict" in state and "model" in state:
         # Our backbone.pt; its architectures live one floor up, imported only here.
         from pretrain.models import build_model
