@@ -200,6 +200,12 @@ def test_bad_input_is_one_clear_error(sets, tmp_path, capsys, args, words):
     assert len(err) == 1 and words in err[0], err
 
 
+def test_an_out_that_is_a_file_is_one_clear_error(sets, tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    code = dedup("--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(tmp_path / "out"))
+    assert code == 2 and "is a file; give a directory" in capsys.readouterr().err
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -294,6 +294,8 @@ def run(cfg: DedupConfig) -> dict | None:
         from data_tools.dedup.apply import check_target
         check_target(Path(cfg.apply))  # refused now, not after the scan
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory")
     state = out / ".dedup"
     mine, parts = parse_part(cfg.part)
     entries = train.manifest["shards"]
