@@ -218,9 +218,13 @@ def choose_vocab(cfg: BuildConfig, source, labeler: Labeler, tally: Tally) -> li
         path = Path(cfg.vocab.reuse)
         chosen = [e.synset for e in vocab.read(path / "vocabulary.tsv" if path.is_dir() else path)]
     else:
+        if not tally.records:
+            raise ValueError("the input has no records (an empty manifest)")
         if not tally.counts:
             dropped = ", ".join(f"{k}={v}" for k, v in sorted(tally.dropped.items()) if v)
-            raise ValueError(f"no record of the input has a tag WordNet knows ({tally.records} records; {dropped})")
+            hint = ("; not one record has a tag: a manifest is JSONL ({\"path\": ..., \"tags\": [...]}) or TSV "
+                    "with a tab between the path and the tags" if tally.dropped.get("no_tags") == tally.records else "")
+            raise ValueError(f"no record of the input has a tag WordNet knows ({tally.records} records; {dropped}){hint}")
         restrict = vocab.read_synset_list(cfg.vocab.restrict) if cfg.vocab.restrict else None
         chosen = vocab.select(tally.counts, cfg.vocab.top_k, cfg.vocab.min_count, restrict)
     if not chosen:

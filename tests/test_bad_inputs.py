@@ -340,6 +340,17 @@ def test_manifest_with_other_field_names_names_expected_and_seen(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name, text, words", [
+    ("empty.jsonl", "", "the input has no records (an empty manifest)"),
+    ("tags.csv", "path,tags\nimgs/0.jpg,#dog\n", "TSV with a tab between the path and the tags"),
+])
+def test_an_empty_or_comma_separated_manifest_says_what_a_manifest_is(tmp_path, capsys, name, text, words):
+    (tmp_path / name).write_text(text)
+    code, _, err = build_cli(capsys, f"input.manifest={tmp_path / name}", f"output={tmp_path / 'out'}")
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_manifest_with_a_few_malformed_lines_still_builds(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     lines = []
