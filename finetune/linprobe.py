@@ -29,6 +29,7 @@ from data_tools import shards
 from finetune import backbone, features, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
+from finetune.train import check_run_dir
 from pretrain import dist
 from pretrain.loggers import make_loggers
 
@@ -108,6 +109,7 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     source = backbone.read(cfg.backbone)
     name = backbone.resolve_name(source, cfg.model.name)
     config_dict["model"]["name"] = name
+    check_run_dir(cfg, config_dict)
     leak.check(source, [cfg.data.val] if cfg.data.val else [])
     manifest = shards.read_manifest(cfg.data.train)
     if manifest["label_type"] != "single":

@@ -130,13 +130,18 @@ def resume_state(run_dir: Path, env: dist.DistEnv, config: dict, allow_changes: 
     if latest is None:
         return None
     state = checkpoint.load(latest)
-    changed = [f"{k}: {a!r} -> {b!r}" for k, a, b in diff(state["config"], config)
-               if not k.startswith(FREE_KEYS)]
-    if changed and not allow_changes:
+    if not allow_changes:
+        refuse_changes(run_dir, state["config"], config, FREE_KEYS)
+    return state
+
+
+def refuse_changes(run_dir: Path, recorded: dict, config: dict, free: tuple[str, ...]) -> None:
+    """A run directory is not reused with another config, but for keys starting with `free`."""
+    changed = [f"{k}: {a!r} -> {b!r}" for k, a, b in diff(recorded, config) if not k.startswith(free)]
+    if changed:
         raise ValueError(f"run_dir {run_dir} holds a run with another config ({'; '.join(changed[:6])}"
                          f"{'; ...' if len(changed) > 6 else ''}): use a new run_dir to start afresh, or "
                          "add resume_with_changes=true to continue this run with the new values")
-    return state
 
 
 def diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
