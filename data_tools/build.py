@@ -29,6 +29,7 @@ from tqdm import tqdm
 from data_tools import resampling, shards, vocab
 from data_tools.fields import bounded
 from data_tools.images import BadImage, ImageRules, prepare
+from data_tools.signals import quiet_stop
 from data_tools.sources import ImageFolderSource, ManifestSource, Record
 from data_tools.wordnet import WordNet
 
@@ -379,7 +380,7 @@ def run_jobs(cfg: BuildConfig, out: Path, jobs, rules: ImageRules, num_classes: 
             results.append(write_one_shard(*args))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=quiet_stop) as pool:
             pending = set()
             # Bounded in-flight work: the record groups of a billion-image input never
             # pile up in memory ahead of the workers.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -397,6 +398,14 @@ def with_default_command(argv: list[str]) -> list[str]:
     return argv
 
 
+class Terminated(Exception):
+    """SIGTERM outside a training loop (which checkpoints on it instead)."""
+
+
+def terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = make_parser()
@@ -407,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    # Only where nothing else handles SIGTERM (submitit's job process does, for requeues).
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminated)
     try:
         return args.func(args)
     except user_errors() as err:
@@ -420,9 +433,14 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"wsl: {err}", file=sys.stderr)
         return 1
+    except Terminated:  # as Ctrl-C: what is finished (shards, features, checkpoints) is kept
+        print("wsl: stopped by SIGTERM; re-run the same command to go on", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:  # before training started or outside it: nothing to save
         print("wsl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

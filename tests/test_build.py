@@ -211,6 +211,29 @@ def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
     assert [p for p in killed.rglob("*") if ".tmp" in p.name] == []
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig):
+    """As a terminal's Ctrl-C or SLURM's SIGTERM: every process of the group gets it. The
+    pool workers once printed a traceback each (Ctrl-C) or SIGTERM ended the build with no
+    word; now one line, 128 + signal, no process left, and a re-run finishes the build."""
+    manifest = resume_corpus(tmp_path / "corpus")
+    settings = [f"input.manifest={manifest}", "workers=2", "progress=false", "shards.samples=10"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "data", "build", *settings, f"output={out}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not list((out / ".build").glob("[0-9]*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert not (out / "manifest.json").exists(), "the build finished before the signal"
+    assert proc.returncode == 128 + sig and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("wsl: "), err[-3000:]
+    assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 1, "a worker outlived it"
+    rerun = cli("data", "build", *settings, f"output={out}")
+    assert rerun.returncode == 0 and (out / "manifest.json").is_file(), rerun.stderr
+
+
 # -- --part i/N and merge -------------------------------------------------------------------
 
 def test_parts_merge_to_the_single_build(tmp_path, corpus, shard_dir):

@@ -34,6 +34,7 @@ from data_tools.build import parse_part
 from data_tools.dedup import views
 from data_tools.dedup.descriptors import make_descriptor
 from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
+from data_tools.signals import quiet_stop
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
 from data_tools.fields import bounded, check_ranges
 
@@ -185,7 +186,7 @@ def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_ever
         for tar in tars:
             yield describe_shard(tar, cfg.descriptor, index_side, sample_every, verify)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=quiet_stop) as pool:
         pending = []
         for tar in tars:
             pending.append(pool.submit(describe_shard, tar, cfg.descriptor, index_side, sample_every, verify))
