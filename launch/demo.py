@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +88,9 @@ def stage(title: str, argv: list[str]) -> None:
     """One `wsl` subcommand, echoed as the user would type it; a non-zero status stops the demo."""
     print(f"\n== {title}\n$ wsl {' '.join(argv)}", flush=True)
     status = wsl(argv)
+    if status > 128:  # Ctrl-C or SIGTERM: the stage said so; the demo stops with the same status
+        print(f"wsl demo: stopped during `wsl {' '.join(argv[:2])}`; run it again to start over", file=sys.stderr)
+        raise SystemExit(status)
     if status:
         raise SystemExit(f"wsl demo: `wsl {' '.join(argv[:2])}` failed (status {status})")
 

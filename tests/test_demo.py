@@ -87,3 +87,22 @@ def test_a_rerun_replaces_an_earlier_demo_only(tmp_path):
     file.write_text("x")
     with pytest.raises(NotADirectoryError):
         claim(file)
+
+
+def test_ctrl_c_during_a_stage_stops_the_demo_with_its_status(tmp_path):
+    """The stage (here pretraining) checkpoints and returns 130; the demo stops with 130 and
+    says so, instead of calling the stage failed and going on to exit 1."""
+    import signal
+    import time
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "demo", "--fast", "--workdir", str(workdir)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (workdir / "pretrain" / "metrics.jsonl").is_file() and proc.poll() is None:
+        assert time.monotonic() < deadline, "pretraining never started"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "wsl demo: stopped during `wsl pretrain -c`" in err and "Traceback" not in err
