@@ -147,24 +147,27 @@ def check_pretrain(cfg, device: bool = True) -> None:
     """What the config says about the world (files, data, device), checked before the run
     directory is made: each a one-line error instead of a traceback minutes in. `device`:
     also that the device asked for is here (not on a login node submitting to SLURM)."""
-    from pretrain.models import MODELS
-    if cfg.model.name not in MODELS:
-        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a model (known: {', '.join(MODELS)})")
+    check_model_name(cfg.model.name)
     check_training(cfg, device)
 
 
 def check_finetune(cfg, device: bool = True) -> None:
     """check_pretrain's checks for labelled data, which would otherwise fail only when the
     final evaluation reads data.val, after the whole run."""
-    from pretrain.models import MODELS
-    if cfg.model.name and cfg.model.name not in MODELS:
-        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a model (known: {', '.join(MODELS)})")
+    if cfg.model.name:  # "": the name the backbone file records
+        check_model_name(cfg.model.name)
     if not Path(cfg.backbone).is_file():
         raise ConfigError(f"config key 'backbone': file not found: {cfg.backbone}")
     train = check_training(cfg, device)
     if train["label_type"] != "single":
         raise ConfigError(f"config key 'data.train': {cfg.data.train} holds multi-label data; fine-tuning needs "
                           "single-label shards (`wsl data build` from an ImageFolder, or `wsl data convert`)")
+
+
+def check_model_name(name: str) -> None:
+    from pretrain.models import MODELS
+    if name not in MODELS:
+        raise ConfigError(f"config key 'model.name' = {name!r} is not a model (known: {', '.join(MODELS)})")
 
 
 def check_training(cfg, device: bool) -> dict:
