@@ -108,7 +108,7 @@ def test_a_remote_loader_resumes_exactly(s3_url, tmp_path):
 
 
 def test_a_missing_remote_set_is_one_clear_error(s3_url, tmp_path):
-    with pytest.raises(FileNotFoundError, match="s3://shards/nothing/manifest.json not found"):
+    with pytest.raises(FileNotFoundError, match="s3://shards/nothing has no manifest.json"):
         make_loader(LoaderConfig(**SMALL, cache_dir=str(tmp_path)), "s3://shards/nothing")
 
 

@@ -9,7 +9,6 @@ a row the table marks unusable (no JPEG, no json, no labels) is skipped and coun
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -104,17 +103,15 @@ class Catalog:
 
 def load(directory: str | Path, cache: Path | None = None) -> Catalog:
     """The catalog of a shard directory, or of a URL whose shards `cache` will receive."""
+    manifest = shards.read_manifest(directory)
     if remote.is_url(directory):
         if cache is None:
             raise ValueError(f"{directory}: reading shards from a URL needs a local cache folder")
-        store = remote.Store(str(directory))
-        manifest = json.loads(store.read("manifest.json"))
         cache.mkdir(parents=True, exist_ok=True)
-        store.download(resampling.FILE, cache)
+        remote.Store(str(directory)).download(resampling.FILE, cache)
         local = cache
     else:
         local = Path(directory)
-        manifest = shards.read_manifest(local)
     entries = manifest["shards"]
     counts = np.fromiter((e["samples"] for e in entries), np.int64, len(entries))
     if counts.sum() == 0:

@@ -32,19 +32,13 @@ def is_url(directory) -> bool:
 
 
 class Store:
-    """The remote directory: whole-file reads and downloads."""
+    """The remote directory, for downloads (its small files: shards.read_remote)."""
 
     def __init__(self, url: str):
         import fsspec
 
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-
-    def read(self, name: str) -> bytes:
-        try:
-            return self.fs.cat_file(f"{self.root}/{name}")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.url}/{name} not found") from None
 
     def download(self, name: str, folder: Path) -> None:
         target = folder / name
