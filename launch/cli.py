@@ -301,8 +301,21 @@ def add_training_stage(stages, name: str, what: str, run):
     return commands
 
 
+def versions() -> str:
+    """Ours and the libraries' whose versions a bug report needs, read without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+    found = []
+    for name in ("wsl", "torch", "torchvision", "nvidia-dali-cuda120", "webdataset", "faiss-cpu", "submitit", "wandb"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return "; ".join(found)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsl", description=__doc__)
+    parser.add_argument("--version", action="version", version=versions())
     stages = parser.add_subparsers(dest="stage", required=True)
 
     data = stages.add_parser("data", help="build, merge, verify and inspect shard datasets")

@@ -197,3 +197,10 @@ def test_export_has_its_own_help_and_refuses_a_missing_folder(capsys, tmp_path):
     assert f"folder {missing.parent} does not exist" in one_error(capsys, "pretrain", "export", str(tmp_path / "run"),
                                                                    str(missing))
     assert "holds no checkpoint" in one_error(capsys, "pretrain", "export", str(tmp_path / "run"))
+
+
+def test_version_names_ours_and_the_libraries_for_a_bug_report(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and out.startswith("wsl 0.") and "; torch 2." in out and "faiss-cpu" in out
