@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
     meta = out.with_suffix(".json")
     feats_path, labels_path = out.with_suffix(".features.npy"), out.with_suffix(".labels.npy")
     if dist.from_main(meta.is_file() and json.loads(meta.read_text()) == record):
-        return np.load(feats_path, mmap_mode="r"), np.load(labels_path)
+        return decoded(np.load(feats_path, mmap_mode="r"), np.load(labels_path), views, shard_dir)
     if env.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta.unlink(missing_ok=True)
@@ -68,14 +69,26 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
     labels.flush()
     dist.barrier()
     if env.is_main:
-        missing = int((np.asarray(labels) < 0).sum())
-        if missing:
-            raise RuntimeError(f"{shard_dir}: the loaders gave {views * n - missing} of {views * n} samples")
+        missing = np.asarray(labels).reshape(views, n) < 0
+        if (missing != missing[:1]).any():  # an image that does not decode fails in every view
+            raise RuntimeError(f"{shard_dir}: the loaders gave {views * n - int(missing.sum())} of {views * n} samples")
         tmp = meta.with_name(meta.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, meta)   # the record last: its presence means the arrays are whole
     dist.barrier()
-    return np.load(feats_path, mmap_mode="r"), np.load(labels_path)
+    return decoded(np.load(feats_path, mmap_mode="r"), np.load(labels_path), views, shard_dir)
+
+
+def decoded(feats: np.ndarray, labels: np.ndarray, views: int, shard_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays without the rows of images that did not decode (label -1; the loader
+    skipped and counted them), in every view; unchanged, still memory-mapped, when all did."""
+    n = len(labels) // views
+    kept = np.flatnonzero(labels[:n] >= 0)
+    if len(kept) == n:
+        return feats, labels
+    print(f"features {shard_dir}: {n - len(kept)} image(s) did not decode and are left out", file=sys.stderr)
+    rows = (np.arange(views)[:, None] * n + kept[None, :]).ravel()
+    return np.asarray(feats[rows]), labels[rows]
 
 
 def width(model: torch.nn.Module, stages: int | None, cfg: LoaderConfig, device: torch.device) -> int:

@@ -88,31 +88,63 @@ BAD = {"900000000001": "decode_error", "900000000002": "decode_error",
        "900000000003": "missing_json", "900000000004": "no_labels"}
 
 
-@pytest.fixture(scope="module")
-def broken_dir(tmp_path_factory, shard_dir, truth) -> Path:
-    """shard_dir plus one shard holding 6 good samples and 4 bad ones (see BAD)."""
-    out = tmp_path_factory.mktemp("broken")
+def add_shard(out: Path, samples: list[dict], keep_others: bool = True) -> None:
+    """A shard of `samples` (webdataset dicts) added to the set in `out` (or, without
+    `keep_others`, the set's only shard), indexed as `wsl data index` would."""
+    tar = out / "train-000099.tar"
+    with wds.TarWriter(str(tar)) as sink:
+        for sample in samples:
+            sink.write(sample)
+    shards.write_dali_index(tar, out / "train-000099.idx")
+    manifest = shards.read_manifest(out)
+    entry = {"shard": 99, "file": tar.name, "index": "train-000099.idx", "samples": len(samples),
+             "bytes": tar.stat().st_size, "sha256": shards.file_sha256(tar)}
+    if not keep_others:
+        for old in manifest["shards"]:
+            for path in out.glob(Path(old["file"]).stem + ".*"):
+                path.unlink()
+        manifest["shards"], manifest["num_samples"] = [], 0
+    manifest["shards"].append(entry)
+    manifest["num_samples"] += len(samples)
+    shards.write_json(out / "manifest.json", manifest)
+    tables.index(out, progress=False)  # the new shard's table,
+    resampling.fit(out, progress=False)  # then the resampling fit over all shards
+
+
+def copy_of(shard_dir: Path, out: Path) -> Path:
     for path in shard_dir.iterdir():
         if path.is_file():
             shutil.copy(path, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def broken_dir(tmp_path_factory, shard_dir, truth) -> Path:
+    """shard_dir plus one shard holding 6 good samples and 4 bad ones (see BAD)."""
+    out = copy_of(shard_dir, tmp_path_factory.mktemp("broken"))
     good = list(truth.items())[:6]
-    jpg = good[0][1]["jpg"]
-    tar = out / "train-000099.tar"
-    with wds.TarWriter(str(tar)) as sink:
-        for i, (_, sample) in enumerate(good):
-            sink.write({"__key__": f"90000000010{i}", "jpg": sample["jpg"], "json": sample["meta"]})
-        sink.write({"__key__": "900000000001", "jpg": jpg[:200], "json": good[0][1]["meta"]})  # header cut
-        sink.write({"__key__": "900000000002", "jpg": b"not a jpeg at all", "json": good[0][1]["meta"]})
-        sink.write({"__key__": "900000000003", "jpg": jpg})
-        sink.write({"__key__": "900000000004", "jpg": jpg, "json": {"labels": [], "tags": []}})
-    shards.write_dali_index(tar, out / "train-000099.idx")
-    manifest = shards.read_manifest(out)
-    manifest["shards"].append({"shard": 99, "file": tar.name, "index": "train-000099.idx", "samples": 10,
-                               "bytes": tar.stat().st_size, "sha256": shards.file_sha256(tar)})
-    manifest["num_samples"] += 10
-    shards.write_json(out / "manifest.json", manifest)
-    tables.index(out, progress=False)  # what `wsl data index` does: the new shard's table,
-    resampling.fit(out, progress=False)  # then the resampling fit over all shards
+    jpg, meta = good[0][1]["jpg"], good[0][1]["meta"]
+    add_shard(out, [*({"__key__": f"90000000010{i}", "jpg": s["jpg"], "json": s["meta"]} for i, (_, s) in enumerate(good)),
+                    {"__key__": "900000000001", "jpg": jpg[:200], "json": meta},  # header cut
+                    {"__key__": "900000000002", "jpg": b"not a jpeg at all", "json": meta},
+                    {"__key__": "900000000003", "jpg": jpg},
+                    {"__key__": "900000000004", "jpg": jpg, "json": {"labels": [], "tags": []}}])
+    return out
+
+
+@pytest.fixture(scope="module")
+def damaged_first_dir(tmp_path_factory, shard_dir, truth) -> Path:
+    """One shard: three damaged JPEGs first (zeroed, markers overwritten, cut at the end),
+    then good ones, one of them with bytes after its end marker, as some writers leave.
+    DALI's CPU decoder crashed the process (segfault) on the first two in a large batch."""
+    out = copy_of(shard_dir, tmp_path_factory.mktemp("damaged"))
+    good = list(truth.values())[:70]
+    jpg, meta = good[0]["jpg"], good[0]["meta"]
+    damaged = [bytes(len(jpg)), jpg[:20] + bytes(b ^ 0xA5 for b in jpg[20:-20]) + jpg[-20:], jpg[:-100]]
+    samples = [{"__key__": f"80000000000{i}", "jpg": data, "json": meta} for i, data in enumerate(damaged)]
+    samples += [{"__key__": f"8000000001{i:02d}", "jpg": s["jpg"] + (b"\r\n" if i == 5 else b""), "json": s["meta"]}
+                for i, s in enumerate(good)]
+    add_shard(out, samples, keep_others=False)
     return out
 
 
@@ -290,6 +322,28 @@ def test_bad_samples_are_skipped_and_counted(backend, broken_dir):
     assert loader.bad_samples == Counter(BAD.values())
     assert loader.catalog_bad == 2 and loader.decode_failures == 2  # table-marked, and met while decoding
     assert all(len(b[0]) == len(b.keys) == len(b[1]) == len(b.rows) for b in batches)
+
+
+@pytest.mark.parametrize("phase", ["eval", "train"])
+def test_damaged_jpegs_first_in_a_large_batch_are_skipped_by_every_backend(damaged_first_dir, phase):
+    keys = {}
+    for backend in ["pil", "dali-cpu"] if dali_available() else ["pil"]:
+        loader = make_loader(config(backend, batch_size=64, sqrt_resample=False, drop_last=False, workers=2),
+                             damaged_first_dir, phase=phase)
+        keys[backend] = keys_of(epoch(loader))
+        assert loader.decode_failures == 3 and not set(keys[backend]) & {f"80000000000{i}" for i in range(3)}
+        assert "800000000105" in keys[backend]  # padded after its end marker: still an image
+    assert len(set(map(tuple, keys.values()))) == 1
+
+
+def test_jpeg_framing_check():
+    dali = pytest.importorskip("data_tools.loaders.dali")
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, "JPEG")
+    jpg = np.frombuffer(buf.getvalue(), np.uint8)
+    assert dali.jpeg_intact(jpg) and dali.jpeg_intact(np.concatenate([jpg, np.frombuffer(b"\r\n", np.uint8)]))
+    for damaged in (np.zeros_like(jpg), jpg[:-10], jpg[:2], np.concatenate([jpg[:4], 255 - jpg[4:]])):
+        assert not dali.jpeg_intact(damaged)
 
 
 # --- config, bottleneck --------------------------------------------------------------------

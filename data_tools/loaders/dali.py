@@ -16,6 +16,8 @@ DALI's CPU resize costs three to four times torch's uint8 path.
 """
 from __future__ import annotations
 
+import functools
+import io
 import itertools
 import threading
 from collections import deque
@@ -24,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from nvidia.dali import Pipeline, fn, types
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -31,6 +34,42 @@ from data_tools.loaders import transforms
 from data_tools.loaders.catalog import Catalog, Reader
 
 READ_THREADS = 4  # JPEG reads in flight per pipeline
+
+
+def jpeg_intact(data: np.ndarray) -> bool:
+    """Whether a JPEG's framing is whole: start of image, well-formed marker segments up to
+    the start of scan, end of image at the end. DALI's CPU decoder crashes the process on some
+    damaged headers (zeroed, overwritten) instead of raising; such a batch goes to the CPU
+    path. A few µs an image; damage inside the entropy-coded data decoders survive."""
+    b = memoryview(data).cast("B")
+    if len(b) < 4 or b[:2] != b"\xff\xd8" or b"\xff\xd9" not in bytes(b[-32:]):  # some writers pad after EOI
+        return False
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            return False
+        marker = b[i + 1]
+        if marker == 0xFF:                       # fill byte before a marker
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
+            i += 2
+        else:
+            length = int.from_bytes(b[i + 2:i + 4], "big")
+            if length < 2:
+                return False
+            if marker == 0xDA:                   # start of scan: the entropy-coded data follows
+                return i + 2 + length <= len(b)
+            i += 2 + length
+    return False
+
+
+@functools.cache
+def placeholder() -> np.ndarray:
+    """A valid 8x8 JPEG, fed to DALI in place of each image of a batch that holds a
+    damaged one (jpeg_intact)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    return np.frombuffer(buf.getvalue(), np.uint8)
 
 
 class Feed:
@@ -46,7 +85,7 @@ class Feed:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="jpeg-read")
         self.local, self.readers = threading.local(), []
         self.queued: deque = deque()   # (job, futures of its JPEG bytes), read ahead
-        self.pending: deque = deque()  # jobs handed to DALI, not yet out of pipe.run()
+        self.pending: deque = deque()  # (job, damaged) handed to DALI, not yet out of pipe.run()
 
     def _read(self, row: int) -> np.ndarray:
         read = getattr(self.local, "read", None)
@@ -67,9 +106,11 @@ class Feed:
         if not self.queued:
             raise StopIteration  # ends DALI's epoch
         job, reads = self.queued.popleft()
-        self.pending.append(job)
+        data = [r.result() for r in reads]
+        damaged = not all(map(jpeg_intact, data))  # the CPU path redoes it
+        self.pending.append((job, damaged))
         self._fill()
-        return [r.result() for r in reads]
+        return [placeholder()] * len(data) if damaged else data
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -153,21 +194,29 @@ def cpu_batches(catalog: Catalog, jobs: Iterator, batch_size: int, train: bool, 
 
 
 def _drive(jobs: Iterator, batch_size: int, catalog, read, train, sizes, threads, device_id, seed, finish, redo):
-    feed = Feed(jobs, catalog, READ_THREADS)
-    try:
-        pipe = pipeline(feed, batch_size, train, sizes, threads, device_id, seed)
-        pipe.build()
-        while True:
-            try:
-                (out,) = pipe.run()
-            except StopIteration:
-                return
-            except RuntimeError as err:  # this iteration held an image DALI could not decode
-                yield redo(feed.pending.popleft(), err)
-                continue
-            yield finish(out, feed.pending.popleft())
-    finally:
-        feed.close()
+    """Run pipelines over `jobs`: a job DALI fails is redone by `redo`, and a new pipeline
+    takes over the jobs fed to the old one and not yet out. After a failed iteration DALI
+    may also fail the iteration it had prefetched, whose images are sound (two bad images
+    in a batch of 64 did), so the old pipeline's later outputs are not trusted."""
+    for rebuilds in itertools.count():
+        feed = Feed(jobs, catalog, READ_THREADS)
+        try:
+            pipe = pipeline(feed, batch_size, train, sizes, threads, device_id, (seed + rebuilds) % 2**31)
+            pipe.build()
+            while True:
+                try:
+                    (out,) = pipe.run()
+                except StopIteration:
+                    return
+                except RuntimeError as err:  # this iteration held an image DALI could not decode
+                    failed = err
+                    break
+                job, damaged = feed.pending.popleft()
+                yield redo(job, None) if damaged else finish(out, job)
+            yield redo(feed.pending.popleft()[0], failed)
+            jobs = itertools.chain([job for job, _ in (*feed.pending, *feed.queued)], feed.jobs)
+        finally:
+            feed.close()
 
 
 def _to_torch(out, device: torch.device) -> torch.Tensor:
@@ -186,9 +235,9 @@ def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes, batch: torch.Ten
     return batch[:len(out)]
 
 
-def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, err: Exception,
+def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, err: Exception | None,
                  out: torch.Tensor | None = None):
     images, rows, failed = transforms.pil_batch(job, read, train, sizes, out)
-    if not failed:
+    if not failed and err is not None:
         raise err  # every image decodes with PIL: the error was not a bad sample
     return images, rows, failed

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import multiprocessing.context
 import signal
 import time
+from multiprocessing import popen_fork
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -76,6 +78,26 @@ class Batches(IterableDataset):
                 yield transforms.pil_batch(job, read, self.train, self.sizes, self.ring.slot(j))
         finally:
             read.close()
+
+
+class _KillOnTerminate(popen_fork.Popen):
+    def terminate(self):
+        self.kill()
+
+
+class WorkerProcess(multiprocessing.context.ForkProcess):
+    """A loader worker that terminate() kills: it ignores SIGTERM (ignore_stop_signals), so
+    the SIGTERM of DataLoader's shutdown, and of multiprocessing's at interpreter exit,
+    left it alive; and the exit, which joins every child, hung after an error in the
+    training process (seen when a decoder crashed one worker and the other waited on)."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _KillOnTerminate(process_obj)
+
+
+class WorkerContext(multiprocessing.context.ForkContext):
+    Process = WorkerProcess
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -141,7 +163,7 @@ def batches(catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, worker
     data = Batches(catalog, jobs, train, sizes, use_dali, ring)
     with stop_signals_held():  # creating the iterator forks the workers
         produced = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
-                                   worker_init_fn=ignore_stop_signals))
+                                   worker_init_fn=ignore_stop_signals, multiprocessing_context=WorkerContext()))
     try:
         for slot, rows, failed in produced:
             images = ring.data[slot][:len(rows)]
