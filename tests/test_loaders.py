@@ -135,8 +135,10 @@ def broken_dir(tmp_path_factory, shard_dir, truth) -> Path:
 @pytest.fixture(scope="module")
 def damaged_first_dir(tmp_path_factory, shard_dir, truth) -> Path:
     """One shard: three damaged JPEGs first (zeroed, markers overwritten, cut at the end),
-    then good ones, one of them with bytes after its end marker, as some writers leave.
-    DALI's CPU decoder crashed the process (segfault) on the first two in a large batch."""
+    then good ones, one of them with bytes after its end marker, as some writers leave, and
+    two with bad Huffman tables. DALI's CPU decoder crashed the process (segfault) on the
+    first two in a large batch; the last two it reports, and then also failed the sound
+    batch it had prefetched."""
     out = copy_of(shard_dir, tmp_path_factory.mktemp("damaged"))
     good = list(truth.values())[:70]
     jpg, meta = good[0]["jpg"], good[0]["meta"]
@@ -144,6 +146,9 @@ def damaged_first_dir(tmp_path_factory, shard_dir, truth) -> Path:
     samples = [{"__key__": f"80000000000{i}", "jpg": data, "json": meta} for i, data in enumerate(damaged)]
     samples += [{"__key__": f"8000000001{i:02d}", "jpg": s["jpg"] + (b"\r\n" if i == 5 else b""), "json": s["meta"]}
                 for i, s in enumerate(good)]
+    for at in (12, 40):  # Huffman tables overwritten, framing whole: DALI raises, for two batches
+        dht = jpg.index(b"\xff\xc4") + 4
+        samples[at]["jpg"] = jpg[:dht] + b"\xff" * (int.from_bytes(jpg[dht - 2:dht], "big") - 2) + jpg[dht - 2 + int.from_bytes(jpg[dht - 2:dht], "big"):]
     add_shard(out, samples, keep_others=False)
     return out
 
@@ -331,7 +336,7 @@ def test_damaged_jpegs_first_in_a_large_batch_are_skipped_by_every_backend(damag
         loader = make_loader(config(backend, batch_size=64, sqrt_resample=False, drop_last=False, workers=2),
                              damaged_first_dir, phase=phase)
         keys[backend] = keys_of(epoch(loader))
-        assert loader.decode_failures == 3 and not set(keys[backend]) & {f"80000000000{i}" for i in range(3)}
+        assert loader.decode_failures == 5 and not set(keys[backend]) & {f"80000000000{i}" for i in range(3)}
         assert "800000000105" in keys[backend]  # padded after its end marker: still an image
     assert len(set(map(tuple, keys.values()))) == 1
 
