@@ -313,9 +313,19 @@ def versions() -> str:
     return "; ".join(found)
 
 
+class PrintVersions(argparse.Action):
+    """--version, read only when asked: looking up eight packages' metadata costs 40 ms,
+    which every `wsl` start-up (and every in-process demo stage) paid as argparse's
+    version string."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(versions())
+        parser.exit()
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsl", description=__doc__)
-    parser.add_argument("--version", action="version", version=versions())
+    parser.add_argument("--version", action=PrintVersions, nargs=0, help="print the versions a bug report needs")
     stages = parser.add_subparsers(dest="stage", required=True)
 
     data = stages.add_parser("data", help="build, merge, verify and inspect shard datasets")

@@ -84,15 +84,16 @@ class Feed:
         self.jobs, self.catalog, self.ahead = iter(jobs), catalog, ahead
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="jpeg-read")
         self.local, self.readers = threading.local(), []
-        self.queued: deque = deque()   # (job, futures of its JPEG bytes), read ahead
+        self.queued: deque = deque()   # (job, futures of (JPEG bytes, intact)), read ahead
         self.pending: deque = deque()  # (job, damaged) handed to DALI, not yet out of pipe.run()
 
-    def _read(self, row: int) -> np.ndarray:
+    def _read(self, row: int) -> tuple[np.ndarray, bool]:
         read = getattr(self.local, "read", None)
         if read is None:
             read = self.local.read = Reader(self.catalog)
             self.readers.append(read)
-        return np.frombuffer(read(row), np.uint8)
+        data = np.frombuffer(read(row), np.uint8)
+        return data, jpeg_intact(data)  # checked here, off the thread that feeds DALI
 
     def _fill(self) -> None:
         while len(self.queued) < self.ahead:
@@ -106,11 +107,11 @@ class Feed:
         if not self.queued:
             raise StopIteration  # ends DALI's epoch
         job, reads = self.queued.popleft()
-        data = [r.result() for r in reads]
-        damaged = not all(map(jpeg_intact, data))  # the CPU path redoes it
-        self.pending.append((job, damaged))
         self._fill()
-        return [placeholder()] * len(data) if damaged else data
+        data, intact = zip(*(r.result() for r in reads))
+        damaged = not all(intact)  # the CPU path redoes it
+        self.pending.append((job, damaged))
+        return [placeholder()] * len(data) if damaged else list(data)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
