@@ -36,8 +36,9 @@ from data_tools.wordnet import WordNet
 FORMAT = "wsl-shards/1"
 SIZE_SAMPLE = 1000      # records whose file size estimates the shard length
 BAD_EXAMPLES = 10       # bad paths kept in the manifest
-# Every file a build (and `wsl data stats`) writes into its output directory.
-SHARD_FILE = re.compile(r"[^-/.]+-(?P<shard>\d{6,})\.(tar|idx|table)(\.tmp)?")
+# Every file a build (and `wsl data stats`) writes into its output directory; a shard file
+# may be a writer's temporary one (atomic.temp_name).
+SHARD_FILE = re.compile(r"[^-/.]+-(?P<shard>\d{6,})\.(tar|idx|table)(\.\d+-[0-9a-f]+\.tmp)?")
 BUILD_FILE = re.compile(rf"\.build|vocabulary\.tsv|resampling\.table|manifest(\.part-\d{{5}}-of-\d{{5}})?\.json|zipf\.png"
                         rf"|{SHARD_FILE.pattern}|.*\.tmp")
 EARLY_CHECK = 1000      # records after which a mostly malformed manifest stops the build
@@ -315,6 +316,7 @@ def mixed_plan(source, labeler: Labeler, index_of: dict[str, int], total: int, p
 
 def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRules, num_classes: int) -> dict:
     """Worker: read, check and convert each image, write the shard, then its stats file."""
+    remove_temp_files(Path(out), shards.shard_file(name, shard))
     tag_counts, bad, converted, examples = Counter(), Counter(), Counter(), []
     samples = []
     for key, path, labels, meta in group:
@@ -342,6 +344,14 @@ def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRu
     }
     shards.write_json(stats_path(out, shard), stats)
     return stats
+
+
+def remove_temp_files(out: Path, tar: str) -> None:
+    """What a writer of this shard killed mid-way left (each writer's temporary files have
+    names of their own); only this shard's writer runs now."""
+    stem = tar[: -len(".tar")]
+    for path in [*out.glob(f"{stem}.*.tmp"), *(out / ".build").glob(f"{stem.rsplit('-', 1)[1]}.json.*.tmp")]:
+        path.unlink(missing_ok=True)
 
 
 def stats_path(out: str | Path, shard: int) -> Path:

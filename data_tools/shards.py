@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from data_tools import tables
+from data_tools import atomic, tables
 
 DALI_INDEX_VERSION = "v1.2"
 
@@ -31,18 +31,18 @@ def write_shard(path: Path, samples: Iterable[tuple[str, bytes, dict]]) -> dict:
     """Write (key, jpeg, meta) samples to `path` atomically; return its size and sha256."""
     import webdataset as wds  # imports torch: keep it off the path of every `wsl` start-up
 
-    tmp = path.with_name(path.name + ".tmp")
     labels = {}
-    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0, user="wsl", group="wsl") as sink:
-        for key, jpeg, meta in samples:
-            sink.write({"__key__": key, "jpg": jpeg, "json": meta})
-            labels[key] = meta["labels"]
-    idx = path.with_name(index_file(path.name))
-    write_dali_index(tmp, idx)
-    tables.write_table(path.with_name(tables.table_file(path.name)), dali_index_entries(idx), labels)
-    digest = file_sha256(tmp)
-    size = tmp.stat().st_size
-    os.replace(tmp, path)
+    with atomic.replacing(path, "wb") as f:
+        with wds.TarWriter(f, mtime=0, user="wsl", group="wsl") as sink:
+            for key, jpeg, meta in samples:
+                sink.write({"__key__": key, "jpg": jpeg, "json": meta})
+                labels[key] = meta["labels"]
+        f.flush()
+        idx = path.with_name(index_file(path.name))
+        write_dali_index(Path(f.name), idx)
+        tables.write_table(path.with_name(tables.table_file(path.name)), dali_index_entries(idx), labels)
+        digest = file_sha256(Path(f.name))
+        size = os.fstat(f.fileno()).st_size
     return {"bytes": size, "sha256": digest}
 
 
@@ -68,12 +68,10 @@ def write_dali_index(tar_path: Path, idx_path: Path) -> None:
                 last_key = key
             else:
                 samples[-1].append(entry)
-    tmp = idx_path.with_name(idx_path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic.replacing(idx_path) as f:
         f.write(f"{DALI_INDEX_VERSION} {len(samples)}\n")
         for entries in samples:
             f.write(" ".join(entries) + "\n")
-    os.replace(tmp, idx_path)
 
 
 def read_dali_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
@@ -154,9 +152,8 @@ def read_remote(url: str, name: str) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with atomic.replacing(path) as f:
+        f.write(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def fingerprint(manifest: dict) -> str:

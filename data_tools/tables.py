@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_tools import atomic
+
 MAGIC = b"WSLTAB1\n"
 BAD_REASONS = ("", "missing_jpg", "missing_json", "bad_json", "no_labels", "bad_labels")
 ALIGN = 8
@@ -40,13 +42,11 @@ def write(path: Path, arrays: dict[str, np.ndarray], **header) -> None:
         offset += -(-array.nbytes // ALIGN) * ALIGN
     text = json.dumps({**header, "arrays": layout}).encode()
     text += b" " * (-(len(MAGIC) + 8 + len(text)) % ALIGN)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic.replacing(path, "wb") as f:
         f.write(MAGIC + len(text).to_bytes(8, "little") + text)
         for array in arrays.values():
             data = np.ascontiguousarray(array).tobytes()
             f.write(data + b"\0" * (-len(data) % ALIGN))
-    os.replace(tmp, path)
 
 
 def read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

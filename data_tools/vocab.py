@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_tools import atomic
+
 HEADER = ("index", "synset", "lemma", "count")
 
 
@@ -44,13 +46,11 @@ def read_synset_list(path: str) -> set[str]:
 
 
 def write(path: Path, entries: list[Entry]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic.replacing(path, newline="") as f:
         out = csv.writer(f, delimiter="\t", lineterminator="\n")
         out.writerow(HEADER)
         for index, entry in enumerate(entries):
             out.writerow((index, entry.synset, entry.lemma, entry.count))
-    tmp.replace(path)
 
 
 def read(path: str | Path) -> list[Entry]:

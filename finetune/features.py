@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_tools import shards
+from data_tools import atomic, shards
 from data_tools.loaders import LoaderConfig, make_loader
 from pretrain import dist
 
@@ -72,9 +71,8 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
         missing = np.asarray(labels).reshape(views, n) < 0
         if (missing != missing[:1]).any():  # an image that does not decode fails in every view
             raise RuntimeError(f"{shard_dir}: the loaders gave {views * n - int(missing.sum())} of {views * n} samples")
-        tmp = meta.with_name(meta.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, meta)   # the record last: its presence means the arrays are whole
+        with atomic.replacing(meta) as f:  # the record last: its presence means the arrays are whole
+            f.write(json.dumps(record))
     dist.barrier()
     return decoded(np.load(feats_path, mmap_mode="r"), np.load(labels_path), views, shard_dir)
 

@@ -16,7 +16,6 @@ then trains the head alone, after the other ranks have left the process group.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 import yaml
 from torch import nn
 
-from data_tools import shards
+from data_tools import atomic, shards
 from finetune import backbone, features, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
@@ -150,9 +149,8 @@ def train_and_evaluate(cfg: FinetuneConfig, config_dict: dict, model, device: to
     head, record = train_head(cfg, x, y, num_classes, device)
     model.fc = head
     state = {"model": model.state_dict(), "config": config_dict, "probe": record, "progress": {"images_seen": 0}}
-    tmp = run_dir / "probe.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / "probe.pt")
+    with atomic.replacing(run_dir / "probe.pt", "wb") as f:
+        torch.save(state, f)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
     results = {"probe": str(run_dir / "probe.pt"), **record}
     if vx is not None:

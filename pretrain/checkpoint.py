@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_tools import atomic
+
 PATTERN = re.compile(r"^checkpoint-(\d{15})\.pt$")
 
 
@@ -38,12 +40,10 @@ def latest(run_dir: Path) -> Path | None:
 
 def save(state: dict, run_dir: Path, images_seen: int, keep: int) -> Path:
     path = path_for(run_dir, images_seen)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic.replacing(path, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

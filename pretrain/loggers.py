@@ -11,6 +11,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from data_tools import atomic
+
 
 class JsonlLogger:
     def __init__(self, run_dir: Path, resume_at: int | None = None):
@@ -35,9 +37,8 @@ def drop_rows_after(path: Path, images_seen: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if line.strip() and json.loads(line).get("images_seen", 0) <= images_seen]
     if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        with atomic.replacing(path) as f:
+            f.write("".join(kept))
 
 
 class WandbLogger:

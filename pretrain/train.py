@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from data_tools import shards
+from data_tools import atomic, shards
 from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
 from pretrain import checkpoint, dist, engine
@@ -177,9 +176,8 @@ def report_bottleneck(job: engine.Job, seconds: float) -> None:
 def export(state_dict: dict, name: str, config: dict, path: Path) -> Path:
     """The backbone for fine-tuning: every weight but the classifier."""
     backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": name, "state_dict": backbone, "config": config}, tmp)
-    os.replace(tmp, path)
+    with atomic.replacing(path, "wb") as f:
+        torch.save({"model": name, "state_dict": backbone, "config": config}, f)
     return path
 
 

@@ -210,7 +210,7 @@ checkpoint.save({{"x": torch.zeros(3)}}, {str(tmp_path)!r}, 200, keep=3)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert (tmp_path / "checkpoint-000000000000200.pt.tmp").exists()
+    assert len(list(tmp_path.glob("checkpoint-000000000000200.pt.*.tmp"))) == 1
     latest = checkpoint.latest(tmp_path)
     assert latest == checkpoint.path_for(tmp_path, 100)
     restored = checkpoint.load(latest)["model"]

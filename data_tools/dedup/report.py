@@ -9,7 +9,7 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from data_tools import shards
+from data_tools import atomic, shards
 from data_tools.dedup import views
 
 THUMB_SIDE = 160
@@ -81,9 +81,8 @@ def write(path: Path, summary: dict, matches: list[dict], near: list[dict], trai
     parts.append(_table(f"Closest non-matches (below {decides:.4f}, kept)", pairs[len(shown):],
                         uris, "near"))
     parts.append("</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(path)
+    with atomic.replacing(path) as f:
+        f.write("\n".join(parts))
 
 
 def _table(title: str, rows: list[tuple], uris: dict, css: str) -> str:

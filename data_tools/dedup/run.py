@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from data_tools import shards
+from data_tools import atomic, shards
 from data_tools.build import parse_part
 from data_tools.dedup import views
 from data_tools.dedup.descriptors import make_descriptor
@@ -354,10 +354,9 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
     matches = [m for r in results for m in r["matches"]]
     if cfg.self_dedup:
         matches += self_matches(cfg, out, train, results, threshold, {m["train_key"] for m in matches})
-    with open(out / "matches.jsonl.tmp", "w") as f:
+    with atomic.replacing(out / "matches.jsonl") as f:
         for m in matches:
             f.write(json.dumps(m) + "\n")
-    os.replace(out / "matches.jsonl.tmp", out / "matches.jsonl")
     bad = [b for r in results for b in r["bad"]]
     removed = {m["train_key"] for m in matches}
     summary = {
