@@ -579,24 +579,47 @@ def assemble(results: list[dict], entries: list[vocab.Entry], source, tally: Tal
     }
 
 
-def merge(directory: str) -> dict:
-    """Join the part manifests of a `--part i/N` build into manifest.json."""
-    out = Path(directory)
-    paths = sorted(out.glob("manifest.part-*-of-*.json"))
-    if not paths:
-        raise FileNotFoundError(f"{directory} holds no manifest.part-*-of-*.json to merge")
-    parts = [json.loads(p.read_text()) for p in paths]
-    n = int(parts[0]["part"].split("/")[1])
-    found = {int(p["part"].split("/")[0]) for p in parts if p["part"].endswith(f"/{n}")}
-    missing = sorted(set(range(n)) - found)
+PART_MANIFEST = re.compile(r"manifest\.part-(\d{5})-of-(\d{5})\.json")
+
+
+def part_manifests(out: Path, n: int | None) -> tuple[int, dict[int, Path]]:
+    """N and {i: path} of the `--part i/N` manifests to merge. An earlier build of the same
+    data with another N lists the same shards: its parts are never mixed in."""
+    found: dict[int, dict[int, Path]] = {}
+    for path in out.glob("manifest.part-*-of-*.json"):
+        match = PART_MANIFEST.fullmatch(path.name)
+        if match:
+            found.setdefault(int(match[2]), {})[int(match[1])] = path
+    if not found:
+        raise FileNotFoundError(f"{out} holds no manifest.part-*-of-*.json to merge")
+    if n is None:
+        if len(found) > 1:
+            raise ValueError(f"cannot merge: {out} holds parts of builds in {' and '.join(map(str, sorted(found)))} "
+                             "parts; say which with --parts N")
+        n = next(iter(found))
+    if n not in found:
+        raise ValueError(f"cannot merge: {out} holds no part of a build in {n} parts "
+                         f"(it holds parts of {' and '.join(map(str, sorted(found)))})")
+    missing = [i for i in range(n) if i not in found.get(n, {})]
     if missing:
         raise ValueError(f"cannot merge: part(s) {', '.join(f'{i}/{n}' for i in missing)} not finished")
+    return n, found[n]
+
+
+def merge(directory: str, n: int | None = None) -> dict:
+    """Join the part manifests of a `--part i/N` build into manifest.json (N: the only one
+    present, unless given)."""
+    out = Path(directory)
+    n, paths = part_manifests(out, n)
+    parts = [json.loads(paths[i].read_text()) for i in range(n)]
     first = parts[0]
     for p in parts[1:]:
         for key in ("inputs_sha256", "config", "num_classes", "samples_per_shard", "dropped"):
             if p[key] != first[key]:
                 raise ValueError(f"cannot merge: parts disagree on '{key}' (built from different inputs or settings)")
     results = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["shard"])
+    if len({s["shard"] for s in results}) != len(results):
+        raise ValueError(f"cannot merge: a shard is listed by two parts of {directory}")
     if not any(s["samples"] for s in results):
         raise ValueError(f"cannot merge: no part of {directory} holds a usable image")
     merged = dict(first)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tarfile
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def verify(directory: str, workers: int = 0, progress: bool = True) -> list[str]
     entries = vocab.read(Path(directory) / manifest["vocabulary"])
     if len(entries) != manifest["num_classes"]:
         problems.append(f"vocabulary.tsv has {len(entries)} labels, manifest says {manifest['num_classes']}")
-    listed = {e["file"] for e in manifest["shards"]}
+    listed = Counter(e["file"] for e in manifest["shards"])
+    problems += [f"{name}: listed {count} times in the manifest (every epoch would read it {count} times)"
+                 for name, count in listed.items() if count > 1]
     stray = sorted(p.name for p in Path(directory).glob(f"{manifest['name']}-*.tar") if p.name not in listed)
     problems += [f"{name}: shard not in the manifest" for name in stray]
     if sum(e["samples"] for e in manifest["shards"]) != manifest["num_samples"]:

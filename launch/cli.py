@@ -70,7 +70,7 @@ def data_convert(args) -> int:
 
 def data_merge(args) -> int:
     from data_tools.build import merge, summary
-    print(summary(merge(args.directory)))
+    print(summary(merge(args.directory, args.parts)))
     return 0
 
 
@@ -344,6 +344,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=data_convert)
     p = data_cmds.add_parser("merge", help="join the manifests of a --part i/N build")
     p.add_argument("directory")
+    p.add_argument("--parts", type=int, metavar="N", help="merge the parts of the --part i/N build with this N "
+                                                         "(needed only when parts of builds with several N are there)")
     p.set_defaults(func=data_merge)
     p = data_cmds.add_parser("verify", help="check every shard, sample and image against the manifest")
     p.add_argument("directory")

@@ -205,7 +205,8 @@ def tasks(stage: stages.Stage, cfg, opts: cluster.LaunchConfig, job_dir: Path, l
         return [[StageTask(argv, stage.trains, opts.max_requeues, lineage)]]
     n = opts.array_parts
     parts = [StageTask([*argv, "--part", f"{i}/{n}"], stage.trains, opts.max_requeues) for i in range(n)]
-    merge = StageTask([*stage.merge, str(stages.folder(cfg, stage.output))], False, opts.max_requeues, lineage)
+    merge = StageTask([*stage.merge, str(stages.folder(cfg, stage.output)), "--parts", str(n)], False,
+                      opts.max_requeues, lineage)
     return [parts, [merge]]
 
 

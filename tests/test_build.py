@@ -268,6 +268,20 @@ def test_parts_merge_to_the_single_build(tmp_path, corpus, shard_dir):
     assert json.loads((out / "manifest.json").read_text()) == merged
     assert merged == single
 
+    # A second build in 2 parts beside the first's 3 lists the same shards: a merge that
+    # read both listed every shard twice. Which N is merged must be said, and only it is.
+    for i in (0, 1):
+        build_shards(corpus, out, "shards.samples=32", f"part={i}/2")
+    (out / "manifest.json").unlink()
+    ambiguous = subprocess.run([*CLI, "data", "merge", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ambiguous.returncode == 2
+    assert ambiguous.stderr.strip().splitlines() == [
+        f"wsl: error: cannot merge: {out} holds parts of builds in 2 and 3 parts; say which with --parts N"]
+    assert not (out / "manifest.json").exists()
+    assert merge(str(out), 2) == merge(str(out), 3) == single
+    with pytest.raises(ValueError, match="no part of a build in 4 parts"):
+        merge(str(out), 4)
+
 
 # -- ImageFolder input ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from data_tools import shards
+from data_tools import resampling, shards
 from data_tools.verify import verify
 
 CLI = [sys.executable, "-m", "launch.cli"]
@@ -169,6 +169,19 @@ def test_verify_finds_each_damage_alone(tmp_path, shard_dir, kind):
     assert any(p.startswith(expected_problem(kind, directory)) for p in found), found
     # Nothing else is blamed: every problem is about the damaged shard (or its index).
     assert found and all(p.startswith(name[: -len("tar")]) for p in found), found
+
+
+def test_verify_rejects_a_shard_listed_twice(tmp_path, shard_dir):
+    # What merging two builds' parts made: every count adds up, every file is sound.
+    directory = copy_build(shard_dir, tmp_path / "twice")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["shards"].insert(3, manifest["shards"][2])
+    manifest["num_samples"] += manifest["shards"][2]["samples"]
+    manifest["num_shards"] += 1
+    shards.write_json(directory / "manifest.json", manifest)
+    resampling.fit(directory, progress=False)
+    found = verify(str(directory), workers=1, progress=False)
+    assert found == ["train-000002.tar: listed 2 times in the manifest (every epoch would read it 2 times)"]
 
 
 # -- stats ----------------------------------------------------------------------------------
