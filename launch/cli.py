@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from data_tools.dedup.sets import RULE
 from launch.config import ConfigError
 from launch.config import build as make_config
 from pretrain.stop import Interrupted, NonFiniteLoss
@@ -89,14 +90,11 @@ def data_verify(args) -> int:
 def dedup_flags(args) -> list[str]:
     """`wsl data dedup`'s flags as config overrides (also what `wsl launch data dedup` submits)."""
     import json
-    flags = [f"train={args.train}"] if args.train else []
-    flags += [f"out={args.out}"] if args.out else []
-    flags += [f"apply={args.apply}"] if args.apply else []
+    # JSON-quoted, so a value YAML would misread ("0755", "2024_01", "yes") stays the string given.
+    given = {"train": args.train, "out": args.out, "apply": args.apply, "part": args.part, "against": args.against}
+    flags = [f"{key}={json.dumps(value)}" for key, value in given.items() if value]
     flags += ["self_dedup=true"] if args.self else []
     flags += ["merge=true"] if args.merge else []
-    flags += [f"part={args.part}"] if args.part else []
-    # --against values go in as a YAML list of strings, whatever characters the paths hold.
-    flags += [f"against={json.dumps(args.against)}"] if args.against else []
     return flags
 
 
@@ -357,7 +355,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--train", metavar="DIR", help="training shards (a `wsl data build` output)")
     p.add_argument("--against", metavar="[NAME=]DIR", action="append",
-                   help="evaluation shards to filter against; repeat for several sets")
+                   help=f"evaluation shards to filter against; repeat for several sets. {RULE}")
     p.add_argument("--out", metavar="DIR", help="matches.jsonl, summary.json, report.html")
     p.add_argument("--apply", metavar="OUT", help="also write the filtered training shards here")
     p.add_argument("--self", action="store_true", help="also remove near-duplicates within the training set")

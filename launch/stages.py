@@ -11,6 +11,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_tools.dedup.sets import split_spec
 from launch.config import build as make_config
 
 
@@ -78,7 +79,7 @@ def missing_inputs(stage: Stage, cfg) -> list[str]:
     for key in stage.inputs:
         value = lookup(cfg, key)
         for item in value if isinstance(value, list) else [value]:
-            path = str(item or "").rpartition("=")[2] if key == "against" else str(item or "")
+            path = split_spec(str(item or ""))[1] if key == "against" else str(item or "")
             if path and "://" not in path and not Path(path).exists():
                 missing.append(f"{key} = {path}")
     return missing

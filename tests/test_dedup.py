@@ -316,3 +316,19 @@ def test_frame_is_cut_back_to_the_image():
     slack = 2 * views.BLEND + 1                 # the blended rows go with the frame, on both sides
     assert abs(cut.width - 128) <= slack and abs(cut.height - 88) <= slack
     assert views.cut_border(im).size == im.size  # a photo without a frame is left whole
+
+
+def test_paths_yaml_would_misread_and_paths_with_equals_are_taken_as_given(sets, tmp_path, monkeypatch):
+    # --train 2024_01 once read 202401, --out 0755 wrote to 493 (YAML numbers), and no
+    # path holding "=" could be given to --against, even as NAME=PATH.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2024_01").symlink_to(sets["train"])
+    (tmp_path / "run=3").mkdir()
+    (tmp_path / "run=3" / "val").symlink_to(sets["val"])
+    val = tmp_path / "run=3" / "val"
+    code = dedup("--train", "2024_01", "--against", str(val), "--against", f"again={val}", "--out", "0755")
+    assert code == 0
+    summary = json.loads((tmp_path / "0755" / "summary.json").read_text())
+    assert summary["train"]["directory"] == "2024_01"
+    assert [a["name"] for a in summary["against"]] == ["val", "again"]
+    assert summary["removed"] == len(sets["expected"])

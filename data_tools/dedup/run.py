@@ -33,6 +33,7 @@ from data_tools import atomic, shards
 from data_tools.build import parse_part
 from data_tools.dedup import views
 from data_tools.dedup.descriptors import make_descriptor
+from data_tools.dedup.sets import split_spec
 from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
 from data_tools.signals import quiet_stop
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
@@ -116,7 +117,7 @@ class ShardSet:
 
 
 def open_set(spec: str, role: str) -> ShardSet:
-    name, _, directory = spec.rpartition("=")
+    name, directory = split_spec(spec)
     path = Path(directory)
     if not path.is_dir():
         raise FileNotFoundError(f"{role} set {spec!r}: no such directory")
