@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from data_tools import resampling, shards, vocab
 from data_tools.fields import bounded
-from data_tools.images import BadImage, ImageRules, prepare
+from data_tools.images import BadImage, ImageRules, map_box, prepare
 from data_tools.signals import quiet_stop
 from data_tools.sources import ImageFolderSource, ManifestSource, Record
 from data_tools.wordnet import WordNet
@@ -322,7 +322,8 @@ def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRu
     for key, path, labels, meta in group:
         try:
             with open(path, "rb") as f:
-                jpeg, conversions = prepare(f.read(), rules)
+                data = f.read()
+            jpeg, conversions = prepare(data, rules)
         except BadImage as err:
             bad[err.reason] += 1
             examples.append({"key": key, "path": path, "reason": err.reason})
@@ -333,6 +334,8 @@ def write_one_shard(out: str, name: str, shard: int, group: list, rules: ImageRu
             examples.append({"key": key, "path": path, "reason": reason})
             continue
         converted.update(conversions)
+        if "bbox" in meta and {"resized", "exif_rotated"} & set(conversions):
+            meta = {**meta, "bbox": map_box(meta["bbox"], data, jpeg)}
         tag_counts.update(labels)
         samples.append((key, jpeg, {"labels": labels, **meta}))
     tar = shards.shard_file(name, shard)

@@ -64,7 +64,7 @@ def _prepare(data: bytes, rules: ImageRules) -> tuple[bytes, list[str]]:
     if width < 1 or height < 1:
         raise BadImage("decode_error", f"{width}x{height}")
     too_big = rules.max_side is not None and max(width, height) > rules.max_side
-    orientation = im.getexif().get(ORIENTATION, 1) if im.format in ("JPEG", "MPO") else 1
+    orientation = _orientation(im)
     if im.format == "JPEG" and im.mode in ("RGB", "L") and orientation == 1 and not too_big:
         # Decoding at 1/8 scale still reads every entropy-coded byte, so truncation and
         # corrupt headers are caught at a fraction of the cost of a full decode.
@@ -72,6 +72,42 @@ def _prepare(data: bytes, rules: ImageRules) -> tuple[bytes, list[str]]:
         im.load()
         return data, []
     return _reencode(im, rules, orientation, too_big)
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation that is applied (only JPEG's is read)."""
+    return im.getexif().get(ORIENTATION, 1) if im.format in ("JPEG", "MPO") else 1
+
+
+# EXIF orientation -> where a point (x, y) of a W x H image as stored lands once the image
+# is turned upright (ImageOps.exif_transpose); 5-8 swap width and height.
+TURN = {
+    1: lambda x, y, w, h: (x, y),
+    2: lambda x, y, w, h: (w - x, y),
+    3: lambda x, y, w, h: (w - x, h - y),
+    4: lambda x, y, w, h: (x, h - y),
+    5: lambda x, y, w, h: (y, x),
+    6: lambda x, y, w, h: (h - y, x),
+    7: lambda x, y, w, h: (h - y, w - x),
+    8: lambda x, y, w, h: (y, w - x),
+}
+
+
+def map_box(box: list[float], before: bytes, after: bytes) -> list[float]:
+    """A box [x, y, w, h] in the pixels of the image file as stored (`before`) -> the same
+    region in the prepared image (`after`): turned as the EXIF orientation turned the
+    image, then scaled as it was shrunk."""
+    with Image.open(io.BytesIO(before)) as im:
+        (width, height), orientation = im.size, _orientation(im)
+    with Image.open(io.BytesIO(after)) as im:
+        new_width, new_height = im.size
+    turn = TURN.get(orientation, TURN[1])
+    x, y, w, h = box
+    (x0, y0), (x1, y1) = (turn(px, py, width, height) for px, py in ((x, y), (x + w, y + h)))
+    upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    sx, sy = new_width / upright[0], new_height / upright[1]
+    return [round(min(x0, x1) * sx, 2), round(min(y0, y1) * sy, 2),
+            round(abs(x1 - x0) * sx, 2), round(abs(y1 - y0) * sy, 2)]
 
 
 def _reencode(im: Image.Image, rules: ImageRules, orientation: int, too_big: bool):

@@ -1,6 +1,7 @@
 """`wsl data convert`: tiny ImageNet, CUB and Places trees written in their distributed layouts."""
 from __future__ import annotations
 
+import io
 import json
 import random
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from PIL import Image, ImageDraw
 
 from conftest import REPO, photo
 from data_tools import shards, vocab
@@ -215,6 +217,38 @@ def test_cub_split_labels_and_boxes(tmp_path, split, train):
     entries = vocab.read(tmp_path / "out" / "vocabulary.tsv")
     assert [(e.synset, e.lemma) for e in entries] == [(n, n[4:].replace("_", " ")) for n in CUB_CLASSES]
     assert_verifies(tmp_path / "out")
+
+
+def red_box(jpeg: bytes) -> list[float]:
+    """[x, y, w, h] bounding the red pixels of an image."""
+    rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.int16)
+    ys, xs = np.nonzero((rgb[..., 0] > 150) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100))
+    return [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+
+
+def test_cub_boxes_follow_the_image_when_max_side_shrinks_or_exif_turns_it(tmp_path):
+    # Large CUB images, each with a red bird where bounding_boxes.txt says (in the pixels of
+    # the file as stored); the last one is stored on its side with EXIF orientation 6.
+    rows = cub_tree(tmp_path / "cub", per_class=1)
+    for r in rows:
+        x, y, w, h = r["bbox"] = [40.0 + 30 * r["id"], 50.0, 160.0, 90.0 + 20 * r["id"]]
+        im = Image.new("RGB", (640, 400), (90, 120, 90))
+        ImageDraw.Draw(im).rectangle([x, y, x + w - 1, y + h - 1], fill=(220, 20, 20))
+        exif = Image.Exif()
+        exif[0x0112] = 6 if r is rows[-1] else 1
+        im.save(tmp_path / "cub" / "images" / r["path"], quality=95, exif=exif)
+    write_lines(tmp_path / "cub" / "bounding_boxes.txt", [f"{r['id']} " + " ".join(map(str, r["bbox"])) for r in rows])
+    out = tmp_path / "out"
+    run_convert("cub", tmp_path / "cub", out, "split=test", "images.max_side=160")
+    found = {}
+    for tar in sorted(out.glob("*.tar")):
+        for _, files in shards.iter_samples(tar):
+            found[json.loads(files["json"])["path"]] = (json.loads(files["json"])["bbox"], red_box(files["jpg"]))
+    assert len(found) == len(rows)
+    turned = f"images/{rows[-1]['path']}"
+    for path, (bbox, red) in found.items():
+        assert np.abs(np.array(bbox) - red).max() <= 1.5, (path, bbox, red)
+    assert found[turned][0][2] < found[turned][0][3]  # the wide box of the file as stored stands upright
 
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):

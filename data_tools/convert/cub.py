@@ -1,7 +1,8 @@
 """CUB-200-2011 as distributed: CUB_200_2011/{images.txt, image_class_labels.txt,
 train_test_split.txt, classes.txt, bounding_boxes.txt, images/CLASS/*.jpg}, ids 1-based.
 
-Label index = class id - 1; every sample carries its `bbox` [x, y, w, h] in pixels.
+Label index = class id - 1; every sample carries its `bbox` [x, y, w, h] in the pixels of
+its image in the shard (the build scales and turns it with the image: images.map_box).
 """
 from __future__ import annotations
 
