@@ -26,7 +26,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from data_tools import resampling, shards, vocab
+from data_tools import resampling, shards, vocab, writable
 from data_tools.fields import bounded
 from data_tools.images import BadImage, ImageRules, map_box, prepare
 from data_tools.signals import quiet_stop
@@ -457,6 +457,7 @@ def check_output(out: Path, source) -> None:
     folder of other files (a re-run's earlier build is fine)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file; give a directory for the shards")
+    writable.check_folder(out, "output")
     target, inputs = out.resolve(), Path(source.root).resolve()
     if target == inputs or target in inputs.parents:
         raise ValueError(f"output {out} is or holds the input folder {inputs}; choose a directory of its own")

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from data_tools import writable
 from data_tools.dedup.sets import RULE
 from launch.config import ConfigError
 from launch.config import build as make_config
@@ -125,8 +126,11 @@ def data_index(args) -> int:
 
 def data_stats(args) -> int:
     from data_tools.stats import frequency_table, zipf_plot
-    print(frequency_table(args.directory, args.top))
-    plot = zipf_plot(args.directory, args.plot or Path(args.directory) / "zipf.png")
+    plot = args.plot or Path(args.directory) / "zipf.png"
+    table = frequency_table(args.directory, args.top)
+    writable.check_file(plot, "Zipf plot", "--plot PATH writes it elsewhere")
+    print(table)
+    plot = zipf_plot(args.directory, plot)
     print(f"Zipf plot: {plot}")
     return 0
 
@@ -174,6 +178,7 @@ def check_training(cfg, device: bool) -> dict:
     from pretrain import dist
     if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
         raise ConfigError(f"config key 'run_dir' = {cfg.run_dir} is a file; give a directory")
+    writable.check_folder(cfg.run_dir, "run_dir")
     train = read_shards("data.train", cfg.data.train)
     if cfg.data.val:
         val = read_shards("data.val", cfg.data.val)
@@ -452,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("WSL_DEBUG"):
             raise
         print(f"wsl: error: {describe(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk or a mount that turned read-only mid-way
+        if err.errno not in writable.WRITE_ERRNOS or os.environ.get("WSL_DEBUG"):
+            raise
+        print(f"wsl: error: cannot write {err.filename or ''}: {err.strerror}", file=sys.stderr)
         return 2
     except Interrupted as err:  # the checkpoint is written
         print(f"wsl: {err}", file=sys.stderr)

@@ -68,3 +68,31 @@ def shard_dir(tmp_path_factory, corpus) -> Path:
     out = tmp_path_factory.mktemp("shards")
     build_shards(corpus, out, "shards.samples=32")
     return out
+
+
+@pytest.fixture
+def read_only():
+    """read_only(folder): make `folder` unwritable as a user meets it: a read-only bind mount
+    as root (root ignores permission bits), permission bits otherwise; undone afterwards."""
+    import os
+    import subprocess
+    mounted, chmodded = [], []
+
+    def make(folder: Path) -> Path:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            chmodded.append(folder)
+            return folder
+        for args in (["mount", "--bind", str(folder), str(folder)], ["mount", "-o", "remount,bind,ro", str(folder)]):
+            if subprocess.run(args, capture_output=True).returncode != 0:
+                if args[1] == "-o":
+                    subprocess.run(["umount", str(folder)], check=True)
+                pytest.skip("root without the right to mount: no way to make a folder read-only")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+    for folder in chmodded:
+        folder.chmod(0o755)

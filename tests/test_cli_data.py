@@ -209,3 +209,26 @@ def test_stats_prints_the_table_and_writes_a_png(runs):
         assert im.size == (600, 400)
         im.load()
         assert len(np.unique(np.asarray(im.convert("L")))) > 2  # something is drawn
+
+
+# -- unwritable outputs ------------------------------------------------------------------------
+
+def test_an_unwritable_output_is_one_line_before_any_work(tmp_path, corpus, shard_dir, read_only):
+    shutil.copytree(shard_dir, tmp_path / "locked" / "shards")
+    locked = read_only(tmp_path / "locked")
+    results = run_all({
+        "build": ["data", "build", f"input.manifest={corpus}", f"output={locked / 'out'}", "progress=false"],
+        "stats": ["data", "stats", str(locked / "shards")],
+        "pretrain": ["pretrain", f"data.train={shard_dir}", f"run_dir={locked / 'run'}", "device=cpu",
+                     "model.name=resnext_tiny", "train.total_images=16", "optim.warmup_images=8",
+                     "data.loader.batch_size=8", "data.loader.workers=1", "data.loader.backend=pil"],
+    })
+    # (what cannot be written, the folder that refuses it)
+    where = {"build": (locked / "out", locked), "stats": (locked / "shards" / "zipf.png", locked / "shards"),
+             "pretrain": (locked / "run", locked)}
+    for name, result in results.items():
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        assert result.stdout == "", (name, result.stdout)  # stats' table is not printed before the error
+        assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr[-2000:])
+        assert f"{where[name][0]} cannot be written: {where[name][1]} is " in result.stderr, (name, result.stderr)
+        assert "read-only file system" in result.stderr or "not writable by this user" in result.stderr
