@@ -6,9 +6,13 @@ Rules (also in docs/data.md):
   `brown-bear` and `Brown Bear` are one key, and `#ursusarctos` reaches the same synset
   through its lemma `Ursus_arctos`.
 - A key found in several synsets takes the most frequent sense: the lowest sense number
-  in index.noun (WordNet orders senses by tagged frequency). Between lemmas that squash to
-  one key with equal sense numbers, the lemma with more tagged senses wins, then the
-  alphabetically first lemma. `#bear` is the animal (n02131653), not the investor.
+  in index.noun (WordNet orders senses by tagged frequency). Where no sense of the lemma
+  has a frequency count (index.noun's tagsense_cnt is 0), that order says nothing, and
+  WordNet often lists a person first: then the first sense that is a common noun wins
+  over instances (proper names: an `@i` instance-hypernym pointer in data.noun), so
+  `#sax` is the saxophone, not Adolphe Sax, and `#drake` the male duck, not Francis
+  Drake. Between lemmas that squash to one key, the lemma with more tagged senses wins,
+  then the alphabetically first lemma. `#bear` is the animal (n02131653), not the investor.
 - A key not found is tried once more as a plural: noun.exc exceptions, then WordNet's
   own detachment suffixes (-s, -ses, -xes, -zes, -ches, -shes, -men, -ies).
 - Anything else is not in WordNet and is dropped (the builder counts it).
@@ -50,6 +54,7 @@ class WordNet:
     def __init__(self, directory: str | None = None):
         self.dir = find_wordnet_dir(directory)
         self.lemmas: dict[str, str] = {}     # synset id -> its first lemma, e.g. brown_bear
+        self.instances: set[str] = set()     # synset ids of instances (proper names), e.g. Francis Drake
         self.keys: dict[str, str] = {}       # squashed key -> synset id
         self.exceptions: dict[str, str] = {}  # squashed irregular plural -> squashed singular
         self._read_data()
@@ -63,6 +68,8 @@ class WordNet:
                     continue
                 parts = line.split(" ", 5)
                 self.lemmas[synset_id(parts[0])] = parts[4]
+                if " @i " in line.split(" | ", 1)[0]:  # pointers come before the gloss
+                    self.instances.add(synset_id(parts[0]))
 
     def _read_index(self) -> None:
         best: dict[str, tuple] = {}
@@ -77,10 +84,16 @@ class WordNet:
                 key = squash(lemma)
                 if not key:
                     continue
-                rank = (-tagsense_cnt, lemma)  # each lemma offers its sense 1, see module doc
+                rank = (-tagsense_cnt, lemma)  # each lemma offers its chosen sense, see module doc
                 if key not in best or rank < best[key][0]:
-                    best[key] = (rank, synset_id(offsets[0]))
+                    best[key] = (rank, self._choose([synset_id(o) for o in offsets], tagsense_cnt))
         self.keys = {key: sid for key, (_, sid) in best.items()}
+
+    def _choose(self, senses: list[str], tagsense_cnt: int) -> str:
+        """Sense 1 when frequency counts put it first; else the first common noun."""
+        if tagsense_cnt > 0:
+            return senses[0]
+        return next((sid for sid in senses if sid not in self.instances), senses[0])
 
     def _read_exceptions(self) -> None:
         path = self.dir / "noun.exc"

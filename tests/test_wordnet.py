@@ -126,6 +126,29 @@ def test_ambiguous_word_takes_its_most_frequent_sense(wn, word):
     assert wn.lookup("#" + word) == senses[0]
 
 
+def is_instance(data_noun: Path, sid: str) -> bool:
+    """An instance (a proper name): its pointers hold an instance hypernym, '@i'."""
+    return "@i" in synset_line(data_noun, sid).split(" | ")[0].split()
+
+
+@pytest.mark.parametrize("tag,common,person,meaning", [
+    ("#sax", "n04141076", "n11283158", " saxophone "),
+    ("#drake", "n01847000", "n10942866", "adult male of a wild or domestic duck")])
+def test_without_frequency_counts_a_common_noun_beats_a_person(wn, data_noun, tag, common, person, meaning):
+    # WordNet lists Adolphe Sax and Francis Drake first; no sense of either lemma is counted.
+    assert index_senses(tag[1:]) == [person, common]
+    assert is_instance(data_noun, person) and not is_instance(data_noun, common)
+    assert meaning in synset_line(data_noun, common)
+    assert wn.lookup(tag) == common
+
+
+def test_where_frequency_counts_decide_a_proper_name_keeps_sense_1(wn, data_noun):
+    # 'brazil': the country is counted first (tagsense_cnt 1), the brazil nut comes second.
+    country, nut = index_senses("brazil")
+    assert is_instance(data_noun, country) and "brazil_nut" in synset_lemmas(data_noun, nut)
+    assert wn.lookup("#brazil") == country
+
+
 def test_lemmas_squashing_to_one_key_follow_the_documented_tie_rule(wn, data_noun):
     # 'air_wave' (1 tagged sense) and 'airwave' (0): more tagged senses wins.
     assert "air_wave" in synset_lemmas(data_noun, "n07347373")
