@@ -222,10 +222,15 @@ def test_an_unwritable_output_is_one_line_before_any_work(tmp_path, corpus, shar
         "pretrain": ["pretrain", f"data.train={shard_dir}", f"run_dir={locked / 'run'}", "device=cpu",
                      "model.name=resnext_tiny", "train.total_images=16", "optim.warmup_images=8",
                      "data.loader.batch_size=8", "data.loader.workers=1", "data.loader.backend=pil"],
+        "dedup": ["data", "dedup", "--train", str(shard_dir), "--against", str(shard_dir), "--out", str(tmp_path / "o"),
+                  "--apply", str(locked / "clean")],
+        "dedup_out": ["data", "dedup", "--train", str(shard_dir), "--against", str(shard_dir),
+                      "--out", str(locked / "dedup")],
     })
     # (what cannot be written, the folder that refuses it)
     where = {"build": (locked / "out", locked), "stats": (locked / "shards" / "zipf.png", locked / "shards"),
-             "pretrain": (locked / "run", locked)}
+             "pretrain": (locked / "run", locked), "dedup": (locked / "clean", locked),
+             "dedup_out": (locked / "dedup", locked)}
     for name, result in results.items():
         assert result.returncode == 2, (name, result.stderr[-2000:])
         assert result.stdout == "", (name, result.stdout)  # stats' table is not printed before the error

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from data_tools import atomic, shards
+from data_tools import atomic, shards, writable
 from data_tools.build import parse_part
 from data_tools.dedup import views
 from data_tools.dedup.descriptors import make_descriptor
@@ -295,9 +295,11 @@ def run(cfg: DedupConfig) -> dict | None:
     if cfg.apply:
         from data_tools.dedup.apply import check_target
         check_target(Path(cfg.apply))  # refused now, not after the scan
+        writable.check_folder(cfg.apply, "--apply")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory")
+    writable.check_folder(out, "--out")
     state = out / ".dedup"
     mine, parts = parse_part(cfg.part)
     entries = train.manifest["shards"]
