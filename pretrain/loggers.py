@@ -45,19 +45,20 @@ class WandbLogger:
         import wandb
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode == "offline":
+            keep_offline(Path(run_dir) / "wandb")
         id_file = Path(run_dir) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         # The same id on resume continues one W&B run instead of starting a new one.
         self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
                               dir=str(run_dir), config=config, settings=wandb.Settings(silent=True))
-        self.wandb, self.mode = wandb, mode
-        if mode == "offline":
-            print(f"W&B run {run_id} is offline (no WANDB_API_KEY); upload it with: {self.sync_command()}",
-                  file=sys.stderr, flush=True)
+        self.wandb, self.mode, self.run_dir, self.run_id = wandb, mode, Path(run_dir), run_id
 
     def sync_command(self) -> str:
-        return f"wandb sync {Path(self.run.dir).parent}"
+        """Every offline session of this run (a fine-tuning's final evaluation and each
+        resume add one)."""
+        return f"wandb sync {self.run_dir / 'wandb'}/offline-run-*-{self.run_id}"
 
     def log(self, metrics: dict) -> None:
         self.run.log(metrics, step=int(metrics["images_seen"]))
@@ -67,8 +68,23 @@ class WandbLogger:
 
     def close(self) -> None:
         self.run.finish()
-        if self.mode == "offline":
-            print(f"W&B offline run saved; upload it with: {self.sync_command()}", file=sys.stderr, flush=True)
+        if self.mode == "offline" and self.run_id not in HINTED:
+            HINTED.add(self.run_id)
+            print(f"W&B run {self.run_id} is offline (no WANDB_API_KEY); upload it with: {self.sync_command()}",
+                  file=sys.stderr, flush=True)
+
+
+HINTED: set[str] = set()   # runs whose `wandb sync` command this process has printed
+
+
+def keep_offline(folder: Path) -> None:
+    """An offline run neither reaches the network nor writes outside its run directory:
+    W&B's error reporting looks its server up even offline, and its service logs, cache
+    and settings go under the home folder unless told otherwise (a user's own choice of
+    those folders stands)."""
+    os.environ["WANDB_ERROR_REPORTING"] = "false"
+    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_DATA_DIR", "data")):
+        os.environ.setdefault(name, str((folder / sub).resolve()))
 
 
 class Loggers:
@@ -104,21 +120,24 @@ def make_loggers(run_dir: Path, is_main: bool, config: dict, wandb_mode: str, pr
 
 
 def sample_images(shard_dir: str, count: int) -> tuple[list, list[str]]:
-    """The first `count` images of the first shard with their raw tags, for a look in W&B,
-    as 224-pixel squares (W&B shows a list of images of one size only)."""
+    """The first `count` images of the first shard with their raw tags (a converted,
+    single-label set has none: its class names), for a look in W&B, as 224-pixel squares
+    (W&B shows a list of images of one size only)."""
     import io
 
     from PIL import Image, ImageOps
 
     from data_tools import shards
     manifest = shards.read_manifest(shard_dir)
+    names = [entry.lemma for entry in shards.read_vocabulary(shard_dir, manifest)]
     images, captions = [], []
     for _, files in shards.iter_samples(Path(shard_dir) / manifest["shards"][0]["file"]):
         if len(images) >= count:
             break
         image = Image.open(io.BytesIO(files["jpg"])).convert("RGB")
         images.append(ImageOps.fit(image, (224, 224)))
-        captions.append(" ".join(json.loads(files["json"])["tags"]))
+        meta = json.loads(files["json"])
+        captions.append(" ".join(meta["tags"]) if "tags" in meta else ", ".join(names[i] for i in meta["labels"]))
     return images, captions
 
 

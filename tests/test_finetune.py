@@ -15,7 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import straight_and_resumed
+from conftest import run_as_users_do, straight_and_resumed
 from data_tools import shards
 from data_tools.build import BuildConfig, build
 from finetune import backbone, leak, logreg
@@ -115,6 +115,20 @@ def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsy
     assert saved["num_samples"] == 24 and saved["top1"] == results["top1"]
     assert set(saved) >= {"top1", "top5", "mean_per_class", "confused"}
     assert results["top5"] >= results["top1"] and 0 < results["mean_per_class"] <= 1
+
+
+def test_full_finetuning_of_a_converted_set_with_wandb_as_users_have_it(cub, backbone_file, tmp_path):
+    """README's CUB and ImageNet commands: converted samples have `labels` and no `tags`,
+    on which the W&B sample captions crashed (KeyError: 'tags'); W&B off hid it."""
+    users = [a for a in TINY if not a.startswith("log.wandb")]
+    proc = run_as_users_do(cli("finetune", f"backbone={backbone_file}", f"data.train={cub['train']}",
+                               f"data.val={cub['test']}", f"run_dir={tmp_path / 'run'}", *users,
+                               "train.total_images=48", "checkpoint.every_images=48", "log.sample_images=2"),
+                           tmp_path, child_env(), cwd=REPO)
+    (record, *_) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"Black footed Albatross" in record.read_bytes(), "the samples are not captioned with their class"
+    assert proc.stderr.count("wandb sync") == 1, "the W&B upload hint is said more than once"
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["num_samples"] == 3
 
 
 def test_trunk_gets_its_share_of_the_lr():

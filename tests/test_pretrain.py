@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import build_shards, straight_and_resumed
+from conftest import build_shards, run_as_users_do, straight_and_resumed
 from launch.config import build as make_config
 from launch.config import to_dict
 from pretrain import checkpoint, engine
@@ -286,3 +286,16 @@ def test_wandb_offline_run_records_metrics_and_samples(shard_dir, tmp_path):
     assert len(logged) == 1 and logged[0].stat().st_size > 0
     samples = list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
     assert len(samples) == 4, "the sample images with their tags were not logged"
+
+
+def test_single_label_set_with_wandb_as_users_have_it(cub, tmp_path):
+    """A converted set's samples carry `labels`, no `tags`: the W&B sample captions once
+    crashed on them (KeyError: 'tags'), which W&B off hid from every test."""
+    users = [a for a in TINY if not a.startswith("log.wandb")]
+    run_as_users_do(cli("pretrain", f"data.train={cub['train']}", f"run_dir={tmp_path / 'run'}", *users,
+                        "train.total_images=48", "checkpoint.every_images=48", "log.sample_images=3"),
+                    tmp_path, child_env(), cwd=REPO)
+    (media,) = (tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images")
+    assert len(list(media.glob("samples_*.png"))) == 3
+    (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"Black footed Albatross" in record.read_bytes(), "the samples are not captioned with their class"
