@@ -273,16 +273,37 @@ def finetune_eval(args) -> int:
 
 
 def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out: str | None = None) -> int:
-    """Overrides change the checkpoint's own config for this evaluation only."""
+    """Overrides change the checkpoint's own config for this evaluation only. The results go
+    to OUT/evals/ (OUT: the checkpoint's folder), one file per evaluated set and overrides,
+    beside the run's own record (results.json), which they never replace."""
     from finetune.config import FinetuneConfig
-    from finetune.evaluate import load_model, run_eval
+    from data_tools.shards import read_manifest as shards_manifest
+    from finetune.evaluate import eval_record_path, load_model, run_eval
     from finetune.leak import check_checkpoint
     from launch.config import from_dict, parse_override, set_dotted
+    if "=" in shards and not Path(shards).exists():
+        key = shards.split("=", 1)[0]
+        raise ConfigError(f"SHARDS is the shard directory itself, not an override ({key}=...): "
+                          f"wsl finetune eval CHECKPOINT {shards.split('=', 1)[1] or 'SHARDS'} [key=value ...]")
     model, config, images_seen = load_model(checkpoint)
-    check_checkpoint(config, shards)
-    for text in overrides:
-        set_dotted(config, *parse_override(text))
-    run_eval(model, from_dict(FinetuneConfig, config), config, images_seen, checkpoint, shards, out)
+    loader = config["data"]["loader"]
+    trained_at = loader["image_size"], loader["resize_size"]
+    given = [parse_override(text) for text in overrides]
+    for keys, value in given:
+        set_dotted(config, keys, value)
+    given_keys = {".".join(keys) for keys, _ in given}
+    if {"data.loader.image_size"} <= given_keys - {"data.loader.resize_size"} and isinstance(loader["image_size"], int):
+        # A larger crop alone ("FixRes") comes from an image resized alike, as with eval.image_size.
+        loader["resize_size"] = round(trained_at[1] * loader["image_size"] / trained_at[0])
+    cfg = from_dict(FinetuneConfig, config)
+    try:
+        manifest = shards_manifest(shards)
+    except FileNotFoundError as err:
+        raise ConfigError(f"SHARDS: {err}") from None
+    check_checkpoint(config, shards)   # after every check that can stop the evaluation
+    run_dir = Path(out) if out else Path(checkpoint).parent
+    run_eval(model, cfg, config, images_seen, checkpoint, shards, run_dir,
+             eval_record_path(run_dir, shards, manifest, overrides), overrides)
     return 0
 
 
@@ -400,8 +421,10 @@ def make_parser() -> argparse.ArgumentParser:
                                        finetune)
     p = finetune_cmds.add_parser("eval", help="score a fine-tuned checkpoint or probe.pt on labelled shards",
                                  description="Top-1, top-5, mean per-class accuracy and the most-confused class "
-                                             "pairs of CHECKPOINT on SHARDS, into results.json, the console and "
-                                             "W&B; overrides change the checkpoint's config for this evaluation.")
+                                             "pairs of CHECKPOINT on SHARDS, into evals/SET.json beside the checkpoint, "
+                                             "the console and W&B; overrides change the checkpoint's config for "
+                                             "this evaluation (eval.image_size=288: a larger crop, the resize "
+                                             "scaled alike).")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("shards", metavar="SHARDS", help="a single-label shard directory")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
