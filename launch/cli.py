@@ -316,7 +316,13 @@ def add_training_stage(stages, name: str, what: str, run):
     """A stage whose default command `train` runs `run`; returns its sub-command list."""
     parser = stages.add_parser(name, help=f"{what}; `wsl {name} -c A.yaml k=v` is `wsl {name} train ...`")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="the default command: train; a run directory resumes by itself")
+    others = [c for c in SUB_COMMANDS[name] if c != "train"]
+    # `wsl NAME --help` shows this parser (with_default_command): the options a run takes.
+    p = commands.add_parser("train", help="the default command: train; a run directory resumes by itself",
+                            usage=f"wsl {name} [train] [-c YAML ...] [key.sub=value ...]",
+                            description=f"{what[0].upper()}{what[1:]}; a run directory resumes by itself.",
+                            epilog=f"Every key with its default, comment and range: wsl config {name}. Other "
+                                   f"commands: {', '.join(f'wsl {name} {c} --help' for c in others)}.")
     add_config_args(p)
     p.set_defaults(func=run)
     return commands
@@ -421,10 +427,10 @@ def make_parser() -> argparse.ArgumentParser:
                                        finetune)
     p = finetune_cmds.add_parser("eval", help="score a fine-tuned checkpoint or probe.pt on labelled shards",
                                  description="Top-1, top-5, mean per-class accuracy and the most-confused class "
-                                             "pairs of CHECKPOINT on SHARDS, into evals/SET.json beside the checkpoint, "
-                                             "the console and W&B; overrides change the checkpoint's config for "
-                                             "this evaluation (eval.image_size=288: a larger crop, the resize "
-                                             "scaled alike).")
+                                             "pairs of CHECKPOINT on SHARDS, into evals/SET.json beside the "
+                                             "checkpoint, the console and W&B; overrides change the checkpoint's "
+                                             "config for this evaluation (eval.image_size=288: a larger crop, the "
+                                             "resize scaled alike).")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("shards", metavar="SHARDS", help="a single-label shard directory")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
@@ -440,9 +446,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def with_default_command(argv: list[str]) -> list[str]:
-    """`wsl pretrain -c a.yaml k=v` means `wsl pretrain train -c a.yaml k=v` (finetune alike)."""
+    """`wsl pretrain -c a.yaml k=v` means `wsl pretrain train -c a.yaml k=v`, and `wsl
+    pretrain --help` shows what a run takes (finetune alike)."""
     commands = SUB_COMMANDS.get(argv[0]) if argv else None
-    if commands and (argv[1:2] == [] or argv[1] not in (*commands, "-h", "--help")):
+    if commands and (argv[1:2] == [] or argv[1] not in commands):  # `wsl pretrain --help` too
         return [argv[0], "train", *argv[1:]]
     return argv
 
@@ -457,6 +464,10 @@ def terminated(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Redirected, stdout is block-buffered and stderr (progress bars, warnings) is not: a
+    # log would show a stage's results after its later messages, or under the next stage.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     parser = make_parser()
     # argparse gives a '*' positional only the words before the first option, so dotted
     # overrides after one (`wsl data convert cub ROOT OUT --split test key=value`) come back here.

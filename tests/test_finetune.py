@@ -275,6 +275,23 @@ def test_eval_argument_mistakes_are_one_line_before_any_warning(data, backbone_f
     assert not (tmp_path / "probe" / "evals").exists()
 
 
+def test_a_redirected_log_keeps_the_order_things_were_said(data, backbone_file, tmp_path):
+    """Redirected to a file (`wsl demo > log 2>&1`), stdout was block-buffered beside an
+    unbuffered stderr: a stage's results landed after its later messages, next to the next
+    stage's header. Two demo stages, as a user's shell (no PYTHONUNBUFFERED) runs them."""
+    cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.c_steps=2")
+    run(cfg, to_dict(cfg))
+    stages = "; ".join(f"stage('eval {n}', ['finetune', 'eval', {str(tmp_path / 'probe' / 'probe.pt')!r}, "
+                       f"{str(data['val'])!r}])" for n in (1, 2))
+    env = {k: v for k, v in child_env().items() if k != "PYTHONUNBUFFERED"}
+    with open(tmp_path / "log", "w") as log:
+        subprocess.run([sys.executable, "-c", f"from launch.demo import stage; {stages}"], cwd=REPO, env=env,
+                       stdout=log, stderr=subprocess.STDOUT, timeout=300, check=True)
+    lines = (tmp_path / "log").read_text().splitlines()
+    said = [n for n, line in enumerate(lines) if line.startswith(("== eval", f"{data['val']}: 24 images", "results: "))]
+    assert [lines[n][:4] for n in said] == ["== e", str(data["val"])[:4], "resu"] * 2, lines
+
+
 def test_bn_linear_reaches_100_percent_on_separable_features(tmp_path):
     from finetune.linprobe import bn_linear
     x, y = separable(40, 4, 16, 2)
@@ -323,11 +340,13 @@ def test_key_mismatch_is_one_error_listing_keys(tmp_path, data):
     assert "\n" not in text and "1 missing key(s) (layer4.2.bn3.running_var)" in text
     assert "1 unexpected key(s) (extra.weight)" in text and "wrong shape" in text  # grouped vs plain convs
     for mode in ("full", "linear"):   # the error comes before the LEAK WARNING (overlap unknown) would
-        proc = subprocess.run(cli("finetune", f"mode={mode}", f"backbone={tmp_path / 'r50.pth'}", "model.name=resnext_tiny",
-                                  f"data.train={data['train']}", f"data.val={data['val']}", f"run_dir={tmp_path / 'run'}",
-                                  *TINY), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cli("finetune", f"mode={mode}", f"backbone={tmp_path / 'r50.pth'}",
+                                  "model.name=resnext_tiny", f"data.train={data['train']}", f"data.val={data['val']}",
+                                  f"run_dir={tmp_path / 'run'}", *TINY),
+                              cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
-        assert "does not fit resnext_tiny" in proc.stderr and "unexpected key(s) (extra.weight, layer1.1.bn1.bias" in proc.stderr
+        assert "does not fit resnext_tiny" in proc.stderr
+        assert "unexpected key(s) (extra.weight, layer1.1.bn1.bias" in proc.stderr
 
 
 def test_bad_backbone_files_are_one_line(tmp_path, data):
