@@ -18,9 +18,9 @@ SIZES = ["device=cpu", "data.loader.batch_size=8", "data.loader.image_size=32", 
          "data.loader.workers=1", "data.loader.backend=pil", "train.bottleneck_seconds=0"]
 # Appended to the README's training commands (by their first words): seconds, not hours.
 SHRINK = {
-    "wsl pretrain -c": [*SIZES, "train.total_images=64", "checkpoint.every_images=64", "optim.warmup_images=32"],
-    "wsl finetune -c configs/finetune/imagenet.yaml": [*SIZES, "train.total_images=32", "checkpoint.every_images=32",
-                                                       "optim.warmup_images=16", "eval.every_images=32"],
+    "wsl pretrain -c": [*SIZES, "train.total_images=32", "checkpoint.every_images=32", "optim.warmup_images=16"],
+    "wsl finetune -c configs/finetune/imagenet.yaml": [*SIZES, "train.total_images=16", "checkpoint.every_images=16",
+                                                       "optim.warmup_images=8", "eval.every_images=16"],
     "wsl finetune -c configs/finetune/cub.yaml": [*SIZES, "probe.c_steps=3"],
 }
 # Need a SLURM cluster, 8 GPUs or the parts of an array build: parsed and resolved only.
