@@ -276,28 +276,20 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     """Overrides change the checkpoint's own config for this evaluation only. The results go
     to OUT/evals/ (OUT: the checkpoint's folder), one file per evaluated set and overrides,
     beside the run's own record (results.json), which they never replace."""
+    from data_tools.shards import read_manifest
     from finetune.config import FinetuneConfig
-    from data_tools.shards import read_manifest as shards_manifest
     from finetune.evaluate import eval_record_path, load_model, run_eval
     from finetune.leak import check_checkpoint
-    from launch.config import from_dict, parse_override, set_dotted
+    from launch.config import from_dict
     if "=" in shards and not Path(shards).exists():
-        key = shards.split("=", 1)[0]
+        key, path = shards.split("=", 1)
         raise ConfigError(f"SHARDS is the shard directory itself, not an override ({key}=...): "
-                          f"wsl finetune eval CHECKPOINT {shards.split('=', 1)[1] or 'SHARDS'} [key=value ...]")
+                          f"wsl finetune eval CHECKPOINT {path or 'SHARDS'} [key=value ...]")
     model, config, images_seen = load_model(checkpoint)
-    loader = config["data"]["loader"]
-    trained_at = loader["image_size"], loader["resize_size"]
-    given = [parse_override(text) for text in overrides]
-    for keys, value in given:
-        set_dotted(config, keys, value)
-    given_keys = {".".join(keys) for keys, _ in given}
-    if {"data.loader.image_size"} <= given_keys - {"data.loader.resize_size"} and isinstance(loader["image_size"], int):
-        # A larger crop alone ("FixRes") comes from an image resized alike, as with eval.image_size.
-        loader["resize_size"] = round(trained_at[1] * loader["image_size"] / trained_at[0])
+    apply_eval_overrides(config, overrides)
     cfg = from_dict(FinetuneConfig, config)
     try:
-        manifest = shards_manifest(shards)
+        manifest = read_manifest(shards)
     except FileNotFoundError as err:
         raise ConfigError(f"SHARDS: {err}") from None
     check_checkpoint(config, shards)   # after every check that can stop the evaluation
@@ -305,6 +297,23 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     run_eval(model, cfg, config, images_seen, checkpoint, shards, run_dir,
              eval_record_path(run_dir, shards, manifest, overrides), overrides)
     return 0
+
+
+def apply_eval_overrides(config: dict, overrides: list[str]) -> None:
+    """`overrides` on a checkpoint's config. A larger crop given alone ("FixRes",
+    data.loader.image_size=288) comes from an image resized alike, as eval.image_size does:
+    the trained resize_size would be smaller than the crop."""
+    from launch.config import parse_override, set_dotted
+    loader = config["data"]["loader"]
+    trained = loader["image_size"], loader["resize_size"]
+    given = set()
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(config, keys, value)
+        given.add(".".join(keys))
+    if ("data.loader.image_size" in given and "data.loader.resize_size" not in given
+            and isinstance(loader["image_size"], int)):
+        loader["resize_size"] = round(trained[1] * loader["image_size"] / trained[0])
 
 
 def demo(args) -> int:
