@@ -77,7 +77,18 @@ def resolve_name(source: Source, requested: str) -> str:
 
 def build(source: Source, name: str, num_classes: int) -> ResNeXt:
     """`name` with the source's trunk weights and a fresh `num_classes` head."""
+    check_fits(source, name)
     model = build_model(name, num_classes, zero_init_residual=False)
+    model.load_state_dict(source.state_dict, strict=False)
+    return model
+
+
+def check_fits(source: Source, name: str) -> None:
+    """One error listing the keys when the trunk does not fit `name`; checked on a model
+    laid out on the meta device, so it costs no memory and no random draws, and can run
+    before any other start-up message."""
+    with torch.device("meta"):
+        model = build_model(name, 0, zero_init_residual=False)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD)}
     missing = sorted(set(expected) - set(source.state_dict))
     unexpected = sorted(set(source.state_dict) - set(expected))
@@ -87,8 +98,6 @@ def build(source: Source, name: str, num_classes: int) -> ResNeXt:
         raise ValueError(f"backbone {source.path} does not fit {name}: "
                          + "; ".join(_listing(kind, keys) for kind, keys in
                                      (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys))
-    model.load_state_dict(source.state_dict, strict=False)
-    return model
 
 
 def _listing(kind: str, keys: list[str]) -> str:

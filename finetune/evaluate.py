@@ -1,10 +1,13 @@
 """`wsl finetune eval CHECKPOINT SHARDS`: top-1, top-5, mean per-class accuracy and the most
-confused class pairs of a fine-tuned model or a linear probe, to results.json, the console
-and W&B (the training run's, continued).
+confused class pairs of a fine-tuned model or a linear probe, to evals/SET.json beside the
+checkpoint (a full fine-tuning's final evaluation: its results.json), the console and W&B
+(the training run's, continued).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -99,19 +102,31 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_record_path(run_dir: Path, shard_dir: str | Path, manifest: dict, overrides: list[str]) -> Path:
+    """RUN_DIR/evals/NAME-FINGERPRINT[-OVERRIDES].json: one file per evaluated set (its
+    folder's name and content) and per set of overrides, so evaluations never replace each
+    other nor the run's own results.json."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(shard_dir).rstrip("/").rsplit("/", 1)[-1]) or "shards"
+    tag = f"{name}-{shards.fingerprint(manifest)[:12]}"
+    if overrides:
+        tag += "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8]
+    return Path(run_dir) / "evals" / f"{tag}.json"
+
+
 def run_eval(model: nn.Module, cfg, config: dict, images_seen: int, checkpoint_path: str | Path,
-             shard_dir: str | Path, out: str | Path | None = None) -> dict:
+             shard_dir: str | Path, run_dir: str | Path, record: Path, overrides: list[str] = ()) -> dict:
     """Score `model` (from `load_model`) on `shard_dir` under `cfg` (a FinetuneConfig: its
-    loader, bf16, W&B settings), writing results.json to `out` (default: beside the checkpoint)."""
+    loader, bf16, W&B settings), written to `record`, and logged to the run in `run_dir`."""
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    results = {"checkpoint": str(checkpoint_path), "shards": str(shard_dir),
-               **evaluate(model, shard_dir, loader_config(cfg), device, cfg.train.bf16 and device.type == "cuda")}
-    out_dir = Path(out) if out else Path(checkpoint_path).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards.write_json(out_dir / "results.json", results)
+    loader_cfg = loader_config(cfg)
+    results = {"checkpoint": str(checkpoint_path), "shards": str(shard_dir), "overrides": list(overrides),
+               "image_size": loader_cfg.image_size, "resize_size": loader_cfg.resize_size,
+               **evaluate(model, shard_dir, loader_cfg, device, cfg.train.bf16 and device.type == "cuda")}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    shards.write_json(record, results)
     print(report(results))
-    print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
-    loggers = make_loggers(out_dir, True, config, cfg.log.wandb, cfg.log.project, cfg.log.name)
+    print(f"results: {record}", file=sys.stderr)
+    loggers = make_loggers(Path(run_dir), True, config, cfg.log.wandb, cfg.log.project, cfg.log.name)
     loggers.log({"images_seen": images_seen, **{f"eval/{k}": results[k] for k in ("top1", "top5", "mean_per_class")}})
     loggers.close()
     return results

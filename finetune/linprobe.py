@@ -109,13 +109,14 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     name = backbone.resolve_name(source, cfg.model.name)
     config_dict["model"]["name"] = name
     check_run_dir(cfg, config_dict)
-    leak.check(source, [cfg.data.val] if cfg.data.val else [])
     manifest = shards.read_manifest(cfg.data.train)
     if manifest["label_type"] != "single":
         raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
+    model = backbone.build(source, name, 0)
+    if env.is_main:  # after every check that can stop the run
+        leak.check(source, [cfg.data.val] if cfg.data.val else [])
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = backbone.build(source, name, 0)
     dist.init(env, device, cfg.dist_timeout_s)
     try:
         extracted = extract_all(cfg, model, device, env, run_dir)

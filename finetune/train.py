@@ -41,13 +41,14 @@ def run(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     source = backbone.read(cfg.backbone)
     cfg.model.name = config_dict["model"]["name"] = backbone.resolve_name(source, cfg.model.name)
     check_run_dir(cfg, config_dict)
+    backbone.check_fits(source, cfg.model.name)
     is_main = dist.read_env().is_main
-    if is_main:
+    if is_main:  # after every check that can stop the run
         leak.check(source, [cfg.data.val] if cfg.data.val else [])
     progress = pretrain_train.run(cfg, config_dict, init_model=lambda k: backbone.build(source, cfg.model.name, k),
                                   trunk_lr_mult=cfg.trunk_lr_mult)
     final = checkpoint.path_for(Path(cfg.run_dir), progress.images_seen)
     if is_main and cfg.data.val and progress.images_seen >= cfg.train.total_images and final.is_file():
         model, config, seen = load_model(final)
-        return run_eval(model, cfg, config, seen, final, cfg.data.val)
+        return run_eval(model, cfg, config, seen, final, cfg.data.val, cfg.run_dir, Path(cfg.run_dir) / "results.json")
     return None

@@ -276,17 +276,47 @@ def finetune_eval(args) -> int:
 
 
 def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out: str | None = None) -> int:
-    """Overrides change the checkpoint's own config for this evaluation only."""
+    """Overrides change the checkpoint's own config for this evaluation only. The results go
+    to OUT/evals/ (OUT: the checkpoint's folder), one file per evaluated set and overrides,
+    beside the run's own record (results.json), which they never replace."""
+    from data_tools.shards import read_manifest
     from finetune.config import FinetuneConfig
-    from finetune.evaluate import load_model, run_eval
+    from finetune.evaluate import eval_record_path, load_model, run_eval
     from finetune.leak import check_checkpoint
-    from launch.config import from_dict, parse_override, set_dotted
+    from launch.config import from_dict
+    if "=" in shards and not Path(shards).exists():
+        key, path = shards.split("=", 1)
+        raise ConfigError(f"SHARDS is the shard directory itself, not an override ({key}=...): "
+                          f"wsl finetune eval CHECKPOINT {path or 'SHARDS'} [key=value ...]")
     model, config, images_seen = load_model(checkpoint)
-    check_checkpoint(config, shards)
-    for text in overrides:
-        set_dotted(config, *parse_override(text))
-    run_eval(model, from_dict(FinetuneConfig, config), config, images_seen, checkpoint, shards, out)
+    apply_eval_overrides(config, overrides)
+    cfg = from_dict(FinetuneConfig, config)
+    try:
+        manifest = read_manifest(shards)
+    except FileNotFoundError as err:
+        raise ConfigError(f"SHARDS: {err}") from None
+    check_checkpoint(config, shards)   # after every check that can stop the evaluation
+    run_dir = Path(out) if out else Path(checkpoint).parent
+    run_eval(model, cfg, config, images_seen, checkpoint, shards, run_dir,
+             eval_record_path(run_dir, shards, manifest, overrides), overrides)
     return 0
+
+
+def apply_eval_overrides(config: dict, overrides: list[str]) -> None:
+    """`overrides` on a checkpoint's config. A larger crop given alone ("FixRes",
+    data.loader.image_size=288) comes from an image resized alike, as eval.image_size does:
+    the trained resize_size would be smaller than the crop."""
+    from launch.config import parse_override, set_dotted
+    loader = config["data"]["loader"]
+    trained = loader["image_size"], loader["resize_size"]
+    given = set()
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(config, keys, value)
+        given.add(".".join(keys))
+    if ("data.loader.image_size" in given and "data.loader.resize_size" not in given
+            and isinstance(loader["image_size"], int)):
+        loader["resize_size"] = round(trained[1] * loader["image_size"] / trained[0])
 
 
 def demo(args) -> int:
@@ -298,7 +328,13 @@ def add_training_stage(stages, name: str, what: str, run):
     """A stage whose default command `train` runs `run`; returns its sub-command list."""
     parser = stages.add_parser(name, help=f"{what}; `wsl {name} -c A.yaml k=v` is `wsl {name} train ...`")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="the default command: train; a run directory resumes by itself")
+    others = [c for c in SUB_COMMANDS[name] if c != "train"]
+    # `wsl NAME --help` shows this parser (with_default_command): the options a run takes.
+    p = commands.add_parser("train", help="the default command: train; a run directory resumes by itself",
+                            usage=f"wsl {name} [train] [-c YAML ...] [key.sub=value ...]",
+                            description=f"{what[0].upper()}{what[1:]}; a run directory resumes by itself.",
+                            epilog=f"Every key with its default, comment and range: wsl config {name}. Other "
+                                   f"commands: {', '.join(f'wsl {name} {c} --help' for c in others)}.")
     add_config_args(p)
     p.set_defaults(func=run)
     return commands
@@ -405,8 +441,10 @@ def make_parser() -> argparse.ArgumentParser:
                                        finetune)
     p = finetune_cmds.add_parser("eval", help="score a fine-tuned checkpoint or probe.pt on labelled shards",
                                  description="Top-1, top-5, mean per-class accuracy and the most-confused class "
-                                             "pairs of CHECKPOINT on SHARDS, into results.json, the console and "
-                                             "W&B; overrides change the checkpoint's config for this evaluation.")
+                                             "pairs of CHECKPOINT on SHARDS, into evals/SET.json beside the "
+                                             "checkpoint, the console and W&B; overrides change the checkpoint's "
+                                             "config for this evaluation (eval.image_size=288: a larger crop, the "
+                                             "resize scaled alike).")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("shards", metavar="SHARDS", help="a single-label shard directory")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
@@ -422,9 +460,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def with_default_command(argv: list[str]) -> list[str]:
-    """`wsl pretrain -c a.yaml k=v` means `wsl pretrain train -c a.yaml k=v` (finetune alike)."""
+    """`wsl pretrain -c a.yaml k=v` means `wsl pretrain train -c a.yaml k=v`, and `wsl
+    pretrain --help` shows what a run takes (finetune alike)."""
     commands = SUB_COMMANDS.get(argv[0]) if argv else None
-    if commands and (argv[1:2] == [] or argv[1] not in (*commands, "-h", "--help")):
+    if commands and (argv[1:2] == [] or argv[1] not in commands):  # `wsl pretrain --help` too
         return [argv[0], "train", *argv[1:]]
     return argv
 
@@ -439,6 +478,10 @@ def terminated(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Redirected, stdout is block-buffered and stderr (progress bars, warnings) is not: a
+    # log would show a stage's results after its later messages, or under the next stage.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     parser = make_parser()
     # argparse gives a '*' positional only the words before the first option, so dotted
     # overrides after one (`wsl data convert cub ROOT OUT --split test key=value`) come back here.

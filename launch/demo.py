@@ -86,6 +86,7 @@ def prior_metrics(train: Path, heldout: Path, loader_cfg) -> dict:
 
 def stage(title: str, argv: list[str]) -> None:
     """One `wsl` subcommand, echoed as the user would type it; a non-zero status stops the demo."""
+    sys.stderr.flush()   # what the last stage said lands above this header, in the order said
     print(f"\n== {title}\n$ wsl {' '.join(argv)}", flush=True)
     status = wsl(argv)
     if status > 128:  # Ctrl-C or SIGTERM: the stage said so; the demo stops with the same status

@@ -48,6 +48,9 @@ class Lineage:
         import wandb
         mode = self.resolved_mode()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if mode == "offline":
+            from pretrain.loggers import keep_offline
+            keep_offline(self.run_dir / "wandb")
         run = wandb.init(project=self.project, group=self.group, job_type=self.job_type, id=run_id(self.run_dir),
                          resume="allow", mode=mode, dir=str(self.run_dir), settings=wandb.Settings(silent=True))
         inputs = [dataset_artifact(path) for path in self.inputs]

@@ -46,19 +46,20 @@ class WandbLogger:
         import wandb
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode == "offline":
+            keep_offline(Path(run_dir) / "wandb")
         id_file = Path(run_dir) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         # The same id on resume continues one W&B run instead of starting a new one.
         self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
                               dir=str(run_dir), config=config, settings=wandb.Settings(silent=True))
-        self.wandb, self.mode = wandb, mode
-        if mode == "offline":
-            print(f"W&B run {run_id} is offline (no WANDB_API_KEY); upload it with: {self.sync_command()}",
-                  file=sys.stderr, flush=True)
+        self.wandb, self.mode, self.run_dir, self.run_id = wandb, mode, Path(run_dir), run_id
 
     def sync_command(self) -> str:
-        return f"wandb sync {Path(self.run.dir).parent}"
+        """Every offline session of this run (a fine-tuning's final evaluation and each
+        resume add one)."""
+        return f"wandb sync {self.run_dir / 'wandb'}/offline-run-*-{self.run_id}"
 
     def log(self, metrics: dict) -> None:
         self.run.log(metrics, step=int(metrics["images_seen"]))
@@ -68,8 +69,23 @@ class WandbLogger:
 
     def close(self) -> None:
         self.run.finish()
-        if self.mode == "offline":
-            print(f"W&B offline run saved; upload it with: {self.sync_command()}", file=sys.stderr, flush=True)
+        if self.mode == "offline" and self.run_id not in HINTED:
+            HINTED.add(self.run_id)
+            print(f"W&B run {self.run_id} is offline (no WANDB_API_KEY); upload it with: {self.sync_command()}",
+                  file=sys.stderr, flush=True)
+
+
+HINTED: set[str] = set()   # runs whose `wandb sync` command this process has printed
+
+
+def keep_offline(folder: Path) -> None:
+    """An offline run neither reaches the network nor writes outside its run directory:
+    W&B's error reporting looks its server up even offline, and its service logs, cache
+    and settings go under the home folder unless told otherwise (a user's own choice of
+    those folders stands)."""
+    os.environ["WANDB_ERROR_REPORTING"] = "false"
+    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_DATA_DIR", "data")):
+        os.environ.setdefault(name, str((folder / sub).resolve()))
 
 
 class Loggers:
@@ -105,40 +121,80 @@ def make_loggers(run_dir: Path, is_main: bool, config: dict, wandb_mode: str, pr
 
 
 def sample_images(shard_dir: str, count: int) -> tuple[list, list[str]]:
-    """The first `count` images of the first shard with their raw tags, for a look in W&B,
-    as 224-pixel squares (W&B shows a list of images of one size only)."""
+    """The first `count` images of the first shard with their raw tags (a converted,
+    single-label set has none: its class names), for a look in W&B, as 224-pixel squares
+    (W&B shows a list of images of one size only)."""
     import io
 
     from PIL import Image, ImageOps
 
     from data_tools import shards
     manifest = shards.read_manifest(shard_dir)
+    names = [entry.lemma for entry in shards.read_vocabulary(shard_dir, manifest)]
     images, captions = [], []
     for _, files in shards.iter_samples(Path(shard_dir) / manifest["shards"][0]["file"]):
         if len(images) >= count:
             break
         image = Image.open(io.BytesIO(files["jpg"])).convert("RGB")
         images.append(ImageOps.fit(image, (224, 224)))
-        captions.append(" ".join(json.loads(files["json"])["tags"]))
+        meta = json.loads(files["json"])
+        captions.append(" ".join(meta["tags"]) if "tags" in meta else ", ".join(names[i] for i in meta["labels"]))
     return images, captions
 
 
-def plot_curves(jsonl: Path, png: Path) -> None:
+# Panel titles in words, with units, and the factor from the logged value to that unit.
+TRAINING = {"loss": ("training loss", 1), "lr": ("learning rate", 1), "img_per_s": ("throughput, images/s", 1),
+            "data_wait": ("waiting for data, % of the time", 100)}
+VALIDATION = {"val/mAP": ("held-out mAP, %", 100), "val/precision@1": ("held-out precision@1, %", 100),
+              "val/top1": ("validation top-1, %", 100), "eval/top1": ("final evaluation top-1, %", 100)}
+
+
+def read_rows(jsonl: Path) -> list[dict]:
+    return [json.loads(line) for line in open(jsonl) if line.strip()]
+
+
+def validation_summary(jsonl: Path) -> str:
+    """The last validation figures in metrics.jsonl in words ("" when there are none)."""
+    rows = [r for r in read_rows(jsonl) if any(k in r for k in VALIDATION)] if Path(jsonl).is_file() else []
+    if not rows:
+        return ""
+    last = rows[-1]
+    return ", ".join(f"{VALIDATION[k][0].replace(', %', '')} {VALIDATION[k][1] * last[k]:.1f} %"
+                     for k in VALIDATION if k in last)
+
+
+def plot_curves(jsonl: Path, png: Path) -> list[str]:
+    """Training metrics on the top row, validation metrics (as logged) below, against
+    images seen; the panels' titles."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(jsonl) if line.strip()]
-    rows = [r for r in rows if "loss" in r]
-    if not rows:
-        return
-    keys = [k for k in ("loss", "lr", "img_per_s", "data_wait") if k in rows[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), dpi=100)
-    for ax, key in zip(axes if len(keys) > 1 else [axes], keys):
-        ax.plot([r["images_seen"] for r in rows], [r[key] for r in rows])
-        ax.set_xlabel("images seen")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
+    rows = read_rows(jsonl)
+    panels = [[(key, rows_with(rows, key)) for key in keys if rows_with(rows, key)] for keys in (TRAINING, VALIDATION)]
+    panels = [row for row in panels if row]
+    if not panels:
+        return []
+    titles = {**TRAINING, **VALIDATION}
+    width = max(len(row) for row in panels)
+    last_seen = max(r["images_seen"] for row in panels for _, found in row for r in found) or 1
+    fig, axes = plt.subplots(len(panels), width, figsize=(4 * width, 3 * len(panels)), dpi=100, squeeze=False)
+    for row_axes, row in zip(axes, panels):
+        for ax, (key, found) in zip(row_axes, row):
+            title, scale = titles[key]
+            ax.plot([r["images_seen"] for r in found], [scale * r[key] for r in found],
+                    marker="o" if key in VALIDATION else None, markersize=4)
+            ax.set_xlim(0, 1.02 * last_seen)   # validation points line up with training below them
+            ax.set_xlabel("images seen")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        for ax in row_axes[len(row):]:
+            ax.axis("off")
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
+    return [titles[key][0] for row in panels for key, _ in row]
+
+
+def rows_with(rows: list[dict], key: str) -> list[dict]:
+    return [r for r in rows if key in r]

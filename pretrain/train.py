@@ -14,7 +14,7 @@ from data_tools.loaders.bottleneck import measure
 from pretrain import checkpoint, dist, engine
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import make_evaluator
-from pretrain.loggers import make_loggers, sample_images
+from pretrain.loggers import make_loggers, sample_images, validation_summary
 from pretrain.losses import make_loss
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer
@@ -110,7 +110,9 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
             job.loggers.close()
         if env.is_main:
             export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
-            say(env, f"done: {progress.images_seen} images; backbone at {run_dir / 'backbone.pt'}")
+            final = validation_summary(run_dir / "metrics.jsonl")
+            say(env, f"done: {progress.images_seen} images; {final + '; ' if final else ''}"
+                     f"backbone at {run_dir / 'backbone.pt'}")
         return progress
     finally:
         dist.close()

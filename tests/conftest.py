@@ -50,6 +50,44 @@ def straight_and_resumed(argv: list[str], tmp_path: Path, total: int, **popen) -
             checkpoint.load(checkpoint.path_for(run_dir, total))["model"])
 
 
+def run_as_users_do(argv: list[str], tmp_path: Path, env: dict, **popen):
+    """`argv` (a `wsl` command) as a user without a W&B key runs it: W&B on (offline), a
+    home folder of its own that W&B must leave alone, and, where strace is installed, no
+    connection to any address off the machine."""
+    import shutil
+    import subprocess
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in env.items() if not k.startswith(("WANDB_", "XDG_"))}
+    env["HOME"] = str(home)
+    trace = tmp_path / "connections.txt"
+    strace = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace)] if shutil.which("strace") else []
+    proc = subprocess.run([*strace, *argv], capture_output=True, text=True, timeout=300, env=env, **popen)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outside = [p for p in home.rglob("*") if "wandb" in p.name]   # matplotlib's font cache may go there
+    assert not outside, f"W&B wrote outside the run: {outside}"
+    if strace:
+        network = [line for line in trace.read_text().splitlines() if "AF_INET" in line]
+        assert not network, f"tried the network: {network[:3]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def cub(tmp_path_factory) -> dict:
+    """A tiny CUB-200-2011 (3 classes), converted by `wsl data convert`: single-label
+    samples with `labels` and no `tags` (shared, read-only)."""
+    from data_tools.convert import ConvertConfig, convert
+    from test_convert import cub_tree
+    root = tmp_path_factory.mktemp("cub")
+    cub_tree(root / "CUB_200_2011", per_class=6)
+    sets = {}
+    for split in ("train", "test"):
+        convert(make_config(ConvertConfig, [], ["dataset=cub", f"root={root}", f"output={root / split}",
+                                                f"split={split}", "progress=false", "workers=1"]))
+        sets[split] = root / split
+    return sets
+
+
 def build_shards(manifest: Path, out: Path, *overrides: str) -> dict:
     cfg = make_config(BuildConfig, [], [f"input.manifest={manifest}", f"output={out}", "progress=false",
                                         "workers=1", *overrides])

@@ -15,14 +15,14 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import straight_and_resumed
+from conftest import run_as_users_do, straight_and_resumed
 from data_tools import shards
 from data_tools.build import BuildConfig, build
 from finetune import backbone, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.linprobe import split
 from finetune.train import run
-from launch.cli import evaluate_checkpoint
+from launch.cli import evaluate_checkpoint, main
 from launch.config import ConfigError, to_dict
 from launch.config import build as make_config
 from pretrain import checkpoint
@@ -108,13 +108,29 @@ def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsy
     assert sum("loss" in r for r in rows) >= 5 and "eval/top1" in rows[-1]  # the final evaluation adds, keeps
     assert evaluate_checkpoint(str(checkpoint.latest(tmp_path / "run")), str(data["train"]), [], tmp_path / "on-train") == 0
     assert "LEAK WARNING" in capsys.readouterr().err
-    train = json.loads((tmp_path / "on-train" / "results.json").read_text())
+    (on_train,) = (tmp_path / "on-train" / "evals").glob(f"train-*.json")
+    train = json.loads(on_train.read_text())
     assert train["num_samples"] == 72
     assert train["top1"] > 0.7, f"train top-1 {train['top1']:.2f} is not well above chance (0.17)"
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["num_samples"] == 24 and saved["top1"] == results["top1"]
     assert set(saved) >= {"top1", "top5", "mean_per_class", "confused"}
     assert results["top5"] >= results["top1"] and 0 < results["mean_per_class"] <= 1
+
+
+def test_full_finetuning_of_a_converted_set_with_wandb_as_users_have_it(cub, backbone_file, tmp_path):
+    """README's CUB and ImageNet commands: converted samples have `labels` and no `tags`,
+    on which the W&B sample captions crashed (KeyError: 'tags'); W&B off hid it."""
+    users = [a for a in TINY if not a.startswith("log.wandb")]
+    proc = run_as_users_do(cli("finetune", f"backbone={backbone_file}", f"data.train={cub['train']}",
+                               f"data.val={cub['test']}", f"run_dir={tmp_path / 'run'}", *users,
+                               "train.total_images=48", "checkpoint.every_images=48", "log.sample_images=2"),
+                           tmp_path, child_env(), cwd=REPO)
+    records = [p.read_bytes() for p in (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")]
+    assert len(records) == 2, "training, then its final evaluation"
+    assert any(b"Black footed Albatross" in r for r in records), "the samples are not captioned with their class"
+    assert proc.stderr.count("wandb sync") == 1, "the W&B upload hint is said more than once"
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["num_samples"] == 3
 
 
 def test_trunk_gets_its_share_of_the_lr():
@@ -203,8 +219,10 @@ def test_linear_probe_end_to_end_and_eval_agrees(data, backbone_file, tmp_path):
                                    "data.loader.workers=1"),
                                cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / "probe" / "results.json").read_text()) == probe, "the probe's record was replaced"
     # the BN-folded head on images gives what the BN head gave on the cached features
-    assert json.loads((tmp_path / "probe" / "results.json").read_text())["top1"] == pytest.approx(probe["top1"])
+    (record,) = (tmp_path / "probe" / "evals").glob("val-*.json")
+    assert json.loads(record.read_text())["top1"] == pytest.approx(probe["top1"])
     assert "top-1" in evaluated.stdout and "mean per-class" in evaluated.stdout
 
 
@@ -215,10 +233,64 @@ def test_res4_probe(data, backbone_file, tmp_path):
     width = build_model("resnext_tiny", 0).num_features // 2
     assert np.load(tmp_path / "probe" / "features" / "val.features.npy", mmap_mode="r").shape == (24, width)
     evaluate_checkpoint(str(tmp_path / "probe" / "probe.pt"), str(data["val"]), ["log.wandb=offline"], tmp_path / "eval")
-    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (record,) = (tmp_path / "eval" / "evals").glob("val-*.json")
+    again = json.loads(record.read_text())
     assert again["top1"] == pytest.approx(results["top1"], abs=1 / 24)
     (logged,) = (tmp_path / "eval" / "wandb").glob("offline-run-*/run-*.wandb")
     assert logged.stat().st_size > 0
+
+
+def test_each_evaluation_keeps_its_own_record_beside_the_runs(data, backbone_file, tmp_path):
+    """`wsl finetune eval` wrote results.json into the checkpoint's folder, replacing the
+    probe's own record (its C and sweep) and every earlier evaluation. README's FixRes
+    example (data.loader.image_size=288 alone) stopped on 'resize_size must be >= image_size'."""
+    cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.c_steps=2", f"data.val={data['val']}")
+    run(cfg, to_dict(cfg))
+    probe = (tmp_path / "probe" / "probe.pt")
+    own = json.loads((tmp_path / "probe" / "results.json").read_text())
+    for shard_dir, overrides in ((data["val"], []), (data["train"], []), (data["val"], ["data.loader.image_size=48"]),
+                                 (data["val"], ["eval.image_size=48"])):
+        assert evaluate_checkpoint(str(probe), str(shard_dir), overrides) == 0
+    assert json.loads((tmp_path / "probe" / "results.json").read_text()) == own and own["C"] is not None
+    records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "probe" / "evals").glob("*.json")}
+    assert len(records) == 4 and sum(name.startswith("train-") for name in records) == 1
+    sizes = {tuple(r["overrides"]): (r["image_size"], r["resize_size"]) for r in records.values()}
+    # trained at 32 from 36: a 48 crop comes from 54, by either key
+    assert sizes == {(): (32, 36), ("data.loader.image_size=48",): (48, 54), ("eval.image_size=48",): (48, 54)}
+
+
+def test_eval_argument_mistakes_are_one_line_before_any_warning(data, backbone_file, tmp_path, capsys):
+    """`wsl finetune eval CKPT data.val=PATH` said 'data.val=PATH has no manifest.json', and
+    a bad override stopped the evaluation only after the LEAK WARNING."""
+    cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.c_steps=2")
+    run(cfg, to_dict(cfg))
+    capsys.readouterr()
+    probe = str(tmp_path / "probe" / "probe.pt")
+    for argv, message in ((["eval", probe, str(data["val"]), "eval.image_size=3"], "'eval.image_size' (3)"),
+                          (["eval", probe, f"data.val={data['val']}"], "SHARDS is the shard directory itself"),
+                          (["eval", probe, str(data["val"]), "data.loader.imagesize=48"], "imagesize"),
+                          (["eval", probe, str(tmp_path)], "SHARDS: ")):
+        assert main(["finetune", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.strip().count("\n") == 0 and "LEAK" not in err, err
+    assert not (tmp_path / "probe" / "evals").exists()
+
+
+def test_a_redirected_log_keeps_the_order_things_were_said(data, backbone_file, tmp_path):
+    """Redirected to a file (`wsl demo > log 2>&1`), stdout was block-buffered beside an
+    unbuffered stderr: a stage's results landed after its later messages, next to the next
+    stage's header. Two demo stages, as a user's shell (no PYTHONUNBUFFERED) runs them."""
+    cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.c_steps=2")
+    run(cfg, to_dict(cfg))
+    stages = "; ".join(f"stage('eval {n}', ['finetune', 'eval', {str(tmp_path / 'probe' / 'probe.pt')!r}, "
+                       f"{str(data['val'])!r}])" for n in (1, 2))
+    env = {k: v for k, v in child_env().items() if k != "PYTHONUNBUFFERED"}
+    with open(tmp_path / "log", "w") as log:
+        subprocess.run([sys.executable, "-c", f"from launch.demo import stage; {stages}"], cwd=REPO, env=env,
+                       stdout=log, stderr=subprocess.STDOUT, timeout=300, check=True)
+    lines = (tmp_path / "log").read_text().splitlines()
+    said = [n for n, line in enumerate(lines) if line.startswith(("== eval", f"{data['val']}: 24 images", "results: "))]
+    assert [lines[n][:4] for n in said] == ["== e", str(data["val"])[:4], "resu"] * 2, lines
 
 
 def test_bn_linear_reaches_100_percent_on_separable_features(tmp_path):
@@ -268,11 +340,14 @@ def test_key_mismatch_is_one_error_listing_keys(tmp_path, data):
     text = str(err.value)
     assert "\n" not in text and "1 missing key(s) (layer4.2.bn3.running_var)" in text
     assert "1 unexpected key(s) (extra.weight)" in text and "wrong shape" in text  # grouped vs plain convs
-    proc = subprocess.run(cli("finetune", f"backbone={tmp_path / 'r50.pth'}", "model.name=resnext_tiny",
-                              f"data.train={data['train']}", f"run_dir={tmp_path / 'run'}", *TINY),
-                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
-    assert "does not fit resnext_tiny" in proc.stderr and "unexpected key(s) (extra.weight, layer1.1.bn1.bias" in proc.stderr
+    for mode in ("full", "linear"):   # the error comes before the LEAK WARNING (overlap unknown) would
+        proc = subprocess.run(cli("finetune", f"mode={mode}", f"backbone={tmp_path / 'r50.pth'}",
+                                  "model.name=resnext_tiny", f"data.train={data['train']}", f"data.val={data['val']}",
+                                  f"run_dir={tmp_path / 'run'}", *TINY),
+                              cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+        assert "does not fit resnext_tiny" in proc.stderr
+        assert "unexpected key(s) (extra.weight, layer1.1.bn1.bias" in proc.stderr
 
 
 def test_bad_backbone_files_are_one_line(tmp_path, data):

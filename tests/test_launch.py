@@ -179,14 +179,18 @@ def of_type(records: list, kind: str) -> list:
 
 def test_pipeline_joins_one_wandb_group_with_artifact_lineage(tmp_path):
     raw = write_corpus(tmp_path / "raw", 16)
+    (tmp_path / "home").mkdir()   # offline W&B (its artifacts too) stays in the run and job folders
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XDG_"))}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HOME=str(tmp_path / "home"))
     built = wsl_launch(tmp_path, "--group", "ig-test", "--wandb", "offline", "--job-dir", "build",
-                       *build_args(raw, tmp_path / "shards"))
+                       *build_args(raw, tmp_path / "shards"), env=env)
     assert built.returncode == 0, built.stderr[-3000:]
     assert "wandb sync" in built.stdout and "wandb sync" in (next((tmp_path / "build").glob("*_0_log.err"))).read_text()
     trained = wsl_launch(tmp_path, "--group", "ig-test", "--job-dir", "train", "pretrain", "--",
                          f"data.train={tmp_path / 'shards'}", f"run_dir={tmp_path / 'run'}", *TINY,
-                         "train.total_images=32", "checkpoint.every_images=32", "log.wandb=offline")
+                         "train.total_images=32", "checkpoint.every_images=32", "log.wandb=offline", env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    assert not [p for p in (tmp_path / "home").rglob("*") if "wandb" in p.name]
 
     (build_run,) = (tmp_path / "build" / "wandb").glob("offline-run-*")
     records = wandb_records(build_run)
