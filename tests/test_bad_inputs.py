@@ -10,7 +10,6 @@ import io
 import json
 import struct
 import subprocess
-import sys
 import zlib
 from collections import Counter
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, photo
+from helpers import REPO, cli, photo
 from data_tools import shards
 from data_tools.build import BAD_EXAMPLES
 from data_tools.images import BadImage, ImageRules, prepare
@@ -423,8 +422,8 @@ def bad_build(tmp_path_factory):
     manifest = root / "tags.jsonl"
     manifest.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     out = root / "out"
-    run = subprocess.run([sys.executable, "-m", "launch.cli", "data", "build", f"input.manifest={manifest}",
-                          f"output={out}", "workers=2", "progress=false", "shards.samples=4"],
+    run = subprocess.run(cli("data", "build", f"input.manifest={manifest}", f"output={out}", "workers=2",
+                             "progress=false", "shards.samples=4"),
                          cwd=REPO, capture_output=True, text=True, timeout=180)
     samples = {}
     for tar in sorted(out.glob("*.tar")):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_shards, photo
+from helpers import build_shards, photo
 from data_tools import shards
 from data_tools.dedup import copies
 from data_tools.verify import verify

@@ -4,19 +4,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import REPO, cli
 from launch.demo import MARKER, claim
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def wsl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True,
+    return subprocess.run(cli(*args), capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=timeout)
 
 
@@ -95,7 +94,7 @@ def test_ctrl_c_during_a_stage_stops_the_demo_with_its_status(tmp_path):
     import signal
     import time
     workdir = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "demo", "--fast", "--workdir", str(workdir)],
+    proc = subprocess.Popen(cli("demo", "--fast", "--workdir", str(workdir)),
                             env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_shards, write_corpus
+from helpers import REPO, build_shards, child_env, cli, write_corpus
 from data_tools import resampling, shards
 from data_tools.loaders import LoaderConfig, cores_per_rank, make_loader
 from data_tools.loaders.bottleneck import measure
@@ -23,7 +23,7 @@ from pretrain.losses import sigmoid_bce_loss
 from pretrain.models import build_model
 from pretrain.optim import OptimConfig
 from pretrain.train import run
-from test_pretrain import REPO, TINY, child_env, cli, config
+from test_pretrain import TINY, config
 
 
 def test_warmup_never_runs_downhill_below_a_256_batch():

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import straight_and_resumed
+from helpers import REPO, child_env, cli, straight_and_resumed
 from data_tools import shards
 from data_tools.build import BuildConfig, build
 from finetune import backbone, leak, logreg
@@ -31,7 +31,6 @@ from pretrain.models import build_model
 from pretrain.optim import make_optimizer, set_lr
 from pretrain.train import export
 
-REPO = Path(__file__).resolve().parents[1]
 # Six classes, so top-5 is not trivially 100 %.
 COLOURS = {"black": (20, 20, 20), "blue": (30, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40),
            "white": (235, 235, 235), "yellow": (220, 210, 40)}
@@ -87,16 +86,6 @@ def backbone_file(data) -> Path:
 def config(data, backbone_path, run_dir, *overrides) -> FinetuneConfig:
     return make_config(FinetuneConfig, [], [f"backbone={backbone_path}", f"data.train={data['train']}",
                                             f"run_dir={run_dir}", *TINY, *overrides])
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", *args]
-
-
-def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return env
 
 
 def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsys):

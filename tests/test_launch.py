@@ -6,18 +6,16 @@ import json
 import os
 import re
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from conftest import build_shards, write_corpus
+from helpers import REPO, build_shards, cli, write_corpus
 from launch.cluster import LaunchConfig, executor, time_minutes
 from launch.submit import StageTask, dist_environ
 from pretrain import checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "model.name=resnext_tiny", "train.bottleneck_seconds=0", "data.loader.batch_size=8",
         "data.loader.image_size=32", "data.loader.resize_size=36", "data.loader.workers=1",
         "data.loader.backend=pil", "optim.warmup_images=16", "log.every_steps=1", "log.sample_images=0"]
@@ -26,8 +24,7 @@ TINY = ["device=cpu", "model.name=resnext_tiny", "train.bottleneck_seconds=0", "
 def wsl_launch(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = env or {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "launch.cli", "launch", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(cli("launch", *args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def build_args(raw: Path, out: Path) -> list[str]:

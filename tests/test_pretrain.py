@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import build_shards, straight_and_resumed
+from helpers import REPO, build_shards, child_env, cli, straight_and_resumed
 from launch.config import build as make_config
 from launch.config import to_dict
 from pretrain import checkpoint, engine
@@ -23,7 +23,6 @@ from pretrain.dist import read_env
 from pretrain.models import build_model
 from pretrain.train import run
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
         "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
         "data.loader.workers=1", "data.loader.backend=pil", "optim.warmup_images=32",
@@ -32,17 +31,6 @@ TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottlen
 
 def config(shard_dir: Path, run_dir: Path, *overrides: str) -> PretrainConfig:
     return make_config(PretrainConfig, [], [f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY, *overrides])
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", *args]
-
-
-def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = str(REPO)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def weights(path: Path) -> dict:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from helpers import CLI, REPO
 from data_tools import resampling, shards, tables
 from data_tools.loaders import LoaderConfig, make_loader
 from data_tools.verify import verify
 
-CLI = [sys.executable, "-m", "launch.cli"]
 SMALL = LoaderConfig(backend="pil", batch_size=16, image_size=32, resize_size=40, workers=1)
 
 
