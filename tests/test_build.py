@@ -171,6 +171,7 @@ def kill_after_first_shard(proc: subprocess.Popen, out: Path, report: dict) -> N
     report["kept"] = len(list((out / ".build").glob("[0-9]*.json")))
 
 
+@pytest.mark.slow
 def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
     manifest = resume_corpus(tmp_path / "corpus")
     settings = [f"input.manifest={manifest}", "workers=1", "progress=false", "shards.samples=10"]
@@ -203,6 +204,7 @@ def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
     assert [p for p in killed.rglob("*") if ".tmp" in p.name] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig):
     """As a terminal's Ctrl-C or SLURM's SIGTERM: every process of the group gets it. The
@@ -228,6 +230,7 @@ def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig)
 
 # -- --part i/N and merge -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_parts_merge_to_the_single_build(tmp_path, corpus, shard_dir):
     out = tmp_path / "parts"
     parts = {i: build_shards(corpus, out, "shards.samples=32", f"part={i}/3") for i in (0, 2)}

@@ -20,6 +20,7 @@ from helpers import run_cli
 from data_tools import shards
 from data_tools.verify import verify
 
+pytestmark = pytest.mark.slow
 
 
 def run_all(jobs: dict[str, list[str]], at_once: int = 3) -> dict[str, subprocess.CompletedProcess]:

@@ -172,6 +172,7 @@ def test_pretrain_errors_are_one_line_before_the_run_directory(capsys, tmp_path,
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_wandb_online_without_an_api_key_is_one_line(shard_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # HOME: no ~/.netrc key

@@ -415,6 +415,8 @@ def test_partial_split_warns_and_strict_refuses(tmp_path, capsys):
 
 # -- the command ----------------------------------------------------------------------------
 
+@pytest.mark.timeout(420)
+@pytest.mark.slow
 def test_cli_converts_verifies_and_resumes(tmp_path):
     cub_tree(tmp_path / "cub")
     out = tmp_path / "out"
@@ -433,6 +435,7 @@ def test_cli_converts_verifies_and_resumes(tmp_path):
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["cub", "{root}", "{out}", "--split", "val"], "config key 'split' = 'val': cub has train and test"),
     (["cub", "{root}", "{out}", "workers=-1"], "config key 'workers' = -1 is out of range"),
@@ -447,6 +450,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_cli_label_problem_quotes_the_lines(tmp_path):
     cub_tree(tmp_path / "cub")
     replace_line(tmp_path / "cub" / "image_class_labels.txt", 4, "4 9")

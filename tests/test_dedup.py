@@ -216,6 +216,8 @@ def colourful_share(png: Path) -> float:
     return float(((hsv[..., 1] > 60) & (hsv[..., 2] > 40)).mean())
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_opens_in_headless_chromium_and_shows_the_pairs(sets, one_run, tmp_path):
     browser = chromium()
     if browser is None:

@@ -14,6 +14,8 @@ import pytest
 from data_tools.loaders import LoaderConfig, make_loader
 from helpers import free_port
 
+# Every test reads from a server process over a socket.
+pytestmark = pytest.mark.slow
 SMALL = dict(backend="pil", batch_size=16, image_size=32, resize_size=40, workers=1, shuffle_buffer=32)
 
 
@@ -112,6 +114,7 @@ def test_a_remote_set_needs_a_positive_cache(s3_url):
         make_loader(LoaderConfig(**SMALL, cache_gb=0), s3_url)
 
 
+@pytest.mark.timeout(360)
 def test_wsl_pretrain_trains_and_evaluates_on_shards_at_a_url(s3_url, tmp_path):
     """The `wsl` command, not only the loader: its checks and the run read the manifest
     through the URL (they once read a local path and refused every URL)."""

@@ -14,7 +14,8 @@ from helpers import REPO, build_shards, cli, write_corpus
 from pretrain import checkpoint
 from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.slow
+# A test waits on up to four SLURM jobs (240 s each at most), the first one also on the cluster's start.
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(1200)]
 TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
         "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
         "data.loader.workers=1", "data.loader.backend=pil", "optim.warmup_images=32",

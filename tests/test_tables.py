@@ -52,6 +52,7 @@ def old_build(tmp_path_factory, shard_dir):
     return out
 
 
+@pytest.mark.slow
 def test_a_shard_set_without_tables_is_refused_in_one_line_then_indexed(old_build, shard_dir):
     with pytest.raises(FileNotFoundError, match=r"run `wsl data index .*`"):
         make_loader(SMALL, old_build)
@@ -68,6 +69,7 @@ def test_a_shard_set_without_tables_is_refused_in_one_line_then_indexed(old_buil
     assert first[0].shape == (16, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_index_on_a_directory_without_manifest_is_one_line(tmp_path):
     done = subprocess.run([*CLI, "data", "index", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           timeout=240)
