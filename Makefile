@@ -2,7 +2,7 @@
 VENV ?= .venv
 PIP_ENV = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
 
-.PHONY: setup demo test bench gpu-check
+.PHONY: setup demo test test-fast bench gpu-check
 setup: $(VENV)/.installed
 
 # The registry's torch (a CUDA build, which runs on CPU too) with its matching torchvision;
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# The unit tier (no subprocess, no network, seconds each): the edit-test loop. `make test` runs all.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m unit
 
 bench: setup
 	$(VENV)/bin/python bench/build.py

@@ -1,75 +1,33 @@
-"""Shared fixtures: real JPEGs written to disk and real shards built from them."""
+"""Shared fixtures (real JPEGs written to disk and real shards built from them) and the
+test tiers. Shared helper functions are in helpers.py."""
 from __future__ import annotations
 
-import sys
+import subprocess
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from helpers import build_shards, make_config, write_corpus
 
-from data_tools.build import BuildConfig, build  # noqa: E402
-from data_tools.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F401  (re-exported for tests)
-from launch.config import build as make_config  # noqa: E402
+SLOW_TIERS = ("slow", "slurm", "demo", "browser", "gpu")
 
 
-def kill9_after_checkpoints(cmd: list[str], run_dir: Path, count: int, **popen) -> list[Path]:
-    """Run `cmd`, SIGKILL it as soon as `run_dir` holds `count` checkpoints (or after 240 s);
-    the checkpoints left behind."""
-    import signal
-    import subprocess
-    import time
-
-    from pretrain import checkpoint
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(checkpoint.list_checkpoints(run_dir)) < count and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return checkpoint.list_checkpoints(run_dir)
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m unit` sees the marker
+def pytest_collection_modifyitems(items):
+    """Every test without a slower tier's marker is a `unit` test (`make test-fast`)."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+            item.add_marker(pytest.mark.unit)
 
 
-def straight_and_resumed(argv: list[str], tmp_path: Path, total: int, **popen) -> tuple[dict, dict]:
-    """The final weights of `argv` (a training command) run straight through, and of the same
-    run killed (-9) after two checkpoints and run again, which must say it resumed."""
-    import subprocess
-
-    from pretrain import checkpoint
-    straight = subprocess.run([*argv, f"run_dir={tmp_path / 'straight'}"], capture_output=True, text=True,
-                              timeout=300, **popen)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    run_dir = tmp_path / "killed"
-    kept = kill9_after_checkpoints([*argv, f"run_dir={run_dir}"], run_dir, 2, **popen)
-    assert kept and checkpoint.path_for(run_dir, total) not in kept, "the kill came too late to test resume"
-    resumed = subprocess.run([*argv, f"run_dir={run_dir}"], capture_output=True, text=True, timeout=300, **popen)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr
-    return (checkpoint.load(checkpoint.path_for(tmp_path / "straight", total))["model"],
-            checkpoint.load(checkpoint.path_for(run_dir, total))["model"])
-
-
-def run_as_users_do(argv: list[str], tmp_path: Path, env: dict, **popen):
-    """`argv` (a `wsl` command) as a user without a W&B key runs it: W&B on (offline), a
-    home folder of its own that W&B must leave alone, and, where strace is installed, no
-    connection to any address off the machine."""
-    import shutil
-    import subprocess
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in env.items() if not k.startswith(("WANDB_", "XDG_"))}
-    env["HOME"] = str(home)
-    trace = tmp_path / "connections.txt"
-    strace = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace)] if shutil.which("strace") else []
-    proc = subprocess.run([*strace, *argv], capture_output=True, text=True, timeout=300, env=env, **popen)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    outside = [p for p in home.rglob("*") if "wandb" in p.name]   # matplotlib's font cache may go there
-    assert not outside, f"W&B wrote outside the run: {outside}"
-    if strace:
-        network = [line for line in trace.read_text().splitlines() if "AF_INET" in line]
-        assert not network, f"tried the network: {network[:3]}"
-    return proc
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request, monkeypatch):
+    """Keeps the fast tier fast: a `unit` test that starts a program fails, naming the tier it
+    belongs to. (Fork-based worker pools, started in-process, are allowed.)"""
+    if request.node.get_closest_marker("unit"):
+        def refuse(self, args, *rest, **kwargs):
+            raise AssertionError(f"a unit test started {args!r}: mark it @pytest.mark.slow")
+        monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -86,12 +44,6 @@ def cub(tmp_path_factory) -> dict:
                                                 f"split={split}", "progress=false", "workers=1"]))
         sets[split] = root / split
     return sets
-
-
-def build_shards(manifest: Path, out: Path, *overrides: str) -> dict:
-    cfg = make_config(BuildConfig, [], [f"input.manifest={manifest}", f"output={out}", "progress=false",
-                                        "workers=1", *overrides])
-    return build(cfg)
 
 
 @pytest.fixture(scope="session")

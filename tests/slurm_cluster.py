@@ -16,16 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO, free_port
 from launch.submit import ENDED, scontrol_states
 
-REPO = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "slurmctld", "slurmd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def slurm_conf(root: Path, cpus: int) -> str:

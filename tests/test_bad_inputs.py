@@ -10,7 +10,6 @@ import io
 import json
 import struct
 import subprocess
-import sys
 import zlib
 from collections import Counter
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, photo
+from helpers import REPO, cli, photo
 from data_tools import shards
 from data_tools.build import BAD_EXAMPLES
 from data_tools.images import BadImage, ImageRules, prepare
@@ -423,8 +422,8 @@ def bad_build(tmp_path_factory):
     manifest = root / "tags.jsonl"
     manifest.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     out = root / "out"
-    run = subprocess.run([sys.executable, "-m", "launch.cli", "data", "build", f"input.manifest={manifest}",
-                          f"output={out}", "workers=2", "progress=false", "shards.samples=4"],
+    run = subprocess.run(cli("data", "build", f"input.manifest={manifest}", f"output={out}", "workers=2",
+                             "progress=false", "shards.samples=4"),
                          cwd=REPO, capture_output=True, text=True, timeout=180)
     samples = {}
     for tar in sorted(out.glob("*.tar")):
@@ -444,12 +443,14 @@ def sample(bad_build, name: str) -> tuple[dict, bytes]:
     return bad_build["samples"][key_of(name, case[3])]
 
 
+@pytest.mark.slow
 def test_build_exits_0(bad_build):
     run = bad_build["run"]
     assert run.returncode == 0, run.stderr
     assert bad_build["manifest"] is not None
 
 
+@pytest.mark.slow
 def test_every_good_sample_is_present_with_its_labels(bad_build):
     vocabulary = [line.split("\t")[1] for line in (bad_build["out"] / "vocabulary.tsv").read_text().splitlines()[1:]]
     good = {f"{i:012d}": case for i, case in enumerate(CASES) if case[3][0] in ("same", "ok")}
@@ -465,6 +466,7 @@ def test_every_good_sample_is_present_with_its_labels(bad_build):
             assert sorted(meta["labels"]) == sorted(vocabulary.index(s) for s in expected_synsets[tags[0]]), name
 
 
+@pytest.mark.slow
 def test_sane_jpegs_keep_their_bytes(bad_build):
     for name, _, _, outcome in CASES:
         if outcome == ("same",):
@@ -472,6 +474,7 @@ def test_sane_jpegs_keep_their_bytes(bad_build):
             assert jpg == (bad_build["root"] / "imgs" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_converted_images_are_right(bad_build):
     cmyk = decode(sample(bad_build, "cmyk.jpg")[1])
     assert cmyk.mode == "RGB" and mean_abs_diff(cmyk, cmyk_source()) < 12
@@ -488,6 +491,7 @@ def test_converted_images_are_right(bad_build):
         assert im.mode == "RGB", name
 
 
+@pytest.mark.slow
 def test_bad_and_dropped_are_counted_by_reason(bad_build):
     manifest = bad_build["manifest"]
     bad = Counter(case[3][1] for case in CASES if case[3][0] == "bad")
@@ -506,6 +510,7 @@ def test_bad_and_dropped_are_counted_by_reason(bad_build):
     assert first_malformed["line"] == len(CASES) + 1 and first_malformed["detail"].startswith("not JSON")
 
 
+@pytest.mark.slow
 def test_summary_lists_counts_and_first_bad_paths(bad_build):
     stdout = bad_build["run"].stdout
     assert stdout.startswith(f"{bad_build['manifest']['num_samples']} samples in ")
@@ -516,5 +521,6 @@ def test_summary_lists_counts_and_first_bad_paths(bad_build):
         assert f"bad: {bad_build['root'] / 'imgs' / name} ({reason})" in stdout
 
 
+@pytest.mark.slow
 def test_output_passes_verify(bad_build):
     assert verify(str(bad_build["out"]), workers=1, progress=False) == []

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -19,16 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, build_shards, photo
+from helpers import CLI, REPO, build_shards, photo, run_cli
 from data_tools import shards
 from data_tools.build import BuildConfig, build, merge
 from data_tools.synthetic import write_corpus
 from data_tools.verify import verify
 from data_tools.wordnet import WordNet
 from launch.config import build as make_config
-
-CLI = [sys.executable, "-m", "launch.cli"]
-
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -56,10 +52,6 @@ def save_photo(path: Path, size: tuple[int, int], seed: int, **params) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     photo(np.random.default_rng(seed), *size).save(path, **params)
     return path
-
-
-def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=120, **kwargs)
 
 
 # -- the happy path (the shared `shard_dir` build of `corpus`, 32 samples per shard) --------
@@ -179,6 +171,7 @@ def kill_after_first_shard(proc: subprocess.Popen, out: Path, report: dict) -> N
     report["kept"] = len(list((out / ".build").glob("[0-9]*.json")))
 
 
+@pytest.mark.slow
 def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
     manifest = resume_corpus(tmp_path / "corpus")
     settings = [f"input.manifest={manifest}", "workers=1", "progress=false", "shards.samples=10"]
@@ -198,7 +191,7 @@ def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
     assert not (killed / "manifest.json").exists(), "the build finished before it was killed"
     assert 1 <= report["kept"] < 20
 
-    rerun = cli("data", "build", *settings, f"output={killed}")
+    rerun = run_cli("data", "build", *settings, f"output={killed}")
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed: {report['kept']} finished shard(s) kept" in rerun.stderr
 
@@ -211,6 +204,7 @@ def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
     assert [p for p in killed.rglob("*") if ".tmp" in p.name] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig):
     """As a terminal's Ctrl-C or SLURM's SIGTERM: every process of the group gets it. The
@@ -230,12 +224,13 @@ def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig)
     assert proc.returncode == 128 + sig and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("wsl: "), err[-3000:]
     assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 1, "a worker outlived it"
-    rerun = cli("data", "build", *settings, f"output={out}")
+    rerun = run_cli("data", "build", *settings, f"output={out}")
     assert rerun.returncode == 0 and (out / "manifest.json").is_file(), rerun.stderr
 
 
 # -- --part i/N and merge -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_parts_merge_to_the_single_build(tmp_path, corpus, shard_dir):
     out = tmp_path / "parts"
     parts = {i: build_shards(corpus, out, "shards.samples=32", f"part={i}/3") for i in (0, 2)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,19 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from helpers import REPO, run_cli
 from data_tools import resampling, shards
 from data_tools.verify import verify
 
-CLI = [sys.executable, "-m", "launch.cli"]
+pytestmark = pytest.mark.slow
 
 
 def run_all(jobs: dict[str, list[str]], at_once: int = 3) -> dict[str, subprocess.CompletedProcess]:
-    def run(args):
-        return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=240)
-
     with ThreadPoolExecutor(at_once) as pool:
-        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
+        futures = {name: pool.submit(run_cli, *args, timeout=240) for name, args in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
 
 

@@ -6,14 +6,13 @@ import dataclasses
 import importlib
 import os
 import subprocess
-import sys
 import typing
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from helpers import REPO, cli
 from launch.cli import config_stages, main
 from launch.config import ConfigError, build as make_config
 from pretrain.config import PretrainConfig
@@ -173,12 +172,13 @@ def test_pretrain_errors_are_one_line_before_the_run_directory(capsys, tmp_path,
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_wandb_online_without_an_api_key_is_one_line(shard_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # HOME: no ~/.netrc key
     tiny = str(REPO / "configs" / "pretrain" / "tiny.yaml")
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "pretrain", "-c", tiny, f"data.train={shard_dir}",
-                           f"run_dir={tmp_path / 'run'}", "log.wandb=online", "data.loader.workers=1"],
+    proc = subprocess.run(cli("pretrain", "-c", tiny, f"data.train={shard_dir}", f"run_dir={tmp_path / 'run'}",
+                              "log.wandb=online", "data.loader.workers=1"),
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("wsl: error: W&B: ") and proc.stderr.count("\n") == 1, proc.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import scipy.io
 from PIL import Image, ImageDraw
 
-from conftest import REPO, photo
+from helpers import photo, run_cli
 from data_tools import shards, vocab
 from data_tools.build import merge
 from data_tools.convert import ConvertConfig, convert, places
@@ -21,7 +19,6 @@ from data_tools.convert.listing import Item, LayoutError, Listing, completeness,
 from data_tools.verify import verify
 from launch.config import build as make_config
 
-CLI = [sys.executable, "-m", "launch.cli"]
 # tench, goldfish, great white shark: sorted-wnid order is label order.
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 LEMMAS = ["tench", "goldfish", "great_white_shark"]
@@ -59,10 +56,6 @@ def labels_by_path(out: Path) -> dict[str, int]:
         assert len(meta["labels"]) == 1
         found[meta["path"]] = meta["labels"][0]
     return found
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def assert_verifies(out: Path) -> None:
@@ -456,24 +449,27 @@ def test_partial_split_warns_and_strict_refuses(tmp_path, capsys):
 
 # -- the command ----------------------------------------------------------------------------
 
+@pytest.mark.timeout(420)
+@pytest.mark.slow
 def test_cli_converts_verifies_and_resumes(tmp_path):
     cub_tree(tmp_path / "cub")
     out = tmp_path / "out"
     args = ["data", "convert", "cub", str(tmp_path / "cub"), str(out), "--split", "test", "shards.samples=1",
             "workers=1"]
-    done = cli(*args)
+    done = run_cli(*args)
     assert done.returncode == 0, done.stderr
     assert "3 samples in 3 shard(s), 3 labels" in done.stdout
     assert "cub test: partial, 3 of 5,794 images, 3 of 200 classes" in done.stdout
     assert sorted(p.name for p in out.glob("*.tar")) == [f"test-{i:06d}.tar" for i in range(3)]
     first = (out / "manifest.json").read_text()
-    again = cli(*args)
+    again = run_cli(*args)
     assert again.returncode == 0 and "resumed: 3 finished shard(s) kept" in again.stderr
     assert (out / "manifest.json").read_text() == first
-    checked = cli("data", "verify", str(out), "--workers", "1", "--quiet")
+    checked = run_cli("data", "verify", str(out), "--workers", "1", "--quiet")
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["cub", "{root}", "{out}", "--split", "val"], "config key 'split' = 'val': cub has train and test"),
     (["cub", "{root}", "{out}", "workers=-1"], "config key 'workers' = -1 is out of range"),
@@ -483,15 +479,16 @@ def test_cli_converts_verifies_and_resumes(tmp_path):
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
     cub_tree(tmp_path / "cub")
-    done = cli("data", "convert", *(a.format(root=tmp_path / "cub", out=tmp_path / "out") for a in args))
+    done = run_cli("data", "convert", *(a.format(root=tmp_path / "cub", out=tmp_path / "out") for a in args))
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_cli_label_problem_quotes_the_lines(tmp_path):
     cub_tree(tmp_path / "cub")
     replace_line(tmp_path / "cub" / "image_class_labels.txt", 4, "4 9")
-    done = cli("data", "convert", "cub", str(tmp_path / "cub"), str(tmp_path / "out"))
+    done = run_cli("data", "convert", "cub", str(tmp_path / "cub"), str(tmp_path / "out"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[:2] == [
         "wsl: error: image_class_labels.txt: 1 class id(s) out of range 1..3:",

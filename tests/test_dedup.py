@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_shards, photo
+from helpers import build_shards, photo
 from data_tools import shards
 from data_tools.dedup import copies
 from data_tools.verify import verify
@@ -216,6 +216,8 @@ def colourful_share(png: Path) -> float:
     return float(((hsv[..., 1] > 60) & (hsv[..., 2] > 40)).mean())
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_opens_in_headless_chromium_and_shows_the_pairs(sets, one_run, tmp_path):
     browser = chromium()
     if browser is None:

@@ -15,7 +15,7 @@ from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor
 from data_tools.dedup.search import EvalIndex
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
 from test_dedup import dedup, keys_of, matches, write_images
-from conftest import build_shards
+from helpers import build_shards
 
 CFG = scenes.SceneConfig(size=80, own_pattern=1.0, scale=0.4, max_objects=1, clutter=0, textured=0.0)
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import REPO, cli
 from launch.demo import MARKER, claim
 
-REPO = Path(__file__).resolve().parents[1]
+DEMO_S = 600  # the most a whole `wsl demo --fast` may take
 
 
-def wsl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def wsl(*args: str, timeout: float = DEMO_S) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True,
+    return subprocess.run(cli(*args), capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=timeout)
 
 
@@ -31,6 +31,9 @@ def goal(results: dict, words: str) -> dict:
     return next(g for g in results["goals"] if words in g["goal"])
 
 
+@pytest.mark.slow
+@pytest.mark.demo
+@pytest.mark.timeout(DEMO_S + 60)  # the first test to use fast_demo pays for the run
 def test_fast_demo_prints_its_table_and_writes_every_result(fast_demo):
     workdir, done, results = fast_demo
     assert "| held-out hashtag mAP |" in done.stdout and "| target linear probe top-1 |" in done.stdout
@@ -44,6 +47,9 @@ def test_fast_demo_prints_its_table_and_writes_every_result(fast_demo):
         assert (workdir / run / "results.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.demo
+@pytest.mark.timeout(DEMO_S + 60)  # the first test to use fast_demo pays for the run
 def test_fast_demo_finds_and_removes_every_planted_leak(fast_demo):
     workdir, _, results = fast_demo
     planted = len(json.loads((workdir / "raw" / "leaks.json").read_text())["leaks"])
@@ -52,6 +58,9 @@ def test_fast_demo_finds_and_removes_every_planted_leak(fast_demo):
     assert goal(results, "leak")["pass"]
 
 
+@pytest.mark.slow
+@pytest.mark.demo
+@pytest.mark.timeout(DEMO_S + 60)  # the first test to use fast_demo pays for the run
 def test_fast_demo_hashtag_map_beats_the_label_prior(fast_demo):
     _, _, results = fast_demo
     h = results["hashtags"]
@@ -59,6 +68,9 @@ def test_fast_demo_hashtag_map_beats_the_label_prior(fast_demo):
     assert goal(results, "mAP")["pass"]
 
 
+@pytest.mark.slow
+@pytest.mark.demo
+@pytest.mark.timeout(DEMO_S + 60)  # the first test to use fast_demo pays for the run
 def test_fast_demo_pretrained_probe_beats_random_init_by_ten_points(fast_demo):
     _, _, results = fast_demo
     probe = results["probe_top1"]
@@ -66,6 +78,8 @@ def test_fast_demo_pretrained_probe_beats_random_init_by_ten_points(fast_demo):
     assert goal(results, "linear probe")["pass"]
 
 
+@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_refuses_a_foreign_non_empty_workdir_and_a_negative_seed(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     done = wsl("demo", "--fast", "--workdir", str(tmp_path))
@@ -89,13 +103,16 @@ def test_a_rerun_replaces_an_earlier_demo_only(tmp_path):
         claim(file)
 
 
+@pytest.mark.timeout(480)
+@pytest.mark.slow
+@pytest.mark.demo
 def test_ctrl_c_during_a_stage_stops_the_demo_with_its_status(tmp_path):
     """The stage (here pretraining) checkpoints and returns 130; the demo stops with 130 and
     says so, instead of calling the stage failed and going on to exit 1."""
     import signal
     import time
     workdir = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "demo", "--fast", "--workdir", str(workdir)],
+    proc = subprocess.Popen(cli("demo", "--fast", "--workdir", str(workdir)),
                             env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_shards, write_corpus
+from helpers import REPO, build_shards, child_env, cli, write_corpus
 from data_tools import resampling, shards
 from data_tools.loaders import LoaderConfig, cores_per_rank, make_loader
 from data_tools.loaders.bottleneck import measure
@@ -23,7 +23,7 @@ from pretrain.losses import sigmoid_bce_loss
 from pretrain.models import build_model
 from pretrain.optim import OptimConfig
 from pretrain.train import run
-from test_pretrain import REPO, TINY, child_env, cli, config
+from test_pretrain import TINY, config
 
 
 def test_warmup_never_runs_downhill_below_a_256_batch():
@@ -99,6 +99,7 @@ def test_two_ranks_score_every_image_once_like_one_rank(tmp_path):
     assert torch.equal(two["pairs"], one["pairs"])
 
 
+@pytest.mark.slow
 def test_every_evaluation_scores_the_same_images(shard_dir, tmp_path):
     cfg = config(shard_dir, tmp_path / "run", f"data.val={shard_dir}", "eval.max_images=40")
     torch.manual_seed(0)
@@ -156,6 +157,7 @@ def with_unlabelled_samples(shard_dir: Path, out: Path, count: int) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_skipped_step_leaves_batchnorm_statistics_finite(shard_dir, tmp_path):
     run_dir = tmp_path / "run"
     data = with_unlabelled_samples(shard_dir, tmp_path / "shards", 3)
@@ -176,6 +178,8 @@ def test_a_skipped_step_leaves_batchnorm_statistics_finite(shard_dir, tmp_path):
     assert rows[-1]["bad_samples"] == 3  # counted once, not once per rank
 
 
+@pytest.mark.timeout(540)
+@pytest.mark.slow
 def test_a_run_dir_with_another_config_is_refused_in_one_line(shard_dir, tmp_path):
     run_dir = tmp_path / "run"
     common = [f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY, "checkpoint.every_images=32"]
@@ -199,6 +203,7 @@ def test_a_run_dir_with_another_config_is_refused_in_one_line(shard_dir, tmp_pat
     assert as_file.returncode == 2 and "is a file" in as_file.stderr and "Traceback" not in as_file.stderr
 
 
+@pytest.mark.slow
 def test_resume_drops_metric_rows_past_the_checkpoint(shard_dir, tmp_path):
     cfg = config(shard_dir, tmp_path / "run", "train.total_images=128", "checkpoint.every_images=64")
     run(cfg, to_dict(cfg))
@@ -209,6 +214,7 @@ def test_resume_drops_metric_rows_past_the_checkpoint(shard_dir, tmp_path):
     assert seen == sorted(seen) and len(seen) == len(set(seen)), seen
 
 
+@pytest.mark.slow  # measures for a few seconds by design
 def test_bottleneck_probe_on_a_tiny_set_measures_and_keeps_its_time(tmp_path):
     shard_dir = tmp_path / "shards"
     build_shards(write_corpus(tmp_path / "raw", 43), shard_dir, "shards.samples=16")
@@ -226,6 +232,7 @@ def test_bottleneck_probe_on_a_tiny_set_measures_and_keeps_its_time(tmp_path):
     assert took < 2 * 1.0 + 12, f"the probe took {took:.1f} s for 1 s of each measurement"  # start-ups under load
 
 
+@pytest.mark.slow
 def test_an_eval_boundary_at_the_end_evaluates_once(shard_dir, tmp_path):
     cfg = config(shard_dir, tmp_path / "run", f"data.val={shard_dir}", "train.total_images=64",
                  "checkpoint.every_images=64", "eval.every_images=32", "eval.max_images=16")

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import run_as_users_do, straight_and_resumed
+from helpers import REPO, child_env, cli, run_as_users_do, straight_and_resumed
 from data_tools import shards
 from data_tools.build import BuildConfig, build
 from finetune import backbone, leak, logreg
@@ -31,7 +31,6 @@ from pretrain.models import build_model
 from pretrain.optim import make_optimizer, set_lr
 from pretrain.train import export
 
-REPO = Path(__file__).resolve().parents[1]
 # Six classes, so top-5 is not trivially 100 %.
 COLOURS = {"black": (20, 20, 20), "blue": (30, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40),
            "white": (235, 235, 235), "yellow": (220, 210, 40)}
@@ -89,16 +88,7 @@ def config(data, backbone_path, run_dir, *overrides) -> FinetuneConfig:
                                             f"run_dir={run_dir}", *TINY, *overrides])
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", *args]
-
-
-def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return env
-
-
+@pytest.mark.slow
 def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsys):
     cfg = config(data, backbone_file, tmp_path / "run", f"data.val={data['val']}", "train.total_images=192",
                  "checkpoint.every_images=192", "optim.lr_per_256=0.2", "trunk_lr_mult=0.5")
@@ -144,6 +134,8 @@ def test_trunk_gets_its_share_of_the_lr():
     assert {g["weight_decay"] for g in opt.param_groups if g["lr"] == pytest.approx(0.02)} == {1e-4, 0.0}
 
 
+@pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_resume_after_kill9_is_bit_identical(data, backbone_file, tmp_path):
     common = [f"backbone={backbone_file}", f"data.train={data['train']}", *TINY, "train.total_images=128",
               "checkpoint.every_images=32", "trunk_lr_mult=0.5"]
@@ -171,6 +163,7 @@ def test_logreg_sweep_reaches_100_percent_on_separable_features():
     assert max(accuracy) == 1.0 and accuracy[-1] == 1.0
 
 
+@pytest.mark.slow
 def test_logreg_reaches_sklearns_optimum():
     """The same objective as sklearn's lbfgs (C x summed cross-entropy + ||W||^2 / 2): ours ends
     at least as low, and both predict alike."""
@@ -196,6 +189,8 @@ def test_logreg_reaches_sklearns_optimum():
         assert (predicted == ref.predict(x)).mean() > 0.99
 
 
+@pytest.mark.timeout(960)
+@pytest.mark.slow
 def test_linear_probe_end_to_end_and_eval_agrees(data, backbone_file, tmp_path):
     common = [f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}",
               f"run_dir={tmp_path / 'probe'}", *TINY, "mode=linear", "probe.c_steps=5", "probe.c_max=10"]
@@ -226,6 +221,7 @@ def test_linear_probe_end_to_end_and_eval_agrees(data, backbone_file, tmp_path):
     assert "top-1" in evaluated.stdout and "mean per-class" in evaluated.stdout
 
 
+@pytest.mark.slow
 def test_res4_probe(data, backbone_file, tmp_path):
     cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "probe.features=res4", "probe.c_steps=3",
                  f"data.val={data['val']}")
@@ -293,6 +289,7 @@ def test_a_redirected_log_keeps_the_order_things_were_said(data, backbone_file, 
     assert [lines[n][:4] for n in said] == ["== e", str(data["val"])[:4], "resu"] * 2, lines
 
 
+@pytest.mark.slow
 def test_bn_linear_reaches_100_percent_on_separable_features(tmp_path):
     from finetune.linprobe import bn_linear
     x, y = separable(40, 4, 16, 2)
@@ -308,6 +305,7 @@ def tv_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.eval()(x)
 
 
+@pytest.mark.slow
 def test_torchvision_state_dict_loads_and_gives_torchvision_features(tmp_path, capsys):
     torch.manual_seed(0)
     tv = torchvision.models.resnext50_32x4d(weights=None)
@@ -330,6 +328,7 @@ def test_torchvision_state_dict_loads_and_gives_torchvision_features(tmp_path, c
         backbone.resolve_name(backbone.read(tmp_path / "tv.pth"), "")
 
 
+@pytest.mark.slow
 def test_key_mismatch_is_one_error_listing_keys(tmp_path, data):
     state = torchvision.models.resnet50(weights=None).state_dict()
     state["extra.weight"] = torch.zeros(1)
@@ -350,6 +349,7 @@ def test_key_mismatch_is_one_error_listing_keys(tmp_path, data):
         assert "unexpected key(s) (extra.weight, layer1.1.bn1.bias" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_backbone_files_are_one_line(tmp_path, data):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     torch.save([1, 2], tmp_path / "list.pt")
@@ -375,6 +375,7 @@ def test_other_trainers_checkpoints_load_with_their_saved_args(tmp_path):
         backbone.read(tmp_path / "dated.pth")
 
 
+@pytest.mark.slow
 def test_a_run_dir_is_not_reused_with_another_backbone_or_mode(data, backbone_file, tmp_path):
     """Other probe settings may reuse a probe's folder (and its cached features); another
     backbone or mode would replace its results and mix its W&B run, so they are refused."""
@@ -392,6 +393,7 @@ def test_a_run_dir_is_not_reused_with_another_backbone_or_mode(data, backbone_fi
     assert json.loads((run_dir / "results.json").read_text())["C"] is not None
 
 
+@pytest.mark.slow
 def test_labelled_sets_are_checked_before_the_run(tmp_path, shard_dir, data, backbone_file):
     """Multi-label training shards, or a val set of other classes, once failed only when the
     final evaluation read data.val, after the whole fine-tuning run."""
@@ -408,6 +410,7 @@ def test_labelled_sets_are_checked_before_the_run(tmp_path, shard_dir, data, bac
             assert proc.stderr.strip().count("\n") == 0 and not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_config_errors(data):
     with pytest.raises(ValueError, match="'backbone' is required"):
         make_config(FinetuneConfig, [], ["run_dir=r", "data.train=t"])
@@ -420,6 +423,7 @@ def test_config_errors(data):
     assert proc.returncode == 2 and "usage: wsl finetune eval" in proc.stderr and "SHARDS" in proc.stderr
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_pretrain_checkpoint_and_multilabel_shards(tmp_path, shard_dir, data, backbone_file):
     checkpoint.save({"model": build_model("resnext_tiny", 3).state_dict(), "config": {"model": {}}}, tmp_path, 8, 1)
     with pytest.raises(ValueError, match="not a `wsl finetune` checkpoint"):
@@ -484,6 +488,8 @@ def one_and_two_ranks(args: list[str], tmp_path: Path, port: int) -> subprocess.
     return two
 
 
+@pytest.mark.timeout(660)
+@pytest.mark.slow
 def test_two_rank_probe_shares_the_extraction_and_equals_one_process(data, backbone_file, tmp_path):
     # 72 train and 24 val images over 2 ranks in batches of 16: the last batches wrap around.
     two = one_and_two_ranks([f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}",
@@ -498,6 +504,8 @@ def test_two_rank_probe_shares_the_extraction_and_equals_one_process(data, backb
     assert two.stderr.count("logreg sweep") == 1  # rank 0 alone trains the head
 
 
+@pytest.mark.timeout(660)
+@pytest.mark.slow
 def test_bn_linear_on_augmented_views_cached_per_view(data, backbone_file, tmp_path):
     common = [f"backbone={backbone_file}", f"data.train={data['train']}", f"data.val={data['val']}",
               f"run_dir={tmp_path / 'probe'}", *TINY, "mode=linear", "probe.head=bn_linear", "probe.epochs=30",
@@ -524,6 +532,8 @@ def test_views_need_the_bn_linear_head(data, backbone_file, tmp_path):
         config(data, backbone_file, tmp_path, "mode=linear", "probe.views=3")
 
 
+@pytest.mark.timeout(660)
+@pytest.mark.slow
 def test_augmented_views_are_the_same_crops_on_two_ranks(data, backbone_file, tmp_path):
     # Three views over two ranks: rank 0 draws views 0 and 2, rank 1 view 1.
     one_and_two_ranks([f"backbone={backbone_file}", f"data.train={data['train']}", *TINY, "mode=linear",

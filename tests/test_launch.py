@@ -6,18 +6,16 @@ import json
 import os
 import re
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from conftest import build_shards, write_corpus
+from helpers import REPO, build_shards, cli, write_corpus
 from launch.cluster import LaunchConfig, executor, time_minutes
 from launch.submit import StageTask, dist_environ
 from pretrain import checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "model.name=resnext_tiny", "train.bottleneck_seconds=0", "data.loader.batch_size=8",
         "data.loader.image_size=32", "data.loader.resize_size=36", "data.loader.workers=1",
         "data.loader.backend=pil", "optim.warmup_images=16", "log.every_steps=1", "log.sample_images=0"]
@@ -26,8 +24,7 @@ TINY = ["device=cpu", "model.name=resnext_tiny", "train.bottleneck_seconds=0", "
 def wsl_launch(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = env or {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "launch.cli", "launch", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(cli("launch", *args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def build_args(raw: Path, out: Path) -> list[str]:
@@ -44,6 +41,7 @@ def job_span(log: Path) -> tuple[datetime, datetime]:
     return times["Starting with"], times["Exiting after"]
 
 
+@pytest.mark.slow
 def test_local_array_build_runs_parts_one_at_a_time_and_equals_one_shot(tmp_path):
     raw = write_corpus(tmp_path / "raw", 24)
     build_shards(raw, tmp_path / "single", "shards.samples=8")
@@ -62,6 +60,7 @@ def test_local_array_build_runs_parts_one_at_a_time_and_equals_one_shot(tmp_path
     assert len((tmp_path / "job" / "job_id").read_text().split()) == 3
 
 
+@pytest.mark.slow
 def test_a_failing_local_job_is_one_line_naming_its_log(tmp_path):
     # There when submitted (a missing one is refused before: test below), unreadable when run.
     (tmp_path / "broken.jsonl").write_text("this is not json\n")
@@ -72,6 +71,7 @@ def test_a_failing_local_job_is_one_line_naming_its_log(tmp_path):
     assert "wsl: error: input.manifest" in last and "not JSON" in last and "_0_log.err" in last, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, message", [
     (["--nodes", "0"], "option --nodes = 0 is out of range"),
     (["--max-requeues", "-1"], "option --max-requeues = -1 is out of range"),
@@ -97,6 +97,8 @@ def test_bad_launch_is_one_line_before_anything_is_made(tmp_path, options, messa
     assert not (tmp_path / "jobs").exists()
 
 
+@pytest.mark.timeout(660)
+@pytest.mark.slow
 def test_a_used_job_dir_is_refused(tmp_path):
     raw = write_corpus(tmp_path / "raw", 8)
     first = wsl_launch(tmp_path, "--wandb", "off", "--job-dir", "job", *build_args(raw, tmp_path / "out"))
@@ -105,6 +107,7 @@ def test_a_used_job_dir_is_refused(tmp_path):
     assert again.returncode == 2 and "already holds a submission" in again.stderr
 
 
+@pytest.mark.slow
 def test_slurm_without_sbatch_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": str(tmp_path)}
     done = wsl_launch(tmp_path, "--cluster", "slurm", "--job-dir", "job", *build_args(tmp_path / "m.jsonl",
@@ -177,6 +180,8 @@ def of_type(records: list, kind: str) -> list:
     return [getattr(r, kind) for r in records if r.WhichOneof("record_type") == kind]
 
 
+@pytest.mark.timeout(660)
+@pytest.mark.slow
 def test_pipeline_joins_one_wandb_group_with_artifact_lineage(tmp_path):
     raw = write_corpus(tmp_path / "raw", 16)
     (tmp_path / "home").mkdir()   # offline W&B (its artifacts too) stays in the run and job folders
@@ -217,6 +222,7 @@ def test_pipeline_joins_one_wandb_group_with_artifact_lineage(tmp_path):
     assert "shards" in summary["inputs"]
 
 
+@pytest.mark.slow
 def test_dedup_stage_runs_as_a_job_with_its_own_flags(tmp_path):
     # --self and --against are flags of `wsl data dedup` with no config key of their name.
     raw = write_corpus(tmp_path / "raw", 12)
@@ -241,6 +247,7 @@ def test_wait_reads_every_array_task_from_scontrol_lines():
     assert scontrol_ids({"ArrayJobId": "9", "ArrayTaskId": "0-6:3"}) == ["9_0", "9_3", "9_6"]
 
 
+@pytest.mark.slow
 def test_the_stages_own_data_checks_run_before_submission(tmp_path, shard_dir):
     """What `wsl pretrain` / `wsl finetune` refuse at start is refused before a job is made,
     not in the queue (the device is not checked: the login node has no GPU)."""

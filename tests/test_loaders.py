@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from conftest import build_shards, photo
+from helpers import build_shards, photo
 from data_tools import resampling, shards, tables
 from data_tools.build import BuildConfig, build
 from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader, transforms, workers

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import build_shards
+from helpers import build_shards
 from data_tools import shards
 from data_tools.build import BuildConfig, key_hash
 from data_tools.synthetic import write_corpus

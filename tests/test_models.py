@@ -63,6 +63,7 @@ def test_wsl_sizes_match_paper_and_torchvision_layout(name):
     assert shapes(ours) == shapes(theirs)
 
 
+@pytest.mark.slow
 def test_torchvision_state_dict_round_trip_gives_same_logits():
     torch.manual_seed(0)
     theirs = torchvision.models.resnext50_32x4d(weights=None, num_classes=10)

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import build_shards, run_as_users_do, straight_and_resumed
+from helpers import REPO, build_shards, child_env, cli, run_as_users_do, straight_and_resumed
 from launch.config import build as make_config
 from launch.config import to_dict
 from pretrain import checkpoint, engine
@@ -23,7 +23,6 @@ from pretrain.dist import read_env
 from pretrain.models import build_model
 from pretrain.train import run
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
         "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
         "data.loader.workers=1", "data.loader.backend=pil", "optim.warmup_images=32",
@@ -32,17 +31,6 @@ TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottlen
 
 def config(shard_dir: Path, run_dir: Path, *overrides: str) -> PretrainConfig:
     return make_config(PretrainConfig, [], [f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY, *overrides])
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", *args]
-
-
-def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = str(REPO)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def weights(path: Path) -> dict:
@@ -55,6 +43,7 @@ def final_checkpoint(run_dir: Path) -> Path:
     return found
 
 
+@pytest.mark.slow
 def test_loss_goes_down(shard_dir, tmp_path, capsys):
     cfg = config(shard_dir, tmp_path / "run", "train.total_images=640", "checkpoint.every_images=640",
                  "optim.lr_per_256=3.2", "data.loader.sqrt_resample=false", "train.bottleneck_seconds=0.5")
@@ -88,6 +77,8 @@ def uniform_corpus(root: Path, count: int) -> Path:
     return root / "tags.jsonl"
 
 
+@pytest.mark.timeout(660)
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_rank_with_accumulation(tmp_path):
     """2 ranks x batch 8 against 1 rank x batch 8 x 2 accumulation steps, over 5 epochs of
     16 images in 2 shards: each step sees the same two micro-batches, so the same weights."""
@@ -114,6 +105,8 @@ def test_two_gloo_ranks_match_one_rank_with_accumulation(tmp_path):
     assert not differ, f"parameters differ between 1 and 2 ranks: {differ[:5]}"
 
 
+@pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
     # The bottleneck probe runs when the run starts: the run must not be perturbed by it.
     common = [f"data.train={shard_dir}", *TINY, "train.total_images=320", "checkpoint.every_images=64",
@@ -123,6 +116,7 @@ def test_kill9_and_resume_is_bit_identical(shard_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run's weights differ from the uninterrupted run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_checkpoints_and_exits_128_plus_signal(shard_dir, tmp_path, sig):
     """Ctrl-C acts as SLURM's SIGTERM: a checkpoint at the next step, then 128 + signal.
@@ -150,6 +144,7 @@ def test_stop_signal_checkpoints_and_exits_128_plus_signal(shard_dir, tmp_path, 
     assert resumed.returncode == 0 and f"resumed from {seen} images" in resumed.stderr, resumed.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_then_stop_the_run(shard_dir, tmp_path):
     cfg = config(shard_dir, tmp_path / "run", "train.total_images=800", "checkpoint.every_images=80",
                  "train.max_bad_steps=3")
@@ -182,6 +177,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shard_dir, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_a_diverging_run_ends_in_one_line_with_exit_1(shard_dir, tmp_path):
     proc = subprocess.run(cli("pretrain", f"data.train={shard_dir}", f"run_dir={tmp_path / 'run'}", *TINY,
                               "train.total_images=800", "optim.warmup_images=0", "optim.lr_per_256=1e12",
@@ -192,6 +188,7 @@ def test_a_diverging_run_ends_in_one_line_with_exit_1(shard_dir, tmp_path):
     assert "wsl: diverged: 2 step(s) in a row" in proc.stderr and "lr_per_256" in proc.stderr
 
 
+@pytest.mark.slow
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path):
     model = build_model("resnext_tiny", 10)
     checkpoint.save({"model": model.state_dict()}, tmp_path, 100, keep=3)
@@ -224,6 +221,7 @@ def test_keep_last_n(tmp_path):
         "checkpoint-000000000000030.pt", "checkpoint-000000000000040.pt"]
 
 
+@pytest.mark.slow  # runs `scontrol show hostnames` where SLURM is installed
 def test_dist_env_reading():
     assert read_env({}).world_size == 1
     env = read_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
@@ -236,6 +234,7 @@ def test_dist_env_reading():
     assert slurm.master_addr == "gpu012" and slurm.master_port == 10000 + 4242
 
 
+@pytest.mark.slow
 def test_bad_config_is_one_line(shard_dir, tmp_path):
     proc = subprocess.run(cli("pretrain", f"data.train={shard_dir}", f"run_dir={tmp_path}", "train.totl_images=5"),
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
@@ -255,6 +254,7 @@ def rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_dead_rank_fails_the_job_naming_it(shard_dir, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -275,6 +275,7 @@ def test_a_dead_rank_fails_the_job_naming_it(shard_dir, tmp_path):
     assert "rank: 1" in out or "rank 1" in out, out[-2000:]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_records_metrics_and_samples(shard_dir, tmp_path):
     cfg = config(shard_dir, tmp_path / "run", "train.total_images=64", "checkpoint.every_images=64",
                  "log.wandb=offline", "log.sample_images=4")

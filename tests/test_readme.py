@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from launch.cli import config_stages, main, make_parser, with_default_command
 from pretrain import checkpoint
 from test_convert import cub_tree, imagenet_flat_val, imagenet_train, places_tree, write_solution
@@ -67,7 +67,7 @@ def resolves(argv: list[str]) -> None:
 def inputs(tmp_path_factory) -> dict:
     """What README's paths stand for: a hashtag corpus, ImageNet, CUB-200-2011 and Places365
     trees as distributed, and a CUB train split (which no README line converts)."""
-    from conftest import write_corpus
+    from helpers import write_corpus
     from data_tools.convert import ConvertConfig, convert
     from launch.config import build as make_config
     root = tmp_path_factory.mktemp("readme")

@@ -12,14 +12,11 @@ import time
 import pytest
 
 from data_tools.loaders import LoaderConfig, make_loader
+from helpers import free_port
 
+# Every test reads from a server process over a socket.
+pytestmark = pytest.mark.slow
 SMALL = dict(backend="pil", batch_size=16, image_size=32, resize_size=40, workers=1, shuffle_buffer=32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(args: list[str], port: int):
@@ -117,10 +114,12 @@ def test_a_remote_set_needs_a_positive_cache(s3_url):
         make_loader(LoaderConfig(**SMALL, cache_gb=0), s3_url)
 
 
+@pytest.mark.timeout(360)
 def test_wsl_pretrain_trains_and_evaluates_on_shards_at_a_url(s3_url, tmp_path):
     """The `wsl` command, not only the loader: its checks and the run read the manifest
     through the URL (they once read a local path and refused every URL)."""
-    from test_pretrain import REPO, TINY, child_env, cli
+    from helpers import REPO, child_env, cli
+    from test_pretrain import TINY
     run_dir = tmp_path / "run"
     proc = subprocess.run(cli("pretrain", f"data.train={s3_url}", f"data.val={s3_url}", f"run_dir={run_dir}", *TINY,
                               "train.total_images=64", "eval.max_images=32", f"data.loader.cache_dir={tmp_path}"),

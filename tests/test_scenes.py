@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import build_shards
+from helpers import build_shards
 from data_tools import vocab
 from data_tools.build import BuildConfig, build
 from data_tools.scenes import OBJECTS, POPULAR, SCENES, SceneConfig, generate, target_classes

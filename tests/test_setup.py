@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 # apt takes fcntl locks (flock(1) does not block it): these are the ones an install and an
 # update of the package lists wait on.

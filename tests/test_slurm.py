@@ -4,19 +4,18 @@ from __future__ import annotations
 import hashlib
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import build_shards, write_corpus
+from helpers import REPO, build_shards, cli, write_corpus
 from pretrain import checkpoint
 from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
-REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# A test waits on up to four SLURM jobs (240 s each at most), the first one also on the cluster's start.
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(1200)]
 TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
         "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
         "data.loader.workers=1", "data.loader.backend=pil", "optim.warmup_images=32",
@@ -27,7 +26,7 @@ TOTAL = 400
 def launch(slurm, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**slurm.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "launch.cli", "launch", "--cluster", "slurm", *args],
+    return subprocess.run(cli("launch", "--cluster", "slurm", *args),
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -154,8 +153,8 @@ def waiting_launch(slurm, cwd: Path, job_dir: str, run_dir: Path, shards: Path) 
     """`wsl launch --wait` of a pretrain job, in the background: (the process, the job id)."""
     env = {**slurm.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "launch", "--cluster", "slurm", "--wait",
-                             "--job-dir", job_dir, *pretrain_args(shards, run_dir)],
+    proc = subprocess.Popen(cli("launch", "--cluster", "slurm", "--wait", "--job-dir", job_dir,
+                                *pretrain_args(shards, run_dir)),
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (cwd / job_dir / "job_id").is_file():

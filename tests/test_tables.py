@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from helpers import CLI, REPO
 from data_tools import resampling, shards, tables
 from data_tools.loaders import LoaderConfig, make_loader
 from data_tools.verify import verify
 
-CLI = [sys.executable, "-m", "launch.cli"]
 SMALL = LoaderConfig(backend="pil", batch_size=16, image_size=32, resize_size=40, workers=1)
 
 
@@ -54,6 +52,7 @@ def old_build(tmp_path_factory, shard_dir):
     return out
 
 
+@pytest.mark.slow
 def test_a_shard_set_without_tables_is_refused_in_one_line_then_indexed(old_build, shard_dir):
     with pytest.raises(FileNotFoundError, match=r"run `wsl data index .*`"):
         make_loader(SMALL, old_build)
@@ -70,6 +69,7 @@ def test_a_shard_set_without_tables_is_refused_in_one_line_then_indexed(old_buil
     assert first[0].shape == (16, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_index_on_a_directory_without_manifest_is_one_line(tmp_path):
     done = subprocess.run([*CLI, "data", "index", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           timeout=240)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_shards, write_corpus
+from helpers import build_shards, write_corpus
 from data_tools import shards, vocab
 from data_tools.wordnet import WordNet
 
