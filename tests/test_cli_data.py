@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO, run_cli
+from helpers import run_cli
 from data_tools import resampling, shards
 from data_tools.verify import verify
 
