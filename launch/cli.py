@@ -136,9 +136,9 @@ def data_stats(args) -> int:
 def pretrain(args) -> int:
     from launch.config import to_dict
     from pretrain.config import PretrainConfig
-    from pretrain.train import run
     cfg = make_config(PretrainConfig, args.config, args.overrides)
     check_pretrain(cfg)
+    from pretrain.train import run  # torch: after the checks, which need a second without it
     run(cfg, to_dict(cfg))
     return 0
 
@@ -165,15 +165,14 @@ def check_finetune(cfg, device: bool = True) -> None:
 
 
 def check_model_name(name: str) -> None:
-    from pretrain.models import MODELS
+    from pretrain.architectures import MODELS
     if name not in MODELS:
         raise ConfigError(f"config key 'model.name' = {name!r} is not a model (known: {', '.join(MODELS)})")
 
 
 def check_training(cfg, device: bool) -> dict:
     """The run directory, the data sets and the loss against each other, the device; the
-    training set's manifest."""
-    from pretrain import dist
+    training set's manifest. The device goes last: checking it loads torch."""
     if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
         raise ConfigError(f"config key 'run_dir' = {cfg.run_dir} is a file; give a directory")
     train = read_shards("data.train", cfg.data.train)
@@ -187,6 +186,7 @@ def check_training(cfg, device: bool) -> dict:
         raise ConfigError(f"config key 'train.loss' = {cfg.train.loss} needs {wanted}-label data, but data.train "
                           f"is {train['label_type']}-label (train.loss=auto picks the right one)")
     if device:
+        from pretrain import dist
         try:
             dist.pick_device(cfg.device, dist.read_env())
         except RuntimeError as err:  # no GPU for device=cuda, a half-set torchrun environment
@@ -260,10 +260,10 @@ def launch(args) -> int:
 
 def finetune(args) -> int:
     from finetune.config import FinetuneConfig
-    from finetune.train import run
     from launch.config import to_dict
     cfg = make_config(FinetuneConfig, args.config, args.overrides)
     check_finetune(cfg)
+    from finetune.train import run  # torch: after the checks
     run(cfg, to_dict(cfg))
     return 0
 

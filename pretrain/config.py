@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from data_tools.fields import bounded
-from data_tools.loaders import LoaderConfig
-from pretrain.optim import OptimConfig
+from data_tools.loader_config import LoaderConfig
+from pretrain.schedule import OptimConfig
 
 
 @dataclass

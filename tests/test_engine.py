@@ -21,7 +21,7 @@ from pretrain import checkpoint, evaluate, metrics
 from pretrain.engine import grad_norm
 from pretrain.losses import sigmoid_bce_loss
 from pretrain.models import build_model
-from pretrain.optim import OptimConfig
+from pretrain.schedule import OptimConfig
 from pretrain.train import run
 from test_pretrain import REPO, TINY, child_env, cli, config
 
