@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from data_tools.fields import bounded, check_ranges
+from data_tools.threads import cores_per_rank
 
 BACKENDS = ("auto", "dali", "dali-cpu", "pil")
 
@@ -26,6 +27,9 @@ class LoaderConfig:
     # Shards at a URL (s3://, gs://, http(s)://) are downloaded ahead into a local cache:
     cache_dir: str | None = None     # None: the system's temporary folder
     cache_gb: float = bounded(20.0, lo=0, open_lo=True)  # shards held ahead of the rank, at most
+
+    def worker_count(self) -> int:
+        return self.workers or cores_per_rank()
 
     def check(self) -> None:
         check_ranges(self)

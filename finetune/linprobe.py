@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from data_tools import shards
+from data_tools import shards, threads
 from finetune import backbone, features, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
@@ -105,6 +105,9 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
 def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     """The probe's results on rank 0 (None on the other ranks)."""
     env = dist.read_env()
+    budget = threads.limit(cfg.threads, cfg.data.loader.worker_count())
+    if env.is_main:
+        print(budget, file=sys.stderr, flush=True)
     device = dist.pick_device(cfg.device, env)
     source = backbone.read(cfg.backbone)
     name = backbone.resolve_name(source, cfg.model.name)
@@ -124,6 +127,7 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
         dist.close()  # the head is rank 0's alone: no rank waits in a collective while it trains
     if not env.is_main:
         return None
+    threads.limit(cfg.threads, 0)  # the loader workers are done: the head may take the rank's cores
     return train_and_evaluate(cfg, config_dict, model, device, manifest["num_classes"], *extracted)
 
 

@@ -137,10 +137,18 @@ def pretrain(args) -> int:
     from launch.config import to_dict
     from pretrain.config import PretrainConfig
     cfg = make_config(PretrainConfig, args.config, args.overrides)
+    limit_threads(cfg)
     check_pretrain(cfg)
     from pretrain.train import run  # torch: after the checks, which need a second without it
     run(cfg, to_dict(cfg))
     return 0
+
+
+def limit_threads(cfg) -> None:
+    """The rank's thread budget, set before the checks load torch: OpenMP reads its wait
+    policy only then (the run's first log line says the budget)."""
+    from data_tools import threads
+    threads.limit(cfg.threads, cfg.data.loader.worker_count())
 
 
 def check_pretrain(cfg, device: bool = True) -> None:
@@ -262,6 +270,7 @@ def finetune(args) -> int:
     from finetune.config import FinetuneConfig
     from launch.config import to_dict
     cfg = make_config(FinetuneConfig, args.config, args.overrides)
+    limit_threads(cfg)
     check_finetune(cfg)
     from finetune.train import run  # torch: after the checks
     run(cfg, to_dict(cfg))
@@ -274,6 +283,7 @@ def finetune_eval(args) -> int:
 
 def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out: str | None = None) -> int:
     """Overrides change the checkpoint's own config for this evaluation only."""
+    from data_tools import threads
     from finetune.config import FinetuneConfig
     from finetune.evaluate import load_model, run_eval
     from finetune.leak import check_checkpoint
@@ -282,11 +292,16 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     check_checkpoint(config, shards)
     for text in overrides:
         set_dotted(config, *parse_override(text))
-    run_eval(model, from_dict(FinetuneConfig, config), config, images_seen, checkpoint, shards, out)
+    cfg = from_dict(FinetuneConfig, config)
+    print(threads.limit(cfg.threads, cfg.data.loader.worker_count()), file=sys.stderr)
+    run_eval(model, cfg, config, images_seen, checkpoint, shards, out)
     return 0
 
 
 def demo(args) -> int:
+    # Its stages run in this process, after torch is loaded: OpenMP reads its wait policy
+    # only then (threads.limit sets the rest per stage).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from launch.demo import run_demo
     return run_demo(Path(args.workdir), fast=args.fast, seed=args.seed)
 

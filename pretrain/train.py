@@ -9,7 +9,7 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from data_tools import shards
+from data_tools import shards, threads
 from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
 from pretrain import checkpoint, dist, engine
@@ -73,6 +73,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
     """Train per `cfg`; `init_model(num_classes)` lets fine-tuning supply its own model, and
     `trunk_lr_mult` gives all but its classifier a smaller LR."""
     env = dist.read_env()
+    say(env, threads.limit(cfg.threads, cfg.data.loader.worker_count()))
     device = dist.pick_device(cfg.device, env)
     dist.init(env, device, cfg.dist_timeout_s)
     try:

@@ -100,14 +100,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def cores_per_rank() -> int:
-    """This process's cores, shared with the other ranks on its node: torchrun gives every
-    rank the node's whole CPU set, so 8 ranks each taking every core would start 8x too
-    many workers."""
-    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
-
-
 def make_loader(cfg: LoaderConfig, directory: str | Path, rank: int = 0, world_size: int = 1,
                 device: str | torch.device = "cpu", phase: str = "train") -> "Loader":
     return Loader(cfg, directory, rank, world_size, device, phase)
@@ -152,7 +144,7 @@ class Loader:
 
     def _prefetcher(self) -> remote.Prefetcher:
         c = self.catalog
-        workers = self.cfg.workers or cores_per_rank()
+        workers = self.cfg.worker_count()
         lookahead = (workers * PREFETCH + 2) * self.cfg.batch_size + max(self.cfg.shuffle_buffer, 1)
         fetcher = remote.Prefetcher(remote.Store(str(self.directory)), c.directory, c.files,
                                     [tables.table_file(f) for f in c.files], c.shard_bytes, c.starts,
@@ -228,7 +220,7 @@ class Loader:
         self._roll()
 
     def _source(self, jobs: Jobs):
-        workers = self.cfg.workers or cores_per_rank()
+        workers = self.cfg.worker_count()
         if self.backend == "dali":
             from data_tools.loaders import dali
             seed = int(np.random.default_rng([*jobs.seed, jobs.start]).integers(2**31))
