@@ -106,8 +106,6 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     """The probe's results on rank 0 (None on the other ranks)."""
     env = dist.read_env()
     budget = threads.limit(cfg.threads, cfg.data.loader.worker_count())
-    if env.is_main:
-        print(budget, file=sys.stderr, flush=True)
     device = dist.pick_device(cfg.device, env)
     source = backbone.read(cfg.backbone)
     name = backbone.resolve_name(source, cfg.model.name)
@@ -117,6 +115,8 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     manifest = shards.read_manifest(cfg.data.train)
     if manifest["label_type"] != "single":
         raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
+    if env.is_main:  # the first line of a run, once the checks that refuse one in a line are done
+        print(budget, file=sys.stderr, flush=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = backbone.build(source, name, 0)

@@ -293,7 +293,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     for text in overrides:
         set_dotted(config, *parse_override(text))
     cfg = from_dict(FinetuneConfig, config)
-    print(threads.limit(cfg.threads, cfg.data.loader.worker_count()), file=sys.stderr)
+    threads.limit(cfg.threads, cfg.data.loader.worker_count())
     run_eval(model, cfg, config, images_seen, checkpoint, shards, out)
     return 0
 

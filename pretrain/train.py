@@ -73,7 +73,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
     """Train per `cfg`; `init_model(num_classes)` lets fine-tuning supply its own model, and
     `trunk_lr_mult` gives all but its classifier a smaller LR."""
     env = dist.read_env()
-    say(env, threads.limit(cfg.threads, cfg.data.loader.worker_count()))
+    budget = threads.limit(cfg.threads, cfg.data.loader.worker_count())
     device = dist.pick_device(cfg.device, env)
     dist.init(env, device, cfg.dist_timeout_s)
     try:
@@ -88,6 +88,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
             say(env, f"{run_dir} is a finished run ({progress.images_seen} images); nothing to do "
                      "(a new run_dir starts afresh)")
             return progress
+        say(env, budget)  # the first line of a run, once the checks that refuse one in a line are done
         if env.is_main:  # what ran, beside what it produced
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
