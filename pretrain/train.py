@@ -88,7 +88,6 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
             say(env, f"{run_dir} is a finished run ({progress.images_seen} images); nothing to do "
                      "(a new run_dir starts afresh)")
             return progress
-        say(env, budget)  # the first line of a run, once the checks that refuse one in a line are done
         if env.is_main:  # what ran, beside what it produced
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
@@ -96,6 +95,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         model = init_model(num_classes) if init_model else build_model(
             cfg.model.name, num_classes, zero_init_residual=cfg.model.zero_init_residual)
         job = build_job(cfg, config_dict, env, device, model, manifest, progress.images_seen, trunk_lr_mult)
+        say(env, budget)  # the run's first line, after what refuses a run in one line (run_dir, W&B, loader)
         if state:
             engine.restore(job, progress, state)
             say(env, f"resumed from {progress.images_seen} images")

@@ -89,6 +89,7 @@ def test_a_run_holds_to_its_budget_and_says_it_first(shard_dir, tmp_path, capsys
         torch.set_num_threads(before)
     budget = expect or max(1, threads.cores_per_rank() - 1)
     why = f"threads={expect}" if expect else f"{threads.cores_per_rank()} cores, 1 loader worker"
-    assert capsys.readouterr().err.splitlines()[0] == f"threads: {budget} torch ({why})"
+    run_lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("W&B run")]
+    assert run_lines[0] == f"threads: {budget} torch ({why})"  # the first line but W&B's offline notice
     assert ran_with == budget
     assert os.environ["OMP_NUM_THREADS"] == str(budget) and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
