@@ -66,9 +66,7 @@ class PretrainConfig:
     seed: int = bounded(0, lo=0, hi=2**32 - 1)  # weights init
     dist_timeout_s: float = bounded(600.0, lo=0, open_lo=True)  # a dead rank fails the job after this, never a hang
     resume_with_changes: bool = False  # continue a run_dir whose checkpoint has another config
-    # torch threads of each rank; 0: its share of the node's cores less its loader workers, at
-    # least 1 (data_tools/threads.py); -1: torch's default, a thread per core, spinning when idle
-    threads: int = bounded(0, lo=-1, hi=1024)
+    threads: int = bounded(0, lo=-1, hi=1024)  # torch threads per rank; 0: its cores less its loader workers; -1: torch's own
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

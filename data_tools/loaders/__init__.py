@@ -31,7 +31,7 @@ import torch
 
 from data_tools import tables
 from data_tools.fields import check_ranges
-from data_tools.loader_config import BACKENDS, LoaderConfig
+from data_tools.loader_config import LoaderConfig
 from data_tools.loaders import catalog as catalogs
 from data_tools.loaders import plan as plans
 from data_tools.loaders import remote, transforms
