@@ -29,7 +29,7 @@ from tqdm import tqdm
 from data_tools import resampling, shards, vocab, writable
 from data_tools.fields import bounded
 from data_tools.images import BadImage, ImageRules, map_box, prepare
-from data_tools.signals import quiet_stop
+from data_tools.threads import cores, pool_worker
 from data_tools.sources import ImageFolderSource, ManifestSource, Record
 from data_tools.wordnet import WordNet
 
@@ -375,7 +375,7 @@ def finished(out: Path, shard: int) -> dict | None:
 def run_jobs(cfg: BuildConfig, out: Path, jobs, rules: ImageRules, num_classes: int, total: int) -> list[dict]:
     results, skipped = [], 0
     bar = tqdm(total=total, desc="write shards", unit="shard", disable=not cfg.progress)
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or cores()
 
     def todo():
         nonlocal skipped
@@ -393,7 +393,7 @@ def run_jobs(cfg: BuildConfig, out: Path, jobs, rules: ImageRules, num_classes: 
             results.append(write_one_shard(*args))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, initializer=quiet_stop) as pool:
+        with ProcessPoolExecutor(workers, initializer=pool_worker) as pool:
             pending = set()
             # Bounded in-flight work: the record groups of a billion-image input never
             # pile up in memory ahead of the workers.

@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch import nn
 
-from data_tools import atomic, shards
+from data_tools import atomic, shards, threads
 from finetune import backbone, features, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
@@ -104,6 +104,7 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
 def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     """The probe's results on rank 0 (None on the other ranks)."""
     env = dist.read_env()
+    budget = threads.limit(cfg.threads, cfg.data.loader.worker_count())
     device = dist.pick_device(cfg.device, env)
     source = backbone.read(cfg.backbone)
     name = backbone.resolve_name(source, cfg.model.name)
@@ -113,7 +114,8 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     if manifest["label_type"] != "single":
         raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
     model = backbone.build(source, name, 0)
-    if env.is_main:  # after every check that can stop the run
+    if env.is_main:  # the first lines of a run, once the checks that refuse one in a line are done
+        print(budget, file=sys.stderr, flush=True)
         leak.check(source, [cfg.data.val] if cfg.data.val else [])
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,7 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
         dist.close()  # the head is rank 0's alone: no rank waits in a collective while it trains
     if not env.is_main:
         return None
+    threads.limit(cfg.threads, 0)  # the loader workers are done: the head may take the rank's cores
     return train_and_evaluate(cfg, config_dict, model, device, manifest["num_classes"], *extracted)
 
 

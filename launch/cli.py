@@ -138,11 +138,19 @@ def data_stats(args) -> int:
 def pretrain(args) -> int:
     from launch.config import to_dict
     from pretrain.config import PretrainConfig
-    from pretrain.train import run
     cfg = make_config(PretrainConfig, args.config, args.overrides)
+    limit_threads(cfg)
     check_pretrain(cfg)
+    from pretrain.train import run  # torch: after the checks, which need a second without it
     run(cfg, to_dict(cfg))
     return 0
+
+
+def limit_threads(cfg) -> None:
+    """The rank's thread budget, set before the checks load torch: OpenMP reads its wait
+    policy only then (the run's first log line says the budget)."""
+    from data_tools import threads
+    threads.limit(cfg.threads, cfg.data.loader.worker_count())
 
 
 def check_pretrain(cfg, device: bool = True) -> None:
@@ -167,15 +175,14 @@ def check_finetune(cfg, device: bool = True) -> None:
 
 
 def check_model_name(name: str) -> None:
-    from pretrain.models import MODELS
+    from pretrain.architectures import MODELS
     if name not in MODELS:
         raise ConfigError(f"config key 'model.name' = {name!r} is not a model (known: {', '.join(MODELS)})")
 
 
 def check_training(cfg, device: bool) -> dict:
     """The run directory, the data sets and the loss against each other, the device; the
-    training set's manifest."""
-    from pretrain import dist
+    training set's manifest. The device goes last: checking it loads torch."""
     if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
         raise ConfigError(f"config key 'run_dir' = {cfg.run_dir} is a file; give a directory")
     writable.check_folder(cfg.run_dir, "run_dir")
@@ -190,6 +197,7 @@ def check_training(cfg, device: bool) -> dict:
         raise ConfigError(f"config key 'train.loss' = {cfg.train.loss} needs {wanted}-label data, but data.train "
                           f"is {train['label_type']}-label (train.loss=auto picks the right one)")
     if device:
+        from pretrain import dist
         try:
             dist.pick_device(cfg.device, dist.read_env())
         except RuntimeError as err:  # no GPU for device=cuda, a half-set torchrun environment
@@ -263,10 +271,11 @@ def launch(args) -> int:
 
 def finetune(args) -> int:
     from finetune.config import FinetuneConfig
-    from finetune.train import run
     from launch.config import to_dict
     cfg = make_config(FinetuneConfig, args.config, args.overrides)
+    limit_threads(cfg)
     check_finetune(cfg)
+    from finetune.train import run  # torch: after the checks
     run(cfg, to_dict(cfg))
     return 0
 
@@ -279,6 +288,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     """Overrides change the checkpoint's own config for this evaluation only. The results go
     to OUT/evals/ (OUT: the checkpoint's folder), one file per evaluated set and overrides,
     beside the run's own record (results.json), which they never replace."""
+    from data_tools import threads
     from data_tools.shards import read_manifest
     from finetune.config import FinetuneConfig
     from finetune.evaluate import eval_record_path, load_model, run_eval
@@ -291,6 +301,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     model, config, images_seen = load_model(checkpoint)
     apply_eval_overrides(config, overrides)
     cfg = from_dict(FinetuneConfig, config)
+    threads.limit(cfg.threads, cfg.data.loader.worker_count())
     try:
         manifest = read_manifest(shards)
     except FileNotFoundError as err:
@@ -320,6 +331,9 @@ def apply_eval_overrides(config: dict, overrides: list[str]) -> None:
 
 
 def demo(args) -> int:
+    # Its stages run in this process, after torch is loaded: OpenMP reads its wait policy
+    # only then (threads.limit sets the rest per stage).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from launch.demo import run_demo
     return run_demo(Path(args.workdir), fast=args.fast, seed=args.seed)
 

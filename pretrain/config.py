@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from data_tools.fields import bounded
-from data_tools.loaders import LoaderConfig
-from pretrain.optim import OptimConfig
+from data_tools.loader_config import LoaderConfig
+from pretrain.schedule import OptimConfig
 
 
 @dataclass
@@ -66,6 +66,7 @@ class PretrainConfig:
     seed: int = bounded(0, lo=0, hi=2**32 - 1)  # weights init
     dist_timeout_s: float = bounded(600.0, lo=0, open_lo=True)  # a dead rank fails the job after this, never a hang
     resume_with_changes: bool = False  # continue a run_dir whose checkpoint has another config
+    threads: int = bounded(0, lo=-1, hi=1024)  # torch threads per rank; 0: its cores less its loader workers; -1: torch's own
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -8,7 +8,7 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from data_tools import atomic, shards
+from data_tools import atomic, shards, threads
 from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
 from pretrain import checkpoint, dist, engine
@@ -72,6 +72,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
     """Train per `cfg`; `init_model(num_classes)` lets fine-tuning supply its own model, and
     `trunk_lr_mult` gives all but its classifier a smaller LR."""
     env = dist.read_env()
+    budget = threads.limit(cfg.threads, cfg.data.loader.worker_count())
     device = dist.pick_device(cfg.device, env)
     dist.init(env, device, cfg.dist_timeout_s)
     try:
@@ -93,6 +94,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         model = init_model(num_classes) if init_model else build_model(
             cfg.model.name, num_classes, zero_init_residual=cfg.model.zero_init_residual)
         job = build_job(cfg, config_dict, env, device, model, manifest, progress.images_seen, trunk_lr_mult)
+        say(env, budget)  # the run's first line, after what refuses a run in one line (run_dir, W&B, loader)
         if state:
             engine.restore(job, progress, state)
             say(env, f"resumed from {progress.images_seen} images")

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import os
 import subprocess
+import sys
 import typing
 
 import pytest
@@ -204,3 +205,35 @@ def test_version_names_ours_and_the_libraries_for_a_bug_report(capsys):
         main(["--version"])
     out = capsys.readouterr().out
     assert stop.value.code == 0 and out.startswith("wsl 0.") and "; torch 2." in out and "faiss-cpu" in out
+
+
+def imported(argv: list[str]) -> tuple[set[str], str]:
+    """The modules `wsl ARGV` imported (python -X importtime's list) and its stderr."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "launch.cli", *argv], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    lines = proc.stderr.splitlines()
+    modules = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    return modules, "\n".join(line for line in lines if not line.startswith("import time:"))
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["config", "pretrain", "-c", "configs/pretrain/tiny.yaml", "optim.lr_per_256=0.2"], None),
+    (["config", "finetune", "-c", "configs/finetune/cub.yaml", "mode=linear"], None),
+    (["pretrain", "-c", "configs/pretrain/tiny.yaml", "run_dir={run}", "data.train=S", "optim.lrr=0.1"], "optim.lrr"),
+    (["pretrain", "-c", "configs/pretrain/tiny.yaml", "run_dir={run}", "data.train={shards}", "model.name=resnet5"],
+     "model.name"),
+    (["pretrain", "-c", "configs/pretrain/tiny.yaml", "run_dir={run}", "data.train={shards}", "train.loss=ce"],
+     "train.loss"),
+    (["pretrain", "-c", "configs/pretrain/tiny.yaml", "run_dir={run}", "data.train={missing}"], "data.train"),
+    (["finetune", "mode=linear", "backbone={missing}", "run_dir={run}", "data.train={shards}"], "backbone"),
+])
+def test_config_resolution_and_its_errors_do_not_load_torch(argv, error, shard_dir, tmp_path):
+    """torch takes seconds to import (near a minute on a busy machine): printing a config or
+    naming a wrong key in it must not wait for that."""
+    modules, stderr = imported([a.format(shards=shard_dir, missing=tmp_path / "missing", run=tmp_path / "run")
+                                for a in argv])
+    if error:
+        assert "wsl: error: " in stderr and error in stderr
+    else:
+        assert "error" not in stderr
+    assert not {"torch", "torchvision"} & modules

@@ -14,14 +14,14 @@ import torch
 
 from helpers import REPO, build_shards, child_env, cli, write_corpus
 from data_tools import resampling, shards
-from data_tools.loaders import LoaderConfig, cores_per_rank, make_loader
+from data_tools.loaders import LoaderConfig, make_loader
 from data_tools.loaders.bottleneck import measure
 from launch.config import to_dict
 from pretrain import checkpoint, evaluate, metrics
 from pretrain.engine import grad_norm
 from pretrain.losses import sigmoid_bce_loss
 from pretrain.models import build_model
-from pretrain.optim import OptimConfig
+from pretrain.schedule import OptimConfig
 from pretrain.train import run
 from test_pretrain import TINY, config
 
@@ -52,16 +52,6 @@ def test_grad_norm_is_the_l2_total_norm():
     assert grad_norm(params).item() == pytest.approx(5.0)
     params[1].grad[0, 0] = float("inf")
     assert not torch.isfinite(grad_norm(params))
-
-
-def test_workers_share_the_node_between_local_ranks(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert cores_per_rank() == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
-    assert cores_per_rank() == 1
-    monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert cores_per_rank() == 16
 
 
 def test_blocked_tag_metrics_equal_the_dense_ones(monkeypatch):

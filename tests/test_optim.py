@@ -9,7 +9,8 @@ from torch import nn
 
 from launch.config import ConfigError, build as make_config
 from pretrain.models import build_model
-from pretrain.optim import OptimConfig, lr_at, make_optimizer, param_groups, peak_lr, set_lr
+from pretrain.optim import make_optimizer, param_groups, set_lr
+from pretrain.schedule import OptimConfig, lr_at, peak_lr
 
 # Warm-up 0.2 -> 3.2 over 1000 images, then 3 halvings over the 4000 images left:
 # the post-warm-up span is cut into 4 parts, so the rate halves at 2000, 3000 and 4000.

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -35,7 +36,7 @@ from data_tools.dedup import views
 from data_tools.dedup.descriptors import make_descriptor
 from data_tools.dedup.sets import split_spec
 from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
-from data_tools.signals import quiet_stop
+from data_tools.threads import cores, pool_worker
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
 from data_tools.fields import bounded, check_ranges
 
@@ -181,13 +182,13 @@ def _source_path(files: dict) -> str:
 def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_every: int = 0):
     """describe_shard over `tars`, in order, a bounded number in flight."""
     verify = cfg.verify.enabled
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or cores()
     if cfg.descriptor.name == "learned" or workers == 1:
         # One network on one device: batches, not processes, are the parallelism.
         for tar in tars:
             yield describe_shard(tar, cfg.descriptor, index_side, sample_every, verify)
         return
-    with ProcessPoolExecutor(workers, initializer=quiet_stop) as pool:
+    with ProcessPoolExecutor(workers, initializer=pool_worker) as pool:
         pending = []
         for tar in tars:
             pending.append(pool.submit(describe_shard, tar, cfg.descriptor, index_side, sample_every, verify))
@@ -335,7 +336,8 @@ def scan(cfg: DedupConfig, train: ShardSet, todo: list[str], index: EvalIndex, t
          state: Path) -> None:
     tars = [str(train.directory / name) for name in todo]
     bar = tqdm(total=len(tars), desc="scan training shards", unit="shard", disable=not cfg.progress)
-    with ThreadPoolExecutor(cfg.workers or os.cpu_count() or 1) as threads:
+    cv2.setNumThreads(1)  # the pool below runs one alignment per core
+    with ThreadPoolExecutor(cfg.workers or cores()) as threads:
         for name, result in zip(todo, shard_tasks(cfg, tars, index_side=False)):
             if cfg.self_dedup:  # before the result file, whose presence marks the shard done
                 last = np.cumsum(result["counts"], dtype=np.int64) - 1  # each image's frame-cut view

@@ -24,45 +24,20 @@ import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from data_tools import tables
-from data_tools.fields import bounded, check_ranges
+from data_tools.fields import check_ranges
+from data_tools.loader_config import LoaderConfig
 from data_tools.loaders import catalog as catalogs
 from data_tools.loaders import plan as plans
 from data_tools.loaders import remote, transforms
 from data_tools.loaders.workers import PREFETCH
 
-BACKENDS = ("auto", "dali", "dali-cpu", "pil")
 PHASES = ("train", "eval")
-
-
-@dataclass
-class LoaderConfig:
-    backend: Literal["auto", "dali", "dali-cpu", "pil"] = "auto"  # auto: dali on a GPU, dali-cpu on CPU
-    batch_size: int = bounded(64, lo=1)          # per rank
-    workers: int = bounded(0, lo=0, hi=1024)     # worker processes (pil, dali-cpu) or threads (dali); 0: every core we may use
-    image_size: int = bounded(224, lo=8)         # side of the square crop the model sees
-    resize_size: int = bounded(256, lo=8)        # eval: shorter side before the centre crop
-    min_scale: float = bounded(0.08, lo=0, hi=1, open_lo=True)  # train: smallest RandomResizedCrop area, as a fraction
-    shuffle_buffer: int = bounded(10_000, lo=1)  # train: a rank's samples are shuffled within windows this long
-    sqrt_resample: bool | None = None  # None: on for hashtag (multi-label) data, off for single-label
-    seed: int = bounded(0, lo=0, hi=2**32 - 1)   # shard order and augmentation draws
-    drop_last: bool | None = None    # None: train drops a last partial batch, eval keeps it
-    # Shards at a URL (s3://, gs://, http(s)://) are downloaded ahead into a local cache:
-    cache_dir: str | None = None     # None: the system's temporary folder
-    cache_gb: float = bounded(20.0, lo=0, open_lo=True)  # shards held ahead of the rank, at most
-
-    def check(self) -> None:
-        check_ranges(self)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"config key 'backend' must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.resize_size < self.image_size:
-            raise ValueError(f"config key 'resize_size' ({self.resize_size}) must be >= 'image_size' "
-                             f"({self.image_size}): eval crops image_size out of it")
 
 
 class Job(NamedTuple):
@@ -125,14 +100,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def cores_per_rank() -> int:
-    """This process's cores, shared with the other ranks on its node: torchrun gives every
-    rank the node's whole CPU set, so 8 ranks each taking every core would start 8x too
-    many workers."""
-    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
-
-
 def make_loader(cfg: LoaderConfig, directory: str | Path, rank: int = 0, world_size: int = 1,
                 device: str | torch.device = "cpu", phase: str = "train") -> "Loader":
     return Loader(cfg, directory, rank, world_size, device, phase)
@@ -177,7 +144,7 @@ class Loader:
 
     def _prefetcher(self) -> remote.Prefetcher:
         c = self.catalog
-        workers = self.cfg.workers or cores_per_rank()
+        workers = self.cfg.worker_count()
         lookahead = (workers * PREFETCH + 2) * self.cfg.batch_size + max(self.cfg.shuffle_buffer, 1)
         fetcher = remote.Prefetcher(remote.Store(str(self.directory)), c.directory, c.files,
                                     [tables.table_file(f) for f in c.files], c.shard_bytes, c.starts,
@@ -253,7 +220,7 @@ class Loader:
         self._roll()
 
     def _source(self, jobs: Jobs):
-        workers = self.cfg.workers or cores_per_rank()
+        workers = self.cfg.worker_count()
         if self.backend == "dali":
             from data_tools.loaders import dali
             seed = int(np.random.default_rng([*jobs.seed, jobs.start]).integers(2**31))
