@@ -31,6 +31,7 @@ from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
 from finetune.train import check_run_dir
 from pretrain import dist
+from pretrain.evaluate import loader_config
 from pretrain.loggers import make_loggers
 
 VISSL_MILESTONES = (8 / 28, 16 / 28, 24 / 28)
@@ -137,8 +138,8 @@ def extract_all(cfg: FinetuneConfig, model, device: torch.device, env: dist.Dist
     x, y = features.extract(model, cfg.data.train, cfg.data.loader, device, stages,
                             run_dir / "features" / "train", identity, bf16, env, cfg.probe.views)
     vx = vy = None
-    if cfg.data.val:
-        vx, vy = features.extract(model, cfg.data.val, cfg.data.loader, device, stages,
+    if cfg.data.val:   # at the eval resolution, as `wsl finetune eval` reads the images
+        vx, vy = features.extract(model, cfg.data.val, loader_config(cfg), device, stages,
                                   run_dir / "features" / "val", identity, bf16, env)
     return x, y, vx, vy
 
