@@ -123,12 +123,13 @@ class Problem:
         self.basis = basis.float()
 
     def preconditioner(self, cs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, l2), each (S, D+1): the intercept is not scaled nor penalised."""
+        """(scale, l2), each (S, D+1). The intercept is not penalised; its curvature is the
+        softmax's alone, ~1/K, hence its scale sqrt(K)."""
         device = self.basis.device
         l2 = 1.0 / (torch.tensor(cs, dtype=torch.float64, device=device) * self.n)
         scale = (self.variance.clamp(min=0)[None, :] / self.k + l2[:, None]).rsqrt().float()
-        ones, zeros = torch.ones(len(cs), 1, device=device), torch.zeros(len(cs), 1, device=device)
-        return torch.cat([scale, ones], 1), torch.cat([l2.float()[:, None].expand_as(scale), zeros], 1)
+        intercept, zeros = torch.full((len(cs), 1), self.k ** 0.5, device=device), torch.zeros(len(cs), 1, device=device)
+        return torch.cat([scale, intercept], 1), torch.cat([l2.float()[:, None].expand_as(scale), zeros], 1)
 
     def __call__(self, scale: torch.Tensor, l2: torch.Tensor, u: torch.Tensor):
         """(objective (A,), gradient wrt u (A, D+1, K), max |gradient wrt w| (A,)) of heads
