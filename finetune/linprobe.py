@@ -3,8 +3,9 @@
 The frozen trunk's features of train and val are extracted once (finetune.features), then
 a linear head is trained on them:
 - `logreg`: multinomial logistic regression over a log-spaced grid of C (DINOv2's protocol:
-  45 values), every C one head of a single batched L-BFGS run (finetune.logreg); C is
-  picked on a held-out share of train, then refit on all of train;
+  45 values), fitted along the regularisation path with L-BFGS on the features read in
+  blocks (finetune.logreg); C is picked on a held-out share of train (the sweep stops once
+  that accuracy has peaked), then refit on all of train;
 - `bn_linear`: VISSL's linear evaluation head, BatchNorm without affine + linear, SGD with
   Nesterov momentum, the LR divided by 10 at 8/28, 16/28 and 24/28 of training; on the
   centre crop's features, or (`probe.views` > 1) on random-resized, flipped crops as VISSL
@@ -80,7 +81,8 @@ def sweep(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: int,
         f"{sum(step['iterations'] for step in path)} L-BFGS iterations in all, "
         f"{missed} head(s) not converged in probe.max_iter={p.max_iter}; best C = {best[1]['C']:.3g} "
         f"({100 * best[1]['holdout_top1']:.2f} % on {len(held_rows)} held-out train images); refitting on all of train")
-    final = logreg.fit(x, y, num_classes, [best[1]["C"]], p.max_iter, device, p.tolerance, start=best[0])
+    whole = logreg.Problem(logreg.Rows(x, y, None, device), num_classes, like=problem)
+    final = logreg.solve(whole, [best[1]["C"]], p.max_iter, p.tolerance, best[0])
     if not final.converged[0]:
         say(f"logreg refit: not converged in probe.max_iter={p.max_iter} iterations")
     head = nn.Linear(x.shape[1], num_classes)

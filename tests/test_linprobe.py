@@ -64,6 +64,7 @@ def test_blocked_fit_on_a_memmap_equals_the_in_memory_fit(tmp_path, monkeypatch)
     rows = split(y, 0.2, 0)[0]
     whole = logreg.fit(x[rows], y[rows], 4, [0.01, 1.0], max_iter=30)
     monkeypatch.setattr(logreg, "BLOCK_FLOATS", 24 * 37)   # 37 rows a block: 11 blocks, the last one short
+    monkeypatch.setattr(logreg, "ROTATED_BYTES", 0)        # heads rotated, not the (small) features
     blocked = logreg.fit(saved(tmp_path, x), y, 4, [0.01, 1.0], max_iter=30, rows=rows)
     assert blocked.iterations == whole.iterations
     torch.testing.assert_close(blocked.weight, whole.weight, rtol=1e-4, atol=1e-5)
@@ -80,7 +81,8 @@ from finetune import linprobe, logreg
 from finetune.config import FinetuneConfig
 from launch.config import build
 what, features, labels, classes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-logreg.CHUNK_FLOATS = logreg.BLOCK_FLOATS = 1 << 16   # blocks scaled down with the problem
+logreg.CHUNK_FLOATS = logreg.BLOCK_FLOATS = 1 << 16   # blocks scaled down with the problem,
+logreg.ROTATED_BYTES = 0                              # and no rotated copy of "small" features
 cfg = build(FinetuneConfig, [], ["backbone=b", "run_dir=r", "data.train=t", "mode=linear", "probe.c_steps=3",
                                  "probe.max_iter=5", "probe.epochs=2", "probe.batch_size=512", *sys.argv[5:]])
 train = linprobe.sweep if what == "logreg" else linprobe.bn_linear
