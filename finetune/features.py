@@ -24,8 +24,9 @@ from pretrain import dist
 
 def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, device: torch.device,
             stages: int | None, out: Path, identity: dict, bf16: bool = False,
-            env: dist.DistEnv = dist.DistEnv(), views: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(features (views·N, D) float32 memmap, labels (views·N,) int64) of every sample of
+            env: dist.DistEnv = dist.DistEnv(), views: int = 1,
+            dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """(features (views·N, D) memmap of `dtype`, labels (views·N,) int64) of every sample of
     `shard_dir` in catalog order, view after view: one centre crop as for evaluation, or
     `views` > 1 training crops (random-resized, flipped). `identity` names the backbone in
     the record. Every rank of a process group calls it; each returns the whole arrays.
@@ -36,7 +37,7 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
     record = {"shards": str(shard_dir), "fingerprint": shards.fingerprint(shards.read_manifest(shard_dir)),
               "stages": stages, "image_size": loader_cfg.image_size, "resize_size": loader_cfg.resize_size,
               **identity, **({"views": views, "min_scale": loader_cfg.min_scale, "seed": loader_cfg.seed}
-                             if views > 1 else {})}
+                             if views > 1 else {}), **({"dtype": dtype} if dtype != "float32" else {})}
     meta = out.with_suffix(".json")
     feats_path, labels_path = out.with_suffix(".features.npy"), out.with_suffix(".labels.npy")
     if dist.from_main(meta.is_file() and json.loads(meta.read_text()) == record):
@@ -51,7 +52,8 @@ def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, de
         loader, mine = make_loader(cfg, shard_dir, 0, 1, device, "train"), range(env.rank, views, env.world_size)
     n = loader.num_samples
     model = model.to(device).eval()
-    feats, labels = shared_arrays(feats_path, labels_path, views * n, width(model, stages, cfg, device), env)
+    feats, labels = shared_arrays(feats_path, labels_path, views * n, width(model, stages, cfg, device), env,
+                                  dtype)
     with torch.no_grad(), tqdm(total=views * n, unit="img", desc=f"features {Path(shard_dir).name}",
                                disable=not env.is_main) as bar:
         for view in mine:
@@ -97,11 +99,11 @@ def width(model: torch.nn.Module, stages: int | None, cfg: LoaderConfig, device:
 
 
 def shared_arrays(feats_path: Path, labels_path: Path, n: int, width: int,
-                  env: dist.DistEnv) -> tuple[np.memmap, np.memmap]:
-    """(N, width) float32 features and (N,) int64 labels (-1: not written yet), as .npy
+                  env: dist.DistEnv, dtype: str = "float32") -> tuple[np.memmap, np.memmap]:
+    """(N, width) features of `dtype` and (N,) int64 labels (-1: not written yet), as .npy
     files every rank writes into."""
     if env.is_main:
-        np.lib.format.open_memmap(feats_path, mode="w+", dtype=np.float32, shape=(n, width)).flush()
+        np.lib.format.open_memmap(feats_path, mode="w+", dtype=dtype, shape=(n, width)).flush()
         labels = np.lib.format.open_memmap(labels_path, mode="w+", dtype=np.int64, shape=(n,))
         labels[:] = -1
         labels.flush()

@@ -3,8 +3,9 @@
 The frozen trunk's features of train and val are extracted once (finetune.features), then
 a linear head is trained on them:
 - `logreg`: multinomial logistic regression over a log-spaced grid of C (DINOv2's protocol:
-  45 values), every C one head of a single batched L-BFGS run (finetune.logreg); C is
-  picked on a held-out share of train, then refit on all of train;
+  45 values), fitted along the regularisation path with L-BFGS on the features read in
+  blocks (finetune.logreg); C is picked on a held-out share of train (the sweep stops once
+  that accuracy has peaked), then refit on all of train;
 - `bn_linear`: VISSL's linear evaluation head, BatchNorm without affine + linear, SGD with
   Nesterov momentum, the LR divided by 10 at 8/28, 16/28 and 24/28 of training; on the
   centre crop's features, or (`probe.views` > 1) on random-resized, flipped crops as VISSL
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from tqdm import tqdm
 
 from data_tools import atomic, shards, threads
 from finetune import backbone, features, leak, logreg
@@ -30,6 +32,7 @@ from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
 from finetune.train import check_run_dir
 from pretrain import dist
+from pretrain.evaluate import loader_config
 from pretrain.loggers import make_loggers
 
 VISSL_MILESTONES = (8 / 28, 16 / 28, 24 / 28)
@@ -50,21 +53,49 @@ def split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.n
 
 def sweep(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: int,
           device: torch.device) -> tuple[nn.Linear, dict]:
-    """The logreg head at the C that is best on the holdout, refit on all rows."""
-    cs = logreg.c_grid(cfg.probe.c_min, cfg.probe.c_max, cfg.probe.c_steps)
-    fit_rows, held_rows = split(y, cfg.probe.holdout, cfg.seed)
-    heads = logreg.fit(x[fit_rows], y[fit_rows], num_classes, cs, cfg.probe.max_iter, device)
-    scores = logreg.accuracy(heads, x[held_rows], y[held_rows], device)
-    best = int(np.argmax(scores))
-    say(f"logreg sweep: {len(cs)} values of C in [{cs[0]:.3g}, {cs[-1]:.3g}], {min(heads.iterations)} to "
-        f"{max(heads.iterations)} L-BFGS iterations each; best C = {cs[best]:.3g} "
-        f"({100 * scores[best]:.2f} % on {len(held_rows)} held-out train images); refitting on all of train")
-    final = logreg.fit(x, y, num_classes, [cs[best]], cfg.probe.max_iter, device)
+    """The logreg head at the C that is best on the holdout, refit on all rows.
+
+    The C values are fitted in increasing order, each head starting from the previous C's
+    solution (the regularisation path: neighbours' optima are close), and the sweep stops
+    early once the holdout accuracy has peaked: `probe.patience` values in a row after the
+    best (the first of equal ones) score no higher (`peaked`)."""
+    p = cfg.probe
+    cs = logreg.c_grid(p.c_min, p.c_max, p.c_steps)
+    fit_rows, held_rows = split(y, p.holdout, cfg.seed)
+    problem = logreg.Problem(logreg.Rows(x, y, fit_rows, device), num_classes)
+    held = logreg.Rows(x, y, held_rows, device)
+    heads, best, path = None, None, []
+    for c in tqdm(cs, desc="fitting C", unit="C", file=sys.stderr):
+        heads = logreg.solve(problem, [c], p.max_iter, p.tolerance, heads)
+        score = logreg.accuracy_on(heads, held)[0]
+        path.append({"C": c, "holdout_top1": score, "iterations": heads.iterations[0],
+                     "converged": heads.converged[0]})
+        if best is None or score > best[1]["holdout_top1"]:
+            best = heads, path[-1]
+        if peaked([step["holdout_top1"] for step in path], p.patience):
+            break
+    missed = sum(not step["converged"] for step in path)
+    stopped = f" (of {len(cs)} up to {cs[-1]:.3g}: stopped, the holdout accuracy had peaked)" if len(path) < len(cs) else ""
+    say(f"logreg sweep: {len(path)} values of C in [{cs[0]:.3g}, {path[-1]['C']:.3g}]{stopped}, "
+        f"{sum(step['iterations'] for step in path)} L-BFGS iterations in all, "
+        f"{missed} head(s) not converged in probe.max_iter={p.max_iter}; best C = {best[1]['C']:.3g} "
+        f"({100 * best[1]['holdout_top1']:.2f} % on {len(held_rows)} held-out train images); refitting on all of train")
+    whole = logreg.Problem(logreg.Rows(x, y, None, device), num_classes, like=problem)
+    final = logreg.solve(whole, [best[1]["C"]], p.max_iter, p.tolerance, best[0])
+    if not final.converged[0]:
+        say(f"logreg refit: not converged in probe.max_iter={p.max_iter} iterations")
     head = nn.Linear(x.shape[1], num_classes)
     with torch.no_grad():
         head.weight.copy_(final.weight[0].T)
         head.bias.copy_(final.bias[0])
-    return head, {"C": cs[best], "sweep": [{"C": c, "holdout_top1": a} for c, a in zip(cs, scores)]}
+    return head, {"C": best[1]["C"], "sweep": path, "stopped_early": len(path) < len(cs),
+                  "refit": {"iterations": final.iterations[0], "converged": final.converged[0]}}
+
+
+def peaked(scores: list[float], patience: int) -> bool:
+    """The early-stop rule: the last `patience` scores all come after the best one (the
+    first of equal bests), so none is above it. 0: never."""
+    return patience > 0 and len(scores) - 1 - int(np.argmax(scores)) >= patience
 
 
 def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: int,
@@ -77,13 +108,15 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
     opt = torch.optim.SGD(linear.parameters(), lr=p.lr * p.batch_size / 256, momentum=0.9, nesterov=True,
                           weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * p.epochs) for m in VISSL_MILESTONES], 0.1)
-    xs, ys = torch.as_tensor(np.array(x), device=device), torch.as_tensor(y, device=device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    images = len(ys) // p.views
+    images = len(y) // p.views
+    xs = ys = view = None
     for epoch in range(p.epochs):
         bn.train()
-        first = (epoch % p.views) * images  # this epoch's view of every image
-        for rows in (first + torch.randperm(images, generator=generator)).split(p.batch_size):
+        if epoch % p.views != view:   # only this epoch's view of every image is loaded
+            view, xs = epoch % p.views, None
+            xs, ys = load_view(x, y, view, images, device)
+        for rows in torch.randperm(images, generator=generator).split(p.batch_size):
             if len(rows) < 2:
                 continue  # BN cannot normalise a batch of one
             rows = rows.to(device)
@@ -99,6 +132,12 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
         head.weight.copy_(linear.weight * inv)
         head.bias.copy_(linear.bias - head.weight @ bn.running_mean)
     return head.cpu(), {"epochs": p.epochs, "views": p.views}
+
+
+def load_view(x: np.ndarray, y: np.ndarray, view: int, images: int, device: torch.device):
+    """(features float32, labels) of one view on `device`, read from the file (not mapped)."""
+    rows = logreg.Rows(x, y, np.arange(view * images, (view + 1) * images), device)
+    return torch.from_numpy(rows.read(rows.rows)).to(device).float(), rows.y
 
 
 def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
@@ -137,12 +176,13 @@ def extract_all(cfg: FinetuneConfig, model, device: torch.device, env: dist.Dist
     stat = Path(cfg.backbone).stat()
     identity = {"backbone": str(Path(cfg.backbone).resolve()), "backbone_bytes": stat.st_size,
                 "backbone_mtime_ns": stat.st_mtime_ns}
+    dtype = cfg.probe.feature_dtype
     x, y = features.extract(model, cfg.data.train, cfg.data.loader, device, stages,
-                            run_dir / "features" / "train", identity, bf16, env, cfg.probe.views)
+                            run_dir / "features" / "train", identity, bf16, env, cfg.probe.views, dtype)
     vx = vy = None
-    if cfg.data.val:
-        vx, vy = features.extract(model, cfg.data.val, cfg.data.loader, device, stages,
-                                  run_dir / "features" / "val", identity, bf16, env)
+    if cfg.data.val:   # at the eval resolution, as `wsl finetune eval` reads the images
+        vx, vy = features.extract(model, cfg.data.val, loader_config(cfg), device, stages,
+                                  run_dir / "features" / "val", identity, bf16, env, dtype=dtype)
     return x, y, vx, vy
 
 
@@ -159,7 +199,7 @@ def train_and_evaluate(cfg: FinetuneConfig, config_dict: dict, model, device: to
     results = {"probe": str(run_dir / "probe.pt"), **record}
     if vx is not None:
         with torch.no_grad():
-            scores = head(torch.as_tensor(np.array(vx)))
+            scores = logreg.scores(head.weight.T[None], head.bias[None], logreg.Rows(vx, vy))[0]
         results.update(shards=cfg.data.val, **summarize(scores, torch.as_tensor(vy), class_names(cfg.data.val)))
         print(report(results))
         loggers = make_loggers(run_dir, True, config_dict, cfg.log.wandb, cfg.log.project, cfg.log.name)
