@@ -227,6 +227,7 @@ def imported(argv: list[str]) -> tuple[set[str], str]:
     (["pretrain", "-c", "configs/pretrain/tiny.yaml", "run_dir={run}", "data.train={missing}"], "data.train"),
     (["finetune", "mode=linear", "backbone={missing}", "run_dir={run}", "data.train={shards}"], "backbone"),
 ])
+@pytest.mark.slow
 def test_config_resolution_and_its_errors_do_not_load_torch(argv, error, shard_dir, tmp_path):
     """torch takes seconds to import (near a minute on a busy machine): printing a config or
     naming a wrong key in it must not wait for that."""

@@ -108,6 +108,7 @@ def test_full_finetuning_learns_the_classes(data, backbone_file, tmp_path, capsy
     assert results["top5"] >= results["top1"] and 0 < results["mean_per_class"] <= 1
 
 
+@pytest.mark.slow
 def test_full_finetuning_of_a_converted_set_with_wandb_as_users_have_it(cub, backbone_file, tmp_path):
     """README's CUB and ImageNet commands: converted samples have `labels` and no `tags`,
     on which the W&B sample captions crashed (KeyError: 'tags'); W&B off hid it."""
@@ -272,6 +273,7 @@ def test_eval_argument_mistakes_are_one_line_before_any_warning(data, backbone_f
     assert not (tmp_path / "probe" / "evals").exists()
 
 
+@pytest.mark.slow
 def test_a_redirected_log_keeps_the_order_things_were_said(data, backbone_file, tmp_path):
     """Redirected to a file (`wsl demo > log 2>&1`), stdout was block-buffered beside an
     unbuffered stderr: a stage's results landed after its later messages, next to the next

@@ -111,6 +111,7 @@ def probe_growth(tmp_path, x: np.ndarray, y: np.ndarray, classes: int, what: str
     return int(done.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_logreg_probe_memory_on_a_memory_mapped_problem(tmp_path):
     """The sweep and refit read the features in blocks: no copy of them (the old fit made
     about 3.6 of them), well under a quarter of the file."""
@@ -118,6 +119,7 @@ def test_logreg_probe_memory_on_a_memory_mapped_problem(tmp_path):
     assert probe_growth(tmp_path, x, y, 10, "logreg") <= 0.25 * x.nbytes
 
 
+@pytest.mark.slow
 def test_bn_linear_holds_one_view_at_a_time(tmp_path):
     x, y = overlapping(4 * 12_000, 256, 10, 4)
     growth = probe_growth(tmp_path, x, y, 10, "bn_linear", "probe.head=bn_linear", "probe.views=4", "probe.epochs=4")

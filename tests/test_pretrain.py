@@ -289,6 +289,7 @@ def test_wandb_offline_run_records_metrics_and_samples(shard_dir, tmp_path):
     assert len(samples) == 4, "the sample images with their tags were not logged"
 
 
+@pytest.mark.slow
 def test_single_label_set_with_wandb_as_users_have_it(cub, tmp_path):
     """A converted set's samples carry `labels`, no `tags`: the W&B sample captions once
     crashed on them (KeyError: 'tags'), which W&B off hid from every test."""

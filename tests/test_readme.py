@@ -90,6 +90,7 @@ def substitute(command: str, paths: dict) -> str:
     return re.sub(rf"(?<![\w/.-])({pattern})(?![\w.-])", lambda m: str(paths[m.group(1)]), command)
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs_as_written(inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)   # README's config paths are relative to the checkout
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -35,6 +35,7 @@ def path_without(tmp_path: Path, hidden: str) -> str:
     return str(bin_dir)
 
 
+@pytest.mark.slow
 def test_setup_waits_for_another_apt_and_says_what_it_installs(tmp_path):
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("installs Debian packages only as root on Debian")

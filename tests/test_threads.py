@@ -58,6 +58,7 @@ def test_the_budget_is_the_share_less_the_loader_workers(sixteen_cores, monkeypa
     assert threads.budget(0, loader_workers=1) == 3
 
 
+@pytest.mark.slow
 def test_pool_workers_run_one_thread():
     """build's and dedup's process pools: a process per core, so one thread in each."""
     code = ("import cv2, torch\nfrom concurrent.futures import ProcessPoolExecutor\n"
@@ -70,6 +71,7 @@ def test_pool_workers_run_one_thread():
     assert out.split() == ["1", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expect", [([], None), (["threads=3"], 3)])
 def test_a_run_holds_to_its_budget_and_says_it_first(shard_dir, tmp_path, capsys, monkeypatch, override, expect):
     import torch
