@@ -190,3 +190,11 @@ def test_components_with_self_reports_the_chains(web_sets):
     chained = [m for m in matches(out) if m["against"] == "chain"]
     assert summary["self"]["removed_through_chains"] == len({m["train_key"] for m in chained})
     assert "removed through near-duplicate chains" in (out / "report.html").read_text()
+
+
+def test_a_degenerate_affine_fit_is_implausible_not_a_crash():
+    # RANSAC on coincident points returned a non-finite map; SVD of it raised LinAlgError.
+    assert not keypoints.plausible(np.full((2, 3), np.nan))
+    assert not keypoints.plausible(np.array([[30.0, 0, 0], [0, 30.0, 0]]))     # scaled 30x
+    assert not keypoints.plausible(np.array([[1.0, 0, 0], [0, 0.3, 0]]))       # squeezed 3x
+    assert keypoints.plausible(np.array([[-0.7, 0.1, 5], [0.1, 0.9, 2]]))      # mirrored, turned

@@ -5,7 +5,7 @@ matches agree with one affine map and they cover enough of the evaluation image.
 An affine map covers what web copies do to geometry: scale, crop, rotation, squeeze,
 and a paste into a larger photo or a screenshot (the evaluation image is then a region
 of the training image). SIFT descriptors are not mirror-invariant, so the training
-image is also matched mirrored. Unrelated photos that the global descriptor confuses
+image's descriptors are also matched mirrored. Unrelated photos that the global descriptor confuses
 (same layout and colours) share no keypoint geometry: their matches do not fit one map.
 
 The evaluation side's keypoints are computed once and kept in a file that is
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 SIDE = 256          # longer side of both images when keypoints are detected
 FEATURES = 256      # keypoints kept per image (the strongest)
@@ -55,13 +55,19 @@ def features(im: Image.Image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     return xy, np.clip(desc, 0, 255).astype(np.uint8), pixels.shape[::-1]
 
 
+# A SIFT descriptor is 4 x 4 cells (rows, columns) x 8 orientation bins, in the keypoint's
+# own frame. Mirroring the image mirrors that frame: the cell rows come in reverse order and
+# each orientation bin k becomes -k. The permutation gives a keypoint's descriptor in the
+# mirrored image without detecting again (half the cost; 93-100 % of the inliers that
+# detecting on the mirrored image finds, on 10 real photos and their flipped copies).
+MIRROR = np.arange(128).reshape(4, 4, 8)[::-1, :, [(-k) % 8 for k in range(8)]].ravel()
+
+
 def query_features(im: Image.Image) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A training image's keypoints as it is and mirrored (back in its own coordinates)."""
-    xy, desc, (w, _) = features(im)
-    mxy, mdesc, _ = features(ImageOps.mirror(im))
-    if len(mxy):
-        mxy = np.stack([w - 1 - mxy[:, 0], mxy[:, 1]], axis=1).astype(np.float32)
-    return [(xy, desc), (mxy, mdesc)]
+    """A training image's keypoints as they are and as the mirrored image has them (at the
+    same positions: a mirrored copy maps onto them by an affine map with a reflection)."""
+    xy, desc, _ = features(im)
+    return [(xy, desc), (xy, np.ascontiguousarray(desc[:, MIRROR]))]
 
 
 def match(query: list[tuple[np.ndarray, np.ndarray]], xy: np.ndarray, desc: np.ndarray,
@@ -98,7 +104,7 @@ def plausible(fit: np.ndarray | None) -> bool:
     """An affine map a copy can have: scaled by at most MAX_SCALE either way, squeezed by at
     most MAX_SQUEEZE. Chance matches between unrelated images fit wilder maps (a strip
     of matches on a line fits a degenerate one)."""
-    if fit is None:
+    if fit is None or not np.isfinite(fit).all():  # RANSAC on (near) coincident points
         return False
     low, high = sorted(np.linalg.svd(fit[:, :2], compute_uv=False))
     return 1 / MAX_SCALE <= low and high <= MAX_SCALE and high <= MAX_SQUEEZE * low
