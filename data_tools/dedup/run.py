@@ -223,12 +223,12 @@ def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_ever
             yield future.result()
 
 
-def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor, state: Path) -> tuple[EvalIndex, dict, dict]:
+def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor, store_dir: Path) -> tuple[EvalIndex, dict, dict]:
     """The index over all against sets, a sample of thumbnails for calibration, bad counts;
-    for local-feature verification, every image's keypoints in a store under `state`."""
+    for local-feature verification, every image's keypoints in a store in `store_dir`."""
     total = sum(s.manifest["num_samples"] for s in sets)
     local = cfg.verify.enabled and cfg.verify.method == "local"
-    store = keypoints.KeypointStore(state / "keypoints", total) if local else None
+    store = keypoints.KeypointStore(store_dir, total) if local else None
     every = max(1, total // cfg.calibration.images)
     images, vectors, owner, thumbnails, bad, eval_pixels = [], [], [], {}, {}, []
     tars = [(s, e["file"], str(s.directory / e["file"])) for s in sets for e in s.manifest["shards"]]
@@ -251,7 +251,7 @@ def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor, state: Path)
         raise ValueError("no image of the against set(s) decodes: nothing to filter against")
     if store is not None:  # written, then read back memory-mapped: RAM holds only what pairs touch
         store.flush()
-        store = keypoints.KeypointStore(state / "keypoints")
+        store = keypoints.KeypointStore(store_dir)
     index = EvalIndex(descriptor, images, np.concatenate(vectors), np.asarray(owner, np.int64),
                       cfg.search.index, cfg.search.nlist, cfg.search.nprobe, eval_pixels, store)
     return index, thumbnails, bad
@@ -391,7 +391,8 @@ def run(cfg: DedupConfig) -> dict | None:
     saved = state / "calibration.json"  # the threshold and what the index found, for --merge
     if todo or not saved.is_file():
         descriptor = cached_descriptor(cfg.descriptor)
-        index, thumbnails, against_bad = build_index(cfg, sets, descriptor, state)
+        # One store per part: --part runs build their index at the same time.
+        index, thumbnails, against_bad = build_index(cfg, sets, descriptor, state / f"keypoints.part{mine}")
         threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)
         facts = {"threshold": threshold, "calibration": calibration, "against_bad": against_bad,
                  "index": {"kind": cfg.search.index, "images": len(index.images), "views": int(index.index.ntotal)},
