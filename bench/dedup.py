@@ -1,20 +1,26 @@
-"""Benchmark the near-duplicate filter's default descriptor against a pHash baseline.
+"""Benchmark the near-duplicate filter on the copies the web makes, against pHash.
 
-    python bench/dedup.py /work/shared/photos
+    python bench/dedup.py /work/shared/photos [--save scores.npz]
 
 From a folder of real photographs (none ship with the project): every other photo (sorted
-by name) is an evaluation original; the training side holds, for each original, its
-copies under each edit of data_tools.dedup.copies.EDITS (half size, JPEG q30, centre crop
-80 %, h-flip, colour/brightness shift, black border, and half + crop 85 % + JPEG q40
-combined), hidden among the other photos and all their edits (more distractors than
-copies). Every image is stored as a JPEG (q95) and read back, as from a shard.
+by name) is an evaluation original; the training side holds, for each original, its copy
+under each family of data_tools.dedup.copies.FAMILIES (downscale to a third, JPEG q20,
+off-centre crop to half the area, mirror, strong colour/contrast, grey, rotation by
+5-15 degrees in the canvas and on a grown one, aspect 0.7, uneven coloured padding, blur
+radius 3, pixelization 1/10, text across the middle, meme captions, two stickers, pasted
+at 60 % into another photo, a screenshot of a social-media post, and flip + crop + grey +
+text + JPEG combined), and as distractors the other photos and the same families applied
+to them (so an edit alone cannot match). Every image is stored as a JPEG (q95) and read
+back, as from a shard.
 
-Prints, per edit, recall at precision >= 0.99 (best threshold per edit, and at the one
-shipped threshold) for `dct` (what `wsl data dedup` runs: frame cut, indexed views,
-FAISS inner product), the same with the alignment check (`verify.enabled=true`, at its
-shipped threshold), and for plain pHash (imagehash, 64 bits, score 1 - hamming/64, one
-hash per original); descriptors/s on one core; FAISS query time per image against
---vectors random indexed vectors, exact (flat) and IVF (1024 cells, 16 or 32 probed).
+Prints, per family, the recall at the shipped settings of: `dct` alone (what `wsl data
+dedup` runs by default), `dct` + the alignment check (`verify.enabled=true`), pHash
+(imagehash, 64 bits, one hash per original, at its best threshold with precision >= 0.99
+over all matches), and the shortlist + SIFT verification (`verify.method=local`); the
+precision of each over all matches; the grid the verification's thresholds were chosen
+on; the share of images verified, verification cost, the scan rate against pHash
+hashing (CPU time of this one process, at 5 % copies), the verification data per
+evaluation image; FAISS query time per image against --vectors random vectors.
 """
 from __future__ import annotations
 
@@ -38,10 +44,11 @@ from tqdm import tqdm  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_tools.dedup import copies, verify, views  # noqa: E402
+from data_tools.dedup import copies, keypoints, verify, views  # noqa: E402
 from data_tools.dedup.run import VerifyConfig  # noqa: E402
-from data_tools.dedup.descriptors import DCTDescriptor  # noqa: E402
-from data_tools.dedup.search import EvalIndex, make_index  # noqa: E402
+from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor  # noqa: E402
+from data_tools.dedup.search import EvalIndex, make_index
+from data_tools.dedup.verify import ALIGN_THRESHOLD  # noqa: E402
 
 PRECISION = 0.99
 
@@ -53,48 +60,60 @@ def jpeg_bytes(im: Image.Image) -> bytes:
 
 
 def labelled_set(folder: Path) -> tuple[list[bytes], list[bytes], list[str], np.ndarray]:
-    """(eval originals, training images, each training image's edit, its original or -1)."""
+    """(eval originals, training images, each training image's family, its original or -1).
+    Every other photo is an original; each original and each other photo goes through
+    every family of copies.FAMILIES (the paste family into one of the other photos,
+    never an original), so the edits themselves are among the distractors."""
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if len(photos) < 4:
         raise SystemExit(f"{folder}: need at least 4 photos, found {len(photos)}")
-    originals, train, edits, truth = [], [], [], []
-    for i, path in enumerate(tqdm(photos, desc="labelled set", unit="photo")):
-        im = Image.open(path).convert("RGB")
+    loaded = [Image.open(path).convert("RGB") for path in tqdm(photos, desc="read photos", unit="photo")]
+    others = loaded[1::2]
+    originals, train, families, truth = [], [], [], []
+    for i, im in enumerate(tqdm(loaded, desc="labelled set", unit="photo")):
         evaluation = i % 2 == 0
         if evaluation:
             originals.append(jpeg_bytes(im))
         else:
             train.append(jpeg_bytes(im))
-            edits.append("original")
+            families.append("original")
             truth.append(-1)
-        for name, edit in copies.EDITS.items():
-            train.append(jpeg_bytes(edit(im)))
-            edits.append(name)
+        for f, family in enumerate(copies.FAMILIES):
+            backdrop = others[(i // 2 + 1 + f) % len(others)]   # never the photo itself
+            train.append(jpeg_bytes(copies.web_copy(family, im, seed=i * 100 + f, other=backdrop)))
+            families.append(family)
             truth.append(len(originals) - 1 if evaluation else -1)
-    return originals, train, edits, np.asarray(truth)
+    return originals, train, families, np.asarray(truth)
 
 
-def ours(originals: list[bytes], train: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Best score and original per training image, and training descriptors/s on one core."""
+def global_scores(originals: list[bytes], train: list[bytes], k: int, shortlist: bool = False):
+    """What the global descriptor finds: per training image its best score and original,
+    its top-k shortlist (scores, originals), and training images/s (decode, views,
+    describe, search) in CPU time of this one process. With `shortlist`, the views of
+    local-feature verification's shortlist (views.shortlist_views, views.partial_views)."""
     descriptor = DCTDescriptor()
     vectors, owner = [], []
     for i, data in enumerate(originals):
-        group = views.index_views(views.decode(data))
+        group = views.index_views(views.decode(data), shortlist=shortlist)
         vectors.append(descriptor.describe(group))
         owner += [i] * len(group)
     index = EvalIndex(descriptor, originals, np.concatenate(vectors), np.asarray(owner))
-    # CPU time of this one process: the figure per core, also on a machine other jobs share.
     start = time.process_time()
-    groups = [views.query_views(views.decode(data)) for data in train]
-    queries = descriptor.describe([view for group in groups for view in group])
+    queries, counts = [], []
+    for data in train:  # one image's views at a time: all of them at once would not fit in memory
+        group = views.query_views(views.decode(data), partial=shortlist)
+        queries.append(descriptor.describe(group))
+        counts.append(len(group))
+    queries = np.concatenate(queries)
+    scores, who = index.best(queries, counts)
     rate = len(train) / (time.process_time() - start)
-    scores, who = index.best(queries, [len(group) for group in groups])
-    return scores, who, rate
+    short_scores, short_who = index.shortlist(queries, counts, k)
+    return scores, who, short_scores, short_who, rate
 
 
 def aligned(originals: list[bytes], train: list[bytes], scores: np.ndarray, who: np.ndarray) -> np.ndarray:
-    """What `wsl data dedup` decides with the alignment check on (its default): pairs from
-    `verify.candidates` aligned, the others never a match (-1)."""
+    """What `wsl data dedup` decides with the alignment check on (the demo's setting):
+    pairs from `verify.candidates` aligned, the others never a match (-1)."""
     floor = VerifyConfig().candidates
     decoded: dict[int, list] = {}
     out = np.full(len(train), -1.0)
@@ -105,40 +124,103 @@ def aligned(originals: list[bytes], train: list[bytes], scores: np.ndarray, who:
     return out
 
 
-def phash(originals: list[bytes], train: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+def local_matches(originals: list[bytes], train: list[bytes], short_scores: np.ndarray, short_who: np.ndarray,
+                  floor: float):
+    """SIFT verification of every shortlisted pair with a global score from `floor`:
+    inliers and cover per (training image, shortlist slot), 0 where not verified; and
+    the CPU seconds of the evaluation side's keypoints, of a training image's
+    keypoints, and of one pair's matching."""
+    start = time.process_time()
+    eval_side = [keypoints.features(views.decode(data, keypoints.SIDE)) for data in originals]
+    eval_s = (time.process_time() - start) / len(originals)
+    inliers = np.zeros(short_who.shape, np.int32)
+    cover = np.zeros(short_who.shape, np.float32)
+    query_s = pair_s = 0.0
+    pairs = 0
+    for i in tqdm(range(len(train)), desc="verify shortlisted pairs", unit="img"):
+        slots = [j for j in range(short_who.shape[1]) if short_who[i, j] >= 0 and short_scores[i, j] >= floor]
+        if not slots:
+            continue
+        t0 = time.process_time()
+        query = keypoints.query_features(views.decode(train[i], keypoints.SIDE))
+        t1 = time.process_time()
+        for j in slots:
+            found = keypoints.match(query, *eval_side[short_who[i, j]])
+            inliers[i, j], cover[i, j] = found["inliers"], found["cover"]
+        query_s += t1 - t0
+        pair_s += time.process_time() - t1
+        pairs += len(slots)
+    verified = int((short_scores[:, 0] >= floor).sum())
+    return inliers, cover, eval_s, query_s / max(1, verified), pair_s / max(1, pairs), pairs
+
+
+def decide(short_scores, short_who, inliers, cover, floor, certain, min_inliers, min_cover):
+    """The local-feature filter's decision per training image: (match score, original).
+    A pair with a global score from `certain` is a copy without verification; else the
+    shortlisted original whose verification passes with the most inliers; score 1 for a
+    match, else -1."""
+    ok = (inliers >= min_inliers) & (cover >= min_cover) & (short_scores >= floor)
+    ranked = np.where(ok, inliers, -1)
+    slot = ranked.argmax(axis=1)
+    rows = np.arange(len(short_who))
+    matched = ranked[rows, slot] >= 0
+    who = np.where(matched, short_who[rows, slot], short_who[:, 0])
+    sure = short_scores[:, 0] >= certain
+    who = np.where(sure, short_who[:, 0], who)
+    return np.where(matched | sure, 1.0, -1.0), who
+
+
+def calibration_grid(short_scores, short_who, inliers, cover, truth, families, shipped) -> list[str]:
+    """Precision over all matches and the lowest per-family recall for each inlier and cover
+    threshold around the shipped ones (floor and certain as shipped): how they were chosen."""
+    lines = ["| min_inliers | min_cover | precision | lowest family recall (family) | combination |", "|---|---|---|---|---|"]
+    for min_inliers in (6, 8, 10, 12, 15):
+        for min_cover in (0.0, 0.02, 0.05, 0.1):
+            scores, who = decide(short_scores, short_who, inliers, cover, shipped.floor, shipped.certain,
+                                 min_inliers, min_cover)
+            precision = operating_point(scores, who, truth, 0.0)[0]
+            per = {f: recall(scores, who, truth, families, f, 0.0) for f in copies.FAMILIES}
+            worst = min(per, key=per.get)
+            lines.append(f"| {min_inliers} | {min_cover} | {precision:.4f} | {per[worst]:.3f} ({worst}) "
+                         f"| {per['combination']:.3f} |")
+    return lines
+
+
+def phash(originals: list[bytes], train: list[bytes]) -> tuple[np.ndarray, np.ndarray, float]:
+    """pHash (64 bits) best score 1 - hamming/64 and original per training image, and
+    the hashing rate (decode + hash, training images/s, CPU time of this process)."""
     def bits(data: bytes) -> np.ndarray:
         return imagehash.phash(Image.open(io.BytesIO(data))).hash.flatten()
 
     index = np.stack([bits(d) for d in originals])
-    scores, who = [], []
-    for data in train:
-        similarity = 1 - (index != bits(data)).mean(axis=1)
-        who.append(int(similarity.argmax()))
-        scores.append(float(similarity.max()))
-    return np.asarray(scores), np.asarray(who)
+    start = time.process_time()
+    hashes = [bits(data) for data in train]
+    rate = len(train) / (time.process_time() - start)
+    similarity = 1 - (np.stack(hashes)[:, None, :] != index[None]).mean(axis=2)
+    return similarity.max(axis=1), similarity.argmax(axis=1), rate
 
 
-def recall_at_precision(scores, who, truth, edits, edit: str, threshold: float | None = None):
-    """(recall, precision, threshold): the best recall with precision >= PRECISION, or the
-    operating point at `threshold`. A copy matched to the wrong original is a false match;
-    every distractor above the threshold is one too."""
-    mine = (edits == edit) & (truth >= 0)
-    right = who[mine] == truth[mine]
-    positives, negatives = scores[mine], scores[truth < 0]
+def operating_point(scores, who, truth, threshold: float) -> tuple[float, int, int]:
+    """(precision, true, false matches) over every training image at `threshold`: a copy
+    matched to the wrong original is a false match, every distractor above it is one."""
+    hit = scores >= threshold
+    tp = int((hit & (truth >= 0) & (who == truth)).sum())
+    fp = int(hit.sum()) - tp
+    return (tp / (tp + fp) if tp + fp else 1.0), tp, fp
 
-    def point(tau):
-        tp = int(((positives >= tau) & right).sum())
-        fp = int((negatives >= tau).sum() + ((positives >= tau) & ~right).sum())
-        return tp / len(positives), (tp / (tp + fp) if tp + fp else 1.0)
 
-    if threshold is not None:
-        return (*point(threshold), threshold)
-    best = (0.0, 1.0, float("inf"))
-    for tau in np.unique(np.concatenate([positives, negatives])):
-        recall, precision = point(tau)
-        if precision >= PRECISION and recall > best[0]:
-            best = (recall, precision, float(tau))
-    return best
+def recall(scores, who, truth, families, family: str, threshold: float) -> float:
+    mine = (families == family) & (truth >= 0)
+    return float(((scores[mine] >= threshold) & (who[mine] == truth[mine])).mean())
+
+
+def best_threshold(scores, who, truth) -> float:
+    """The lowest threshold with precision >= PRECISION over all matches (pHash has no
+    shipped one: it gets its best)."""
+    for tau in np.unique(scores):
+        if operating_point(scores, who, truth, tau)[0] >= PRECISION:
+            return float(tau)
+    return float("inf")
 
 
 def faiss_timing(count: int, dim: int, queries: int) -> dict:
@@ -170,33 +252,59 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="a folder of real photographs")
     parser.add_argument("--vectors", type=int, default=1_000_000, help="indexed vectors for the FAISS timing")
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--floor", type=float, default=0.0, help="verify shortlisted pairs from this global "
+                        "score (the calibration grid below starts here)")
+    parser.add_argument("--save", type=Path, help="keep the per-image scores here (.npz)")
     args = parser.parse_args()
     if not args.folder.is_dir():
         raise SystemExit(f"{args.folder}: not a directory")
+    shipped = VerifyConfig()
 
-    originals, train, edits, truth = labelled_set(args.folder)
-    edits = np.asarray(edits)
+    originals, train, families, truth = labelled_set(args.folder)
+    families = np.asarray(families)
     copies_count, distractors = int((truth >= 0).sum()), int((truth < 0).sum())
     print(f"{len(originals)} evaluation originals; training side: {copies_count} copies among "
-          f"{distractors} distractors")
-    scores, who, rate = ours(originals, train)
-    p_scores, p_who = phash(originals, train)
+          f"{distractors} distractors (the same families applied to other photos)")
+    scores, who, _, _, rate = global_scores(originals, train, 1)
+    _, _, short_scores, short_who, short_rate = global_scores(originals, train, shipped.shortlist, shortlist=True)
+    p_scores, p_who, p_rate = phash(originals, train)
     a_scores = aligned(originals, train, scores, who)
-    shipped, a_shipped = DCTDescriptor().threshold, VerifyConfig().threshold
-    print(f"\n| edit | dct recall @ P>={PRECISION} | dct at shipped threshold {shipped} (recall / precision) "
-          f"| dct + alignment at shipped {a_shipped} (recall / precision) | pHash recall @ P>={PRECISION} |")
-    print("|---|---|---|---|---|")
-    for edit in copies.EDITS:
-        best = recall_at_precision(scores, who, truth, edits, edit)
-        fixed = recall_at_precision(scores, who, truth, edits, edit, shipped)
-        checked = recall_at_precision(a_scores, who, truth, edits, edit, a_shipped)
-        base = recall_at_precision(p_scores, p_who, truth, edits, edit)
-        print(f"| {edit} | {best[0]:.3f} (threshold {best[2]:.3f}) | {fixed[0]:.3f} / {fixed[1]:.3f} "
-              f"| {checked[0]:.3f} / {checked[1]:.3f} | {base[0]:.3f} |")
-    copy_aligned = a_scores[(truth >= 0) & (who == truth)]
-    print(f"\nhighest distractor score: dct {scores[truth < 0].max():.4f}, aligned {a_scores[truth < 0].max():.4f}, "
-          f"pHash {p_scores[truth < 0].max():.4f}; lowest aligned score of a copy: {copy_aligned.min():.4f}")
-    print(f"descriptors/s per core (CPU time; decode from JPEG bytes, frame cut, describe): {rate:.0f}")
+    inliers, cover, eval_s, query_s, pair_s, pairs = local_matches(originals, train, short_scores, short_who,
+                                                                   args.floor)
+    if args.save:
+        np.savez(args.save, scores=scores, who=who, short_scores=short_scores, short_who=short_who,
+                 p_scores=p_scores, p_who=p_who, a_scores=a_scores, inliers=inliers, cover=cover,
+                 truth=truth, families=families)
+    l_scores, l_who = decide(short_scores, short_who, inliers, cover, shipped.floor, shipped.certain,
+                             shipped.min_inliers, shipped.min_cover)
+    p_tau = best_threshold(p_scores, p_who, truth)
+    columns = {f"dct at {DCT_THRESHOLD}": (scores, who, DCT_THRESHOLD),
+               f"dct + alignment at {ALIGN_THRESHOLD}": (a_scores, who, ALIGN_THRESHOLD),
+               f"pHash at its best {p_tau:.3f}": (p_scores, p_who, p_tau),
+               "shortlist + SIFT (shipped)": (l_scores, l_who, 0.0)}
+    print("\n| family | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for family in copies.FAMILIES:
+        print(f"| {family} | " + " | ".join(f"{recall(s, w, truth, families, family, t):.3f}"
+                                           for s, w, t in columns.values()) + " |")
+    print("| **precision, all matches** | " + " | ".join(
+        "{:.4f} ({} true, {} false)".format(*operating_point(s, w, truth, t)) for s, w, t in columns.values()) + " |")
+    print("\n" + "\n".join(calibration_grid(short_scores, short_who, inliers, cover, truth, families, shipped)))
+    verified_copy = float((short_scores[truth >= 0, 0] >= shipped.floor).mean())
+    verified_other = float((short_scores[truth < 0, 0] >= shipped.floor).mean())
+    share = 0.05 * verified_copy + 0.95 * verified_other
+    per_image = 1 / short_rate + share * (query_s + pair_s * pairs / max(1, int((short_scores[:, 0] >= args.floor).sum())))
+    print(f"\nshare of training images verified from floor {shipped.floor}: copies {verified_copy:.3f}, "
+          f"distractors {verified_other:.3f}; at 5 % copies {share:.3f}")
+    print(f"CPU ms: evaluation image keypoints {eval_s * 1e3:.1f} (once); training image keypoints, both "
+          f"mirrors {query_s * 1e3:.1f}; per shortlisted pair {pair_s * 1e3:.2f} ({pairs} pairs verified "
+          f"from global score {args.floor})")
+    print(f"scan rate, images/s per core: global descriptor {rate:.0f}, with the shortlist's views "
+          f"{short_rate:.0f}; with verification at 5 % copies "
+          f"{1 / per_image:.0f}; pHash hashing {p_rate:.0f}; ratio {1 / per_image / p_rate:.2f}")
+    per = keypoints.KeypointStore.bytes_per_image()
+    print(f"verification data per evaluation image: {per} bytes on disk (memory-mapped); at 92k images "
+          f"{per * 92_000 / 2**30:.2f} GiB")
     timing = faiss_timing(args.vectors, DCTDescriptor().dim, args.queries)
     for kind, t in timing.items():
         print(f"FAISS {kind}: {t['cpu_ms_per_query']:.3f} ms CPU ({t['ms_per_query']:.3f} ms wall) per query, "

@@ -106,8 +106,12 @@ def data_dedup(args) -> int:
     if summary is None:
         return 0
     verify = summary["verify"]
-    rule = (f"{verify['pairs_aligned']} pairs from {verify['candidates']:.2f} aligned, threshold {verify['threshold']:.2f}"
-            if verify["enabled"] else f"threshold {summary['threshold']:.4f}")
+    if verify["enabled"] and verify.get("method") == "local":
+        rule = f"{verify['pairs_aligned']} shortlisted pairs verified by local features"
+    elif verify["enabled"]:
+        rule = f"{verify['pairs_aligned']} pairs from {verify['candidates']:.2f} aligned, threshold {verify['threshold']:.2f}"
+    else:
+        rule = f"threshold {summary['threshold']:.4f}"
     print(f"{summary['removed']} of {summary['train']['samples']} training samples match "
           f"({rule}, {summary['descriptor']}); "
           f"{summary['train']['undecodable']} undecodable; report: {Path(cfg.out) / 'report.html'}")

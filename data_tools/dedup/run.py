@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tarfile
 import time
@@ -32,11 +31,12 @@ from tqdm import tqdm
 
 from data_tools import atomic, shards, writable
 from data_tools.build import parse_part
-from data_tools.dedup import views
+from data_tools.dedup import keypoints, views
 from data_tools.dedup.descriptors import make_descriptor
 from data_tools.dedup.sets import split_spec
 from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
 from data_tools.threads import cores, pool_worker
+from data_tools.dedup.keypoints import MIN_COVER, MIN_INLIERS
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
 from data_tools.fields import bounded, check_ranges
 
@@ -72,9 +72,15 @@ class CalibrationConfig:
 
 @dataclass
 class VerifyConfig:
-    enabled: bool = False                          # align candidate pairs (dedup/verify.py)
+    enabled: bool = False                          # a second look at candidate pairs
+    method: Literal["align", "local"] = "align"    # align: dedup/verify.py; local: dedup/keypoints.py
     candidates: float = bounded(0.75, lo=-1, hi=1) # descriptor score from which a pair is aligned
     threshold: float = bounded(ALIGN_THRESHOLD, lo=-1, hi=1)  # aligned score from which it is a copy
+    shortlist: int = bounded(8, lo=1, hi=64)       # local: evaluation images shortlisted per training image
+    floor: float = bounded(0.5, lo=-1, hi=1)       # local: global score from which a shortlisted pair is verified
+    certain: float = bounded(0.97, lo=-1, hi=1)    # local: global score that is a copy without verification
+    min_inliers: int = bounded(MIN_INLIERS, lo=3)  # local: RANSAC inliers of a copy
+    min_cover: float = bounded(MIN_COVER, lo=0, hi=1)  # local: share of the evaluation image they span
 
 
 @dataclass
@@ -84,6 +90,7 @@ class DedupConfig:
     out: str = ""
     apply: str | None = None                            # write filtered shards here
     self_dedup: bool = False
+    components: bool = False                            # --self: remove whole components touching a match
     threshold: float | None = bounded(None, lo=-1, hi=1)  # None: the descriptor's, or calibrated
     descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -107,6 +114,8 @@ class DedupConfig:
             raise ValueError("'descriptor.checkpoint' is required for descriptor 'learned' (a local file)")
         if self.descriptor.block > self.descriptor.side:
             raise ValueError("'descriptor.block' must be <= 'descriptor.side'")
+        if self.components and not self.self_dedup:
+            raise ValueError("components=true needs --self (it removes near-duplicate chains among training images)")
         parse_part(self.part)
 
 
@@ -140,17 +149,20 @@ def cached_descriptor(desc_cfg: DescriptorConfig):
 
 
 def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sample_every: int = 0,
-                   verify: bool = False) -> dict:
+                   verify: str | None = None) -> dict:
     """Worker: every sample of one shard decoded and described (the query views, or all
     the index views), undecodable images counted; the thumbnails of about one in
-    `sample_every` images come back for calibration, and with `verify` every image's
-    small pixels for aligning candidate pairs."""
+    `sample_every` images come back for calibration. With `verify` "align", every
+    image's small pixels for aligning candidate pairs; with "local", the shortlist's
+    views and, on the index side, every image's keypoints."""
     descriptor = cached_descriptor(desc_cfg)
-    keys, paths, images, bad = [], [], [], []
+    keys, paths, images, bad, local = [], [], [], [], []
     try:
         for key, files in shards.iter_samples(Path(tar)):
             try:
                 im = views.decode(files.get("jpg", b""))
+                if verify == "local" and index_side:
+                    local.append(keypoints.features(views.decode(files["jpg"], keypoints.SIDE)))
             except views.Undecodable as err:
                 bad.append({"key": key, "shard": Path(tar).name, "reason": str(err)[:200]})
                 continue
@@ -159,17 +171,31 @@ def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sampl
             images.append(im)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise ValueError(f"{tar}: unreadable shard ({err}); check the set with `wsl data verify`") from None
-    per = [(views.index_views if index_side else views.query_views)(im) for im in images]
-    flat = [v for group in per for v in group]
-    vectors = np.concatenate([descriptor.describe(flat[i:i + BATCH]) for i in range(0, len(flat), BATCH)]
-                             or [np.zeros((0, descriptor.dim), np.float32)])
-    counts = [len(group) for group in per]
+    shortlist = verify == "local"
+    groups = (views.index_views(im, shortlist=shortlist) if index_side else views.query_views(im, partial=shortlist)
+              for im in images)
+    vectors, counts = describe_groups(descriptor, groups)
     # Sampled by key, so the calibration set does not depend on how shards reach workers.
     thumbnails = {key: im for key, im in zip(keys, images)
                   if sample_every and zlib.crc32(key.encode()) % sample_every == 0}
-    return {"keys": keys, "paths": paths, "vectors": vectors, "counts": counts, "bad": bad,
-            "thumbnails": thumbnails, "pixels": [pixels(views.framings(im) if index_side else group)
-                                                 for im, group in zip(images, per)] if verify else None}
+    return {"tar": tar, "keys": keys, "paths": paths, "vectors": vectors, "counts": counts, "bad": bad,
+            "thumbnails": thumbnails, "keypoints": local,
+            "pixels": [pixels(views.framings(im)) for im in images] if verify == "align" else None}
+
+
+def describe_groups(descriptor, groups) -> tuple[np.ndarray, list[int]]:
+    """Every view of every group described, BATCH views or more per call; the views of only
+    one batch exist at a time (a shard's index views together would be gigabytes)."""
+    vectors, counts, batch = [np.zeros((0, descriptor.dim), np.float32)], [], []
+    for group in groups:
+        batch += group
+        counts.append(len(group))
+        if len(batch) >= BATCH:
+            vectors.append(descriptor.describe(batch))
+            batch = []
+    if batch:
+        vectors.append(descriptor.describe(batch))
+    return np.concatenate(vectors), counts
 
 
 def _source_path(files: dict) -> str:
@@ -181,7 +207,7 @@ def _source_path(files: dict) -> str:
 
 def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_every: int = 0):
     """describe_shard over `tars`, in order, a bounded number in flight."""
-    verify = cfg.verify.enabled
+    verify = cfg.verify.method if cfg.verify.enabled else None
     workers = cfg.workers or cores()
     if cfg.descriptor.name == "learned" or workers == 1:
         # One network on one device: batches, not processes, are the parallelism.
@@ -198,18 +224,23 @@ def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_ever
             yield future.result()
 
 
-def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor) -> tuple[EvalIndex, dict, dict]:
-    """The index over all against sets, a sample of thumbnails for calibration, bad counts."""
+def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor, store_dir: Path) -> tuple[EvalIndex, dict, dict]:
+    """The index over all against sets, a sample of thumbnails for calibration, bad counts;
+    for local-feature verification, every image's keypoints in a store in `store_dir`."""
     total = sum(s.manifest["num_samples"] for s in sets)
+    local = cfg.verify.enabled and cfg.verify.method == "local"
+    store = keypoints.KeypointStore(store_dir, total) if local else None
     every = max(1, total // cfg.calibration.images)
     images, vectors, owner, thumbnails, bad, eval_pixels = [], [], [], {}, {}, []
     tars = [(s, e["file"], str(s.directory / e["file"])) for s in sets for e in s.manifest["shards"]]
     bar = tqdm(total=total, desc="index against", unit="img", disable=not cfg.progress)
     results = shard_tasks(cfg, [t for _, _, t in tars], index_side=True, sample_every=every)
     for (s, shard, _), result in zip(tars, results):
-        for key, path, count in zip(result["keys"], result["paths"], result["counts"]):
+        for n, (key, path, count) in enumerate(zip(result["keys"], result["paths"], result["counts"])):
             if key in result["thumbnails"] and len(thumbnails) < cfg.calibration.images:
                 thumbnails[len(images)] = result["thumbnails"][key]
+            if store is not None:
+                store.put(len(images), *result["keypoints"][n])
             owner += [len(images)] * count
             images.append(EvalImage(s.name, key, path, shard))
         vectors.append(result["vectors"])
@@ -219,8 +250,11 @@ def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor) -> tuple[Eva
     bar.close()
     if not images:
         raise ValueError("no image of the against set(s) decodes: nothing to filter against")
+    if store is not None:  # written, then read back memory-mapped: RAM holds only what pairs touch
+        store.flush()
+        store = keypoints.KeypointStore(store_dir)
     index = EvalIndex(descriptor, images, np.concatenate(vectors), np.asarray(owner, np.int64),
-                      cfg.search.index, cfg.search.nlist, cfg.search.nprobe, eval_pixels)
+                      cfg.search.index, cfg.search.nlist, cfg.search.nprobe, eval_pixels, store)
     return index, thumbnails, bad
 
 
@@ -239,28 +273,74 @@ def scan_shard(result: dict, index: EvalIndex, threshold: float, near_misses: in
                keep_keys: bool, verify: VerifyConfig, align_map=map) -> dict:
     """Each training image's closest evaluation image, a match at `threshold`; with the
     alignment check, the pairs from `verify.candidates` are aligned (through `align_map`,
-    a thread pool's map: OpenCV releases the GIL) and the aligned score decides."""
+    a thread pool's map: OpenCV releases the GIL) and the aligned score decides; with
+    local-feature verification, the shortlisted pairs are verified (local_check)."""
     scores, who = index.best(result["vectors"], result["counts"])
-    rows = []
-    for key, path, score, eval_id in zip(result["keys"], result["paths"], scores, who):
-        hit = index.images[eval_id]
-        rows.append({"train_key": key, "train_path": path, "train_shard": shard, "against": hit.set_name,
-                     "eval_key": hit.key, "eval_path": hit.path, "eval_shard": hit.shard,
-                     "score": round(float(score), 5)})
-    decides = threshold
-    if verify.enabled:  # pairs below the candidates are neither matches nor near misses worth showing
+    rows = [pair_row(index, key, path, shard, score, eval_id)
+            for key, path, score, eval_id in zip(result["keys"], result["paths"], scores, who)]
+    decides, checked = threshold, 0
+    if verify.enabled and verify.method == "align":
+        # pairs below the candidates are neither matches nor near misses worth showing
         picked = [pos for pos, score in enumerate(scores) if score >= verify.candidates]
         aligned = align_map(lambda pos: aligned_score(result["pixels"][pos], index.pixels[who[pos]]), picked)
         rows = [{**rows[pos], "descriptor_score": rows[pos]["score"], "score": round(score, 5)}
                 for pos, score in zip(picked, aligned)]
-        decides = verify.threshold
-    matches = [row for row in rows if row["score"] >= decides]
-    near = sorted((row for row in rows if row["score"] < decides), key=lambda r: -r["score"])[:near_misses]
+        decides, checked = verify.threshold, len(rows)
+    if verify.enabled and verify.method == "local":
+        rows, checked = local_check(result, index, verify, align_map)
+        matched = [row["decided"] is not None for row in rows]
+    else:
+        matched = [row["score"] >= decides for row in rows]
+    matches = [row for row, hit in zip(rows, matched) if hit]
+    near = sorted((row for row, hit in zip(rows, matched) if not hit),
+                  key=lambda r: (-r.get("inliers", 0), -r["score"]))[:near_misses]
     found = {"shard": shard, "samples": len(result["keys"]) + len(result["bad"]), "matches": matches,
-             "near": near, "bad": result["bad"], "aligned": len(rows) if verify.enabled else 0}
+             "near": near, "bad": result["bad"], "aligned": checked}
     if keep_keys:  # --self joins every shard's images at the end
         found.update(keys=result["keys"], paths=result["paths"])
     return found
+
+
+def pair_row(index: EvalIndex, key: str, path: str, shard: str, score: float, eval_id: int) -> dict:
+    hit = index.images[eval_id]
+    return {"train_key": key, "train_path": path, "train_shard": shard, "against": hit.set_name,
+            "eval_key": hit.key, "eval_path": hit.path, "eval_shard": hit.shard, "score": round(float(score), 5)}
+
+
+SHOWN_LINES = 40   # matched keypoint pairs kept per verified pair, for report.html
+
+
+def local_check(result: dict, index: EvalIndex, verify: VerifyConfig, pool_map=map) -> tuple[list[dict], int]:
+    """Rows of the training images whose shortlist reaches `verify.floor`: each with the
+    shortlisted evaluation image whose verification found the most inliers, and
+    `decided` saying what made it a match ("descriptor": a global score from
+    `verify.certain`; "keypoints": inliers and cover) or None. Training images are read
+    again from their shard, only those shortlisted; the number of pairs verified comes
+    back too."""
+    short_scores, short_who = index.shortlist(result["vectors"], result["counts"], verify.shortlist)
+    shard = Path(result["tar"]).name
+    rows, wanted = {}, {}
+    for pos, (key, path) in enumerate(zip(result["keys"], result["paths"])):
+        if short_scores[pos, 0] >= verify.certain:
+            rows[pos] = {**pair_row(index, key, path, shard, short_scores[pos, 0], short_who[pos, 0]),
+                         "decided": "descriptor"}
+        elif short_scores[pos, 0] >= verify.floor:
+            wanted[key] = (pos, [(int(e), float(s)) for e, s in zip(short_who[pos], short_scores[pos])
+                                 if e >= 0 and s >= verify.floor])
+    data = {key: files.get("jpg", b"") for key, files in shards.iter_samples(Path(result["tar"])) if key in wanted}
+
+    def check(key: str) -> tuple[int, int, float, dict]:
+        pos, candidates = wanted[key]
+        query = keypoints.query_features(views.decode(data[key], keypoints.SIDE))
+        found = [(e, s, keypoints.match(query, *index.keypoints.get(e))) for e, s in candidates]
+        return (pos, *max(found, key=lambda f: f[2]["inliers"]))
+
+    for pos, eval_id, score, found in pool_map(check, list(wanted)):
+        copy = keypoints.is_copy(found, verify.min_inliers, verify.min_cover)
+        rows[pos] = {**pair_row(index, result["keys"][pos], result["paths"][pos], shard, score, eval_id),
+                     "inliers": found["inliers"], "cover": round(found["cover"], 4),
+                     "lines": found["pairs"][:SHOWN_LINES], "decided": "keypoints" if copy else None}
+    return [rows[pos] for pos in sorted(rows)], sum(len(c) for _, c in wanted.values())
 
 
 def settings(cfg: DedupConfig, train: ShardSet, sets: list[ShardSet]) -> dict:
@@ -270,6 +350,7 @@ def settings(cfg: DedupConfig, train: ShardSet, sets: list[ShardSet]) -> dict:
             "against": [[s.name, shards.fingerprint(s.manifest)] for s in sets],
             "descriptor": asdict(cfg.descriptor), "threshold": cfg.threshold,
             "calibration": asdict(cfg.calibration), "search": asdict(cfg.search), "self_dedup": cfg.self_dedup,
+            "components": cfg.components,
             "verify": asdict(cfg.verify)}
 
 
@@ -313,7 +394,8 @@ def run(cfg: DedupConfig) -> dict | None:
     saved = state / "calibration.json"  # the threshold and what the index found, for --merge
     if todo or not saved.is_file():
         descriptor = cached_descriptor(cfg.descriptor)
-        index, thumbnails, against_bad = build_index(cfg, sets, descriptor)
+        # One store per part: --part runs build their index at the same time.
+        index, thumbnails, against_bad = build_index(cfg, sets, descriptor, state / f"keypoints.part{mine}")
         threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)
         facts = {"threshold": threshold, "calibration": calibration, "against_bad": against_bad,
                  "index": {"kind": cfg.search.index, "images": len(index.images), "views": int(index.index.ntotal)},
@@ -359,6 +441,8 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
     matches = [m for r in results for m in r["matches"]]
     if cfg.self_dedup:
         matches += self_matches(cfg, out, train, results, threshold, {m["train_key"] for m in matches})
+        if cfg.components:
+            matches = chain_matches(matches)
     with atomic.replacing(out / "matches.jsonl") as f:
         for m in matches:
             f.write(json.dumps(m) + "\n")
@@ -371,8 +455,9 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
                      "fingerprint": shards.fingerprint(s.manifest), "num_samples": s.manifest["num_samples"],
                      "matched_train_samples": len({m["train_key"] for m in matches if m["against"] == s.name}),
                      "undecodable": len(against_bad.get(s.name, []))} for s in sets],
-        "self": {"enabled": cfg.self_dedup,
-                 "removed": len({m["train_key"] for m in matches if m["against"] == "self"})},
+        "self": {"enabled": cfg.self_dedup, "components": cfg.components,
+                 "removed": len({m["train_key"] for m in matches if m["against"] == "self"}),
+                 "removed_through_chains": len({m["train_key"] for m in matches if m["against"] == "chain"})},
         "removed": len(removed),
         "most_matched": most_matched(matches),
         "descriptor": descriptor_name(cfg),
@@ -398,7 +483,8 @@ MANY_MATCHES = 3   # training images on one evaluation image that make it worth 
 def most_matched(matches: list[dict], top: int = 10) -> list[dict]:
     """Evaluation images that many training images matched: a photo re-posted many times,
     or a layout so plain that look-alikes reach the threshold. Either way, worth a look."""
-    counts = Counter((m["against"], m["eval_key"], m["eval_path"]) for m in matches if m["against"] != "self")
+    counts = Counter((m["against"], m["eval_key"], m["eval_path"]) for m in matches
+                     if m["against"] not in ("self", "chain"))
     return [{"against": against, "eval_key": key, "eval_path": path, "matches": n}
             for (against, key, path), n in counts.most_common(top) if n >= MANY_MATCHES]
 
@@ -410,7 +496,7 @@ def dedup_record(summary: dict) -> dict:
                     for a in summary["against"]],
         "descriptor": summary["descriptor"],
         "threshold": summary["threshold"],
-        "verify": {k: summary["verify"][k] for k in ("enabled", "candidates", "threshold")},
+        "verify": {k: summary["verify"][k] for k in ("enabled", "method", "candidates", "threshold")},
         "removed": summary["removed"],
         "self": summary["self"]["enabled"],
         "calibration": {k: summary["calibration"][k] for k in ("precision", "recall")},
@@ -474,3 +560,31 @@ def self_matches(cfg, out: Path, train: ShardSet, results: list[dict], threshold
                           "eval_shard": shard_of[r], "score": round(score, 5)})
     return found
 
+
+
+def chain_matches(matches: list[dict]) -> list[dict]:
+    """DINOv2's rule: every training image in a near-duplicate component (the --self
+    matches join an image to its component's first one) that holds a copy of an
+    evaluation image goes too. Its self match becomes a "chain" match to that copy,
+    and so does the first image of the component."""
+    leaked = {m["train_key"]: m for m in matches if m["against"] not in ("self", "chain")}
+    component = defaultdict(list)                       # first image -> its self matches
+    for m in matches:
+        if m["against"] == "self":
+            component[m["eval_key"]].append(m)
+    out = [m for m in matches if m["against"] != "self"]
+    for first, members in component.items():
+        keys = [first] + [m["train_key"] for m in members]
+        copy = next((leaked[k] for k in keys if k in leaked), None)
+        if copy is None:
+            out += members
+            continue
+        source = {"eval_key": copy["train_key"], "eval_path": copy["train_path"], "eval_shard": copy["train_shard"]}
+        for m in members:
+            if m["train_key"] not in leaked:
+                out.append({**m, "against": "chain", **source})
+        if first not in leaked:
+            head = members[0]
+            out.append({"train_key": first, "train_path": head["eval_path"], "train_shard": head["eval_shard"],
+                        "against": "chain", **source, "score": head["score"]})
+    return out

@@ -10,7 +10,8 @@ import numpy as np
 
 from data_tools.dedup import copies, views
 
-TRAIN_PER_CELL = 39  # FAISS warns below this many k-means training points per IVF cell
+TRAIN_PER_CELL = 39
+SHORTLIST_DEPTH = 32  # views searched per shortlisted image  # FAISS warns below this many k-means training points per IVF cell
 
 
 @dataclass
@@ -43,11 +44,13 @@ class EvalIndex:
     """Views of the evaluation images; `owner[row]` is the image a view belongs to."""
 
     def __init__(self, descriptor, images: list[EvalImage], vectors: np.ndarray, owner: np.ndarray,
-                 kind: str = "flat", nlist: int = 1024, nprobe: int = 32, pixels: list | None = None):
+                 kind: str = "flat", nlist: int = 1024, nprobe: int = 32, pixels: list | None = None,
+                 keypoints=None):
         self.descriptor = descriptor
         self.images = images
         self.owner = owner
         self.pixels = pixels  # per image, its framings for the alignment check (verify.pixels)
+        self.keypoints = keypoints  # a keypoints.KeypointStore for local-feature verification
         self.views_per_image = int(np.bincount(owner).max()) if len(owner) else 0
         self.index = make_index(vectors.shape[1], kind, nlist, nprobe, vectors)
 
@@ -61,6 +64,30 @@ class EvalIndex:
         starts = np.cumsum([0] + list(counts[:-1]))
         pick = [start + int(np.argmax(scores[start:start + n])) for start, n in zip(starts, counts)]
         return scores[pick], owners[pick]
+
+    def shortlist(self, queries: np.ndarray, counts: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per training image, its `k` closest evaluation images (best view of any query
+        view) and their scores, best first; -1 pads a short list."""
+        n = len(counts)
+        scores_out, owners_out = np.full((n, k), -1.0, np.float32), np.full((n, k), -1, np.int64)
+        if len(queries) == 0:
+            return scores_out, owners_out
+        # Several views per image: enough neighbours that k distinct images are usually among them.
+        scores, rows = self.index.search(queries, min(self.index.ntotal, SHORTLIST_DEPTH * k))
+        owners = np.where(rows >= 0, self.owner[np.maximum(rows, 0)], -1)
+        start = 0
+        for i, count in enumerate(counts):
+            s, o = scores[start:start + count].ravel(), owners[start:start + count].ravel()
+            start += count
+            best: dict[int, float] = {}
+            for score, owner in zip(s[np.argsort(-s)], o[np.argsort(-s)]):
+                if owner >= 0 and owner not in best:
+                    best[int(owner)] = float(score)
+                    if len(best) == k:
+                        break
+            for j, (owner, score) in enumerate(best.items()):
+                owners_out[i, j], scores_out[i, j] = owner, score
+        return scores_out, owners_out
 
     def calibrate(self, thumbnails: dict[int, object], seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores of synthetic copies against their own image (positives) and against the

@@ -54,19 +54,20 @@ def decode(data: bytes, side: int = WORK_SIDE) -> Image.Image:
     return im
 
 
-def cut_border(im: Image.Image, rounds: int = 8) -> Image.Image:
+def cut_border(im: Image.Image, rounds: int = 8, flat_any: bool = False) -> Image.Image:
     """Remove flat frames (letterbox, black border, passe-partout) from each edge, at most
     MAX_BORDER of a side per edge. A frame around an image with a flat background of its
     own (a product shot on white) is cut in later rounds, one blended row at a time, so
-    the copy ends where the original does."""
+    the copy ends where the original does. With `flat_any`, a flat frame of any colour
+    (coloured padding) is cut too: for a query view only, beside the other framings."""
     grey = np.asarray(im.convert("L"), dtype=np.int16)
     h, w = grey.shape
     room = [int(w * MAX_BORDER), int(h * MAX_BORDER)] * 2   # left, top, right, bottom
     cut = [0, 0, 0, 0]
     for _ in range(rounds):
         part = grey[cut[1]:h - cut[3], cut[0]:w - cut[2]]
-        more = [_flat_run(part.T, room[0] - cut[0]), _flat_run(part, room[1] - cut[1]),
-                _flat_run(part.T[::-1], room[2] - cut[2]), _flat_run(part[::-1], room[3] - cut[3])]
+        more = [_flat_run(part.T, room[0] - cut[0], flat_any), _flat_run(part, room[1] - cut[1], flat_any),
+                _flat_run(part.T[::-1], room[2] - cut[2], flat_any), _flat_run(part[::-1], room[3] - cut[3], flat_any)]
         if not any(more):
             break
         cut = [c + m for c, m in zip(cut, more)]
@@ -75,7 +76,7 @@ def cut_border(im: Image.Image, rounds: int = 8) -> Image.Image:
     return im.crop((cut[0], cut[1], w - cut[2], h - cut[3]))
 
 
-def _flat_run(rows: np.ndarray, limit: int) -> int:
+def _flat_run(rows: np.ndarray, limit: int, flat_any: bool = False) -> int:
     """How many leading rows are frame: flat, near black or white, at the first row's
     level, plus the BLEND rows where resizing and JPEG smeared the frame into the image.
     Mid-grey flat rows (a sky, a gradient) are image, not frame: cutting them would cut
@@ -84,7 +85,7 @@ def _flat_run(rows: np.ndarray, limit: int) -> int:
         return 0
     head = rows[:limit]
     level = np.median(head[0])
-    if FRAME_DARK < level < FRAME_LIGHT:
+    if not flat_any and FRAME_DARK < level < FRAME_LIGHT:
         return 0
     # A share, not every pixel: the corners of a frame blend two edges.
     flat = (np.abs(head - level) <= BORDER_TOLERANCE).mean(axis=1) >= FLAT_SHARE
@@ -115,11 +116,57 @@ def aligned_views(im: Image.Image) -> list[Image.Image]:
     return views + [ImageOps.mirror(v) for v in views]
 
 
-def index_views(im: Image.Image) -> list[Image.Image]:
-    """The views of one evaluation image that go into the index."""
-    return [view for framing in framings(im) for view in aligned_views(framing)]
+def index_views(im: Image.Image, shortlist: bool = False) -> list[Image.Image]:
+    """The views of one evaluation image that go into the index; with `shortlist` (the
+    shortlist of local-feature verification) shortlist_views too."""
+    return [view for framing in framings(im)
+            for view in aligned_views(framing) + (shortlist_views(framing) if shortlist else [])]
 
 
-def query_views(im: Image.Image) -> list[Image.Image]:
-    """The views of one training image searched against the index; its score is the best."""
-    return framings(im)
+def query_views(im: Image.Image, partial: bool = False) -> list[Image.Image]:
+    """The views of one training image searched against the index; its score is the best.
+    With `partial` (the shortlist of local-feature verification), first the parts of it
+    that may hold a whole evaluation image: the image cut of a flat frame of any colour,
+    and tiles. The frame-cut framing stays last (--self describes an image by it)."""
+    return (partial_views(im) if partial else []) + framings(im)
+
+
+TILES = ((0.6, 4), (0.75, 2))   # (side fraction, positions per axis): where a pasted photo may sit
+ROTATIONS = (-12, -6, 6, 12)    # degrees; the index holds each framing turned so
+
+
+def partial_views(im: Image.Image) -> list[Image.Image]:
+    """A training image's regions that a copy of an evaluation image may fill: a photo
+    pasted into another, the photo of a screenshotted post, a photo on coloured padding."""
+    out = [cut_border(im, flat_any=True)]
+    for fraction, steps in TILES:
+        room = (1 - fraction) / 2
+        offsets = np.linspace(-room, room, steps)
+        out += [crop(im, fraction, dx, dy) for dx in offsets for dy in offsets]
+    return out
+
+
+def rotated_views(im: Image.Image) -> list[Image.Image]:
+    """An evaluation image turned by a few angles, as a rotated copy shows it: within its
+    own canvas (black corners) and on a canvas grown to hold it."""
+    return [im.rotate(angle, Image.BICUBIC, expand=expand) for angle in ROTATIONS for expand in (False, True)]
+
+
+CORNER = (0.7, 0.15)            # (side fraction, offset): half the area, off to a corner or edge
+
+
+def shortlist_views(im: Image.Image) -> list[Image.Image]:
+    """The views a recall-oriented shortlist adds: turned, cut to half toward an edge or
+    corner, and grey (the colour descriptor scores a grey copy of a colourful photo low),
+    whole and cut, either way round."""
+    corners = corner_views(im)
+    grey = [ImageOps.grayscale(v).convert("RGB") for v in [im, ImageOps.mirror(im)] + corners]
+    return rotated_views(im) + corners + grey
+
+
+def corner_views(im: Image.Image) -> list[Image.Image]:
+    """Crops to half the area toward each edge and corner, and mirrored: a copy cut to
+    one part of the photo."""
+    fraction, shift = CORNER
+    out = [crop(im, fraction, dx, dy) for dx in (-shift, 0, shift) for dy in (-shift, 0, shift) if dx or dy]
+    return out + [ImageOps.mirror(v) for v in out]

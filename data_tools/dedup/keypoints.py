@@ -1,0 +1,156 @@
+"""Local-feature verification of a candidate pair: SIFT keypoints of both images, matched
+with Lowe's ratio test, and an affine fit by RANSAC; the pair is a copy when enough
+matches agree with one affine map and they cover enough of the evaluation image.
+
+An affine map covers what web copies do to geometry: scale, crop, rotation, squeeze,
+and a paste into a larger photo or a screenshot (the evaluation image is then a region
+of the training image). SIFT descriptors are not mirror-invariant, so the training
+image's descriptors are also matched mirrored. Unrelated photos that the global descriptor confuses
+(same layout and colours) share no keypoint geometry: their matches do not fit one map.
+
+The evaluation side's keypoints are computed once and kept in a file that is
+memory-mapped (KeypointStore): a fixed number of rows per image, so image i is a slice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+SIDE = 256          # longer side of both images when keypoints are detected
+FEATURES = 256      # keypoints kept per image (the strongest)
+RATIO = 0.8         # Lowe's ratio test
+RANSAC_PX = 5.0     # reprojection error of an inlier, pixels at SIDE
+MIN_INLIERS = 8     # calibrated on bench/dedup.py (docs/data.md)
+MIN_COVER = 0.05    # share of the evaluation image's area inside the inliers' hull
+MAX_SCALE = 8.0     # a copy's map scales by at most this, up or down
+MAX_SQUEEZE = 2.0   # nor stretches one axis more than this against the other
+
+_SIFT = None
+
+
+def _sift():
+    global _SIFT
+    if _SIFT is None:
+        _SIFT = cv2.SIFT_create(nfeatures=FEATURES)
+    return _SIFT
+
+
+def grey(im: Image.Image) -> np.ndarray:
+    """uint8 grey image with its longer side SIDE."""
+    scale = SIDE / max(im.size)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    return np.asarray(im.convert("L").resize(size, Image.BILINEAR), np.uint8)
+
+
+def features(im: Image.Image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(xy float32 (n, 2), descriptors uint8 (n, 128), (width, height)) at SIDE."""
+    pixels = grey(im)
+    points, desc = _sift().detectAndCompute(pixels, None)
+    if desc is None or not points:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), pixels.shape[::-1]
+    xy = np.float32([p.pt for p in points])
+    return xy, np.clip(desc, 0, 255).astype(np.uint8), pixels.shape[::-1]
+
+
+# A SIFT descriptor is 4 x 4 cells (rows, columns) x 8 orientation bins, in the keypoint's
+# own frame. Mirroring the image mirrors that frame: the cell rows come in reverse order and
+# each orientation bin k becomes -k. The permutation gives a keypoint's descriptor in the
+# mirrored image without detecting again (half the cost; 93-100 % of the inliers that
+# detecting on the mirrored image finds, on 10 real photos and their flipped copies).
+MIRROR = np.arange(128).reshape(4, 4, 8)[::-1, :, [(-k) % 8 for k in range(8)]].ravel()
+
+
+def query_features(im: Image.Image) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A training image's keypoints as they are and as the mirrored image has them (at the
+    same positions: a mirrored copy maps onto them by an affine map with a reflection)."""
+    xy, desc, _ = features(im)
+    return [(xy, desc), (xy, np.ascontiguousarray(desc[:, MIRROR]))]
+
+
+def match(query: list[tuple[np.ndarray, np.ndarray]], xy: np.ndarray, desc: np.ndarray,
+          size: tuple[int, int]) -> dict:
+    """The best of the query's sides against one evaluation image's keypoints:
+    {"inliers", "cover", "pairs": [(eval x, y, train x, y), ...] (the inliers)}."""
+    best = {"inliers": 0, "cover": 0.0, "pairs": []}
+    if len(desc) < 3:
+        return best
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    eval_desc = desc.astype(np.float32)
+    for qxy, qdesc in query:
+        if len(qdesc) < 3:
+            continue
+        knn = matcher.knnMatch(qdesc.astype(np.float32), eval_desc, k=2)
+        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+        if len(good) < 3:
+            continue
+        src = np.float32([xy[m.trainIdx] for m in good])
+        dst = np.float32([qxy[m.queryIdx] for m in good])
+        fit, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
+                                         maxIters=500, confidence=0.99)
+        if mask is None or not plausible(fit):
+            continue
+        keep = mask.ravel().astype(bool)
+        inliers = int(keep.sum())
+        if inliers > best["inliers"]:
+            best = {"inliers": inliers, "cover": _cover(src[keep], size),
+                    "pairs": np.concatenate([src[keep], dst[keep]], axis=1).round(1).tolist()}
+    return best
+
+
+def plausible(fit: np.ndarray | None) -> bool:
+    """An affine map a copy can have: scaled by at most MAX_SCALE either way, squeezed by at
+    most MAX_SQUEEZE. Chance matches between unrelated images fit wilder maps (a strip
+    of matches on a line fits a degenerate one)."""
+    if fit is None or not np.isfinite(fit).all():  # RANSAC on (near) coincident points
+        return False
+    low, high = sorted(np.linalg.svd(fit[:, :2], compute_uv=False))
+    return 1 / MAX_SCALE <= low and high <= MAX_SCALE and high <= MAX_SQUEEZE * low
+
+
+def _cover(points: np.ndarray, size: tuple[int, int]) -> float:
+    if len(points) < 3:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(points))) / float(size[0] * size[1])
+
+
+def is_copy(found: dict, min_inliers: int = MIN_INLIERS, min_cover: float = MIN_COVER) -> bool:
+    return found["inliers"] >= min_inliers and found["cover"] >= min_cover
+
+
+class KeypointStore:
+    """Every evaluation image's keypoints in two files under `folder`, FEATURES rows per
+    image (unused rows zero): xy and size as float16/int16, descriptors as uint8. Opened
+    memory-mapped, so RAM holds only the pages the verified pairs touch."""
+
+    def __init__(self, folder: Path, count: int | None = None):
+        self.folder = Path(folder)
+        mode = "r" if count is None else "w+"
+        if count is None:
+            count = int(np.load(self.folder / "keypoints_count.npy"))
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            np.save(self.folder / "keypoints_count.npy", np.int64(count))
+        self.count = count
+        self.desc = np.memmap(self.folder / "keypoints_desc.u8", np.uint8, mode, shape=(max(1, count), FEATURES, 128))
+        self.xy = np.memmap(self.folder / "keypoints_xy.f16", np.float16, mode, shape=(max(1, count), FEATURES, 2))
+        self.meta = np.memmap(self.folder / "keypoints_meta.i32", np.int32, mode, shape=(max(1, count), 3))
+
+    def put(self, i: int, xy: np.ndarray, desc: np.ndarray, size: tuple[int, int]) -> None:
+        n = min(len(xy), FEATURES)
+        self.xy[i, :n], self.desc[i, :n] = xy[:n], desc[:n]
+        self.meta[i] = (n, *size)
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        n, w, h = (int(v) for v in self.meta[i])
+        return np.asarray(self.xy[i, :n], np.float32), np.asarray(self.desc[i, :n]), (w, h)
+
+    def flush(self) -> None:
+        for array in (self.desc, self.xy, self.meta):
+            array.flush()
+
+    @staticmethod
+    def bytes_per_image() -> int:
+        return FEATURES * (128 + 2 * 2) + 3 * 4

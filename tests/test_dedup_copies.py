@@ -1,0 +1,200 @@
+"""Web copies (data_tools/dedup/copies.py families) found by the shortlist and local-feature
+verification (verify.method=local), on generated busy scenes; look-alikes made by the
+same edits from other scenes kept."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import build_shards
+from data_tools.dedup import copies, keypoints, run, views
+from test_dedup import chromium, corrupt_copy, dedup, matches, write_images
+
+LOCAL = ("verify.enabled=true", "verify.method=local")
+
+
+def busy(seed: int, width: int = 240, height: int = 180) -> Image.Image:
+    """A scene of many small coloured shapes: corners and blobs for keypoints, like a photo
+    has, and a layout that differs from scene to scene only in its details."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw = ImageDraw.Draw(im)
+    for _ in range(60):
+        x, y, size = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(6, 40))
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        shape = rng.integers(0, 3)
+        if shape == 0:
+            draw.rectangle((x, y, x + size, y + size * 0.6), fill=colour)
+        elif shape == 1:
+            draw.ellipse((x, y, x + size, y + size), fill=colour)
+        else:
+            draw.polygon([(x, y), (x + size, y + size // 3), (x + size // 2, y + size)], fill=colour)
+    return im
+
+
+@pytest.mark.parametrize("family", list(copies.FAMILIES))
+def test_keypoints_verify_a_copy_of_each_family_and_not_its_look_alike(family):
+    original, look_alike, backdrop = busy(1), busy(2), busy(3)
+    stored = keypoints.features(original)
+    copy = keypoints.match(keypoints.query_features(copies.web_copy(family, original, 5, backdrop)), *stored)
+    other = keypoints.match(keypoints.query_features(copies.web_copy(family, look_alike, 5, backdrop)), *stored)
+    assert keypoints.is_copy(copy), copy["inliers"]
+    assert not keypoints.is_copy(other), other["inliers"]
+
+
+def test_web_copies_are_the_same_for_the_same_seed():
+    im, backdrop = busy(1), busy(3)
+    for family in copies.FAMILIES:
+        first, again = (np.asarray(copies.web_copy(family, im, 9, backdrop)) for _ in range(2))
+        assert np.array_equal(first, again), family
+
+
+def test_keypoint_store_reads_back_what_was_written_memory_mapped(tmp_path):
+    written = [keypoints.features(busy(seed)) for seed in (1, 2)]
+    store = keypoints.KeypointStore(tmp_path, 2)
+    for i, (xy, desc, size) in enumerate(written):
+        store.put(i, xy, desc, size)
+    store.flush()
+    del store
+    opened = keypoints.KeypointStore(tmp_path)
+    assert isinstance(opened.desc, np.memmap)
+    for i, (xy, desc, size) in enumerate(written):
+        got_xy, got_desc, got_size = opened.get(i)
+        n = min(len(xy), keypoints.FEATURES)
+        assert got_size == size and np.array_equal(got_desc, desc[:n])
+        assert np.allclose(got_xy, xy[:n], atol=0.25)   # float16 at 256 px
+
+
+@pytest.fixture(scope="module")
+def web_sets(tmp_path_factory):
+    """An evaluation set of one busy scene per family and two more; a training set with,
+    per family, a copy of its scene and the same edit of an unrelated scene; and the
+    uncropped original of an evaluation image that is an 80 % centre crop of it."""
+    root = tmp_path_factory.mktemp("web")
+    families = list(copies.FAMILIES)
+    originals = {f"val_{i:02d}.jpg": busy(100 + i) for i in range(len(families))}
+    uncropped = busy(99, 300, 225)
+    originals["val_cropped.jpg"] = views.crop(uncropped, 0.8)
+    val = root / "val"
+    build_shards(write_images(root / "val_imgs", originals), val, "shards.samples=8", "shards.name=val")
+    train, expected = {}, {}
+    for i, family in enumerate(families):
+        backdrop = busy(500 + i)
+        train[f"copy_{family}.jpg"] = copies.web_copy(family, originals[f"val_{i:02d}.jpg"], i, backdrop)
+        train[f"other_{family}.jpg"] = copies.web_copy(family, busy(300 + i), i, backdrop)
+        expected[f"copy_{family}.jpg"] = f"val_{i:02d}.jpg"
+    train["uncropped.jpg"] = uncropped
+    expected["uncropped.jpg"] = "val_cropped.jpg"
+    train_dir = root / "train"
+    build_shards(write_images(root / "train_imgs", train), train_dir, "shards.samples=10")
+    out = root / "out"
+    assert dedup("--train", str(train_dir), "--against", f"val={val}", "--out", str(out), *LOCAL) == 0
+    found = {Path(m["train_path"]).name: m for m in matches(out)}
+    return {"found": found, "expected": expected, "out": out, "train": train_dir, "val": val, "root": root}
+
+
+@pytest.mark.parametrize("family", list(copies.FAMILIES))
+def test_dedup_finds_the_copy_of_each_family_and_keeps_its_look_alike(web_sets, family):
+    found = web_sets["found"]
+    assert f"copy_{family}.jpg" in found, sorted(found)
+    assert Path(found[f"copy_{family}.jpg"]["eval_path"]).name == web_sets["expected"][f"copy_{family}.jpg"]
+    assert f"other_{family}.jpg" not in found
+
+
+def test_dedup_finds_the_uncropped_original_of_a_cropped_evaluation_image(web_sets):
+    assert Path(web_sets["found"]["uncropped.jpg"]["eval_path"]).name == "val_cropped.jpg"
+
+
+def test_verified_pairs_carry_their_keypoint_lines(web_sets):
+    verified = [m for m in web_sets["found"].values() if m["decided"] == "keypoints"]
+    assert verified
+    for m in verified:
+        assert m["inliers"] >= keypoints.MIN_INLIERS and len(m["lines"]) >= min(m["inliers"], 10)
+        assert all(len(line) == 4 for line in m["lines"])
+    summary = json.loads((web_sets["out"] / "summary.json").read_text())
+    assert summary["verify"]["method"] == "local" and summary["verify"]["pairs_aligned"] >= len(verified)
+
+
+def test_a_corrupt_training_image_is_counted_and_the_copies_still_found(web_sets):
+    train = web_sets["root"] / "train_corrupt"
+    bad_key = corrupt_copy(web_sets["train"], train)
+    out = web_sets["root"] / "out_corrupt"
+    assert dedup("--train", str(train), "--against", f"val={web_sets['val']}", "--out", str(out), *LOCAL) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train"]["undecodable"] == 1
+    assert summary["train"]["undecodable_examples"][0]["key"] == bad_key
+    assert len(matches(out)) >= len(web_sets["found"]) - 1
+
+
+def lime_pixels(png: Path) -> int:
+    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    return int(((rgb[..., 0] < 60) & (rgb[..., 1] > 200) & (rgb[..., 2] < 60)).sum())
+
+
+def screenshot(browser: str, page: Path, shot: Path) -> Path:
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,3000", page.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return shot
+
+
+def test_report_draws_the_matched_keypoints_in_headless_chromium(web_sets, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/install-system-deps.sh installs it as root)")
+    report = web_sets["out"] / "report.html"
+    with_lines = lime_pixels(screenshot(browser, report, tmp_path / "lines.png"))
+    # The same page without the lines: the green pixels were the lines, not the images.
+    bare = tmp_path / "bare.html"
+    bare.write_text(report.read_text().replace("<line ", "<lost "))
+    without = lime_pixels(screenshot(browser, bare, tmp_path / "bare.png"))
+    assert with_lines > without + 2000, (with_lines, without)
+
+
+def row(train: str, against: str, source: str) -> dict:
+    return {"train_key": train, "train_path": f"{train}.jpg", "train_shard": "s0.tar", "against": against,
+            "eval_key": source, "eval_path": f"{source}.jpg", "eval_shard": "s0.tar", "score": 0.95}
+
+
+def test_chain_rule_removes_every_image_of_a_component_that_touches_an_evaluation_image():
+    # Components of the --self graph (first image <- its self matches): {a, b, c} holds c,
+    # a copy of val_1; {d, e} holds none; f is a copy on its own.
+    found = [row("c", "val", "val_1"), row("f", "val", "val_2"),
+             row("b", "self", "a"), row("c", "self", "a"), row("e", "self", "d")]
+    out = run.chain_matches(found)
+    by_key = {m["train_key"]: m for m in out}
+    assert set(by_key) == {"a", "b", "c", "e", "f"}
+    assert by_key["a"]["against"] == by_key["b"]["against"] == "chain"
+    assert by_key["a"]["eval_key"] == by_key["b"]["eval_key"] == "c"     # removed through the copy c
+    assert by_key["c"]["against"] == "val" and by_key["f"]["against"] == "val"
+    assert by_key["e"]["against"] == "self"                              # d stays, e a plain duplicate
+
+
+def test_components_without_self_is_one_clear_error(web_sets, capsys):
+    code = dedup("--train", str(web_sets["train"]), "--against", f"val={web_sets['val']}", "--out",
+                 str(web_sets["root"] / "out_chain"), "components=true")
+    err = capsys.readouterr().err
+    assert code != 0 and "components=true needs --self" in err and "Traceback" not in err
+
+
+def test_components_with_self_reports_the_chains(web_sets):
+    out = web_sets["root"] / "out_chains"
+    assert dedup("--train", str(web_sets["train"]), "--against", f"val={web_sets['val']}", "--out", str(out),
+                 "--self", "components=true", *LOCAL) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    chained = [m for m in matches(out) if m["against"] == "chain"]
+    assert summary["self"]["removed_through_chains"] == len({m["train_key"] for m in chained})
+    assert "removed through near-duplicate chains" in (out / "report.html").read_text()
+
+
+def test_a_degenerate_affine_fit_is_implausible_not_a_crash():
+    # RANSAC on coincident points returned a non-finite map; SVD of it raised LinAlgError.
+    assert not keypoints.plausible(np.full((2, 3), np.nan))
+    assert not keypoints.plausible(np.array([[30.0, 0, 0], [0, 30.0, 0]]))     # scaled 30x
+    assert not keypoints.plausible(np.array([[1.0, 0, 0], [0, 0.3, 0]]))       # squeezed 3x
+    assert keypoints.plausible(np.array([[-0.7, 0.1, 5], [0.1, 0.9, 2]]))      # mirrored, turned
