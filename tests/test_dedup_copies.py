@@ -143,6 +143,8 @@ def screenshot(browser: str, page: Path, shot: Path) -> Path:
     return shot
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_draws_the_matched_keypoints_in_headless_chromium(web_sets, tmp_path):
     browser = chromium()
     if browser is None:
