@@ -290,10 +290,15 @@ def direction(grad: torch.Tensor, history: list[list[torch.Tensor]]) -> torch.Te
     return -q
 
 
+def logit_rows(weight: torch.Tensor) -> int:
+    """Rows per block whose logits, (S, rows, K) for heads (S, D, K), fit in CHUNK_FLOATS."""
+    return max(1, CHUNK_FLOATS // (weight.shape[0] * weight.shape[2]))
+
+
 def scores(weight: torch.Tensor, bias: torch.Tensor, data: Rows) -> torch.Tensor:
     """(S, N, K) logits of heads (S, D, K), (S, K) on every row, block by block."""
     weight, bias = weight.to(data.device), bias.to(data.device)
-    parts = [torch.matmul(x, weight) + bias[:, None] for x, _ in data.blocks(CHUNK_FLOATS // weight[0].numel())]
+    parts = [torch.matmul(x, weight) + bias[:, None] for x, _ in data.blocks(logit_rows(weight))]
     return torch.cat(parts, 1)
 
 
@@ -306,6 +311,6 @@ def accuracy(heads: Heads, features, labels, device: torch.device | str = "cpu",
 def accuracy_on(heads: Heads, data: Rows) -> list[float]:
     right = torch.zeros(len(heads.weight), device=data.device)
     weight, bias = heads.weight.to(data.device), heads.bias.to(data.device)
-    for x, y in data.blocks(CHUNK_FLOATS // weight[0].numel()):
+    for x, y in data.blocks(logit_rows(weight)):
         right += ((torch.matmul(x, weight) + bias[:, None]).argmax(2) == y).sum(1)
     return (right / data.n).tolist()

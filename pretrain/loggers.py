@@ -76,6 +76,10 @@ class WandbLogger:
 
 
 HINTED: set[str] = set()   # runs whose `wandb sync` command this process has printed
+WANDB_FOLDERS = (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_DATA_DIR", "data"))
+# The user's own choices, read before any run of this process set them (`wsl demo` runs
+# every stage in one process: each run's folders are its own, not the first run's).
+USER_SET = {name for name, _ in WANDB_FOLDERS if name in os.environ}
 
 
 def keep_offline(folder: Path) -> None:
@@ -84,8 +88,9 @@ def keep_offline(folder: Path) -> None:
     and settings go under the home folder unless told otherwise (a user's own choice of
     those folders stands)."""
     os.environ["WANDB_ERROR_REPORTING"] = "false"
-    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_DATA_DIR", "data")):
-        os.environ.setdefault(name, str((folder / sub).resolve()))
+    for name, sub in WANDB_FOLDERS:
+        if name not in USER_SET:
+            os.environ[name] = str((folder / sub).resolve())
 
 
 class Loggers:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import build_shards
+from helpers import build_shards
 from data_tools.dedup import copies, keypoints, run, views
 from test_dedup import chromium, corrupt_copy, dedup, matches, write_images
 

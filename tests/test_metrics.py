@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -105,3 +106,18 @@ def test_topk_accuracy():
     assert topk_accuracy(logits, labels, ks=(2, 6)) == {2: pytest.approx(0.5), 6: pytest.approx(1.0)}
     with pytest.raises(ValueError, match="k=7"):
         topk_accuracy(logits, labels, ks=(1, 7))
+
+
+def test_each_offline_run_keeps_wandb_in_its_own_folder(tmp_path, monkeypatch):
+    """`wsl demo` runs every stage in one process: the first run's W&B folders stuck, so
+    the later stages' W&B files went into the pretraining run. A user's own choice stands."""
+    from pretrain import loggers
+    monkeypatch.setattr(loggers, "USER_SET", {"WANDB_CONFIG_DIR"})
+    monkeypatch.setenv("WANDB_CONFIG_DIR", "/mine")
+    for name in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for run in ("pretrain", "finetune"):
+        loggers.keep_offline(tmp_path / run / "wandb")
+        assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / run / "wandb" / "cache")
+        assert os.environ["WANDB_DATA_DIR"] == str(tmp_path / run / "wandb" / "data")
+        assert os.environ["WANDB_CONFIG_DIR"] == "/mine"

@@ -440,7 +440,9 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
                for e in train.manifest["shards"]]
     matches = [m for r in results for m in r["matches"]]
     if cfg.self_dedup:
-        matches += self_matches(cfg, out, train, results, threshold, {m["train_key"] for m in matches})
+        # The chain rule must see the copies' own self matches: they join a copy to its component.
+        already = set() if cfg.components else {m["train_key"] for m in matches}
+        matches += self_matches(cfg, out, train, results, threshold, already)
         if cfg.components:
             matches = chain_matches(matches)
     with atomic.replacing(out / "matches.jsonl") as f:

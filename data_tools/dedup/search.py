@@ -10,8 +10,8 @@ import numpy as np
 
 from data_tools.dedup import copies, views
 
-TRAIN_PER_CELL = 39
-SHORTLIST_DEPTH = 32  # views searched per shortlisted image  # FAISS warns below this many k-means training points per IVF cell
+TRAIN_PER_CELL = 39  # FAISS warns below this many k-means training points per IVF cell
+SHORTLIST_DEPTH = 32  # views searched per shortlisted image
 
 
 @dataclass
