@@ -70,10 +70,11 @@ class Rows:
         self.y = torch.as_tensor(np.asarray(labels)[self.rows]).long().to(self.device)
         self.n, self.d = len(self.rows), features.shape[1]
         self.path = whole_file(features)
-        self.cache: dict[tuple[int, int], torch.Tensor] | None = None
-        if self.device.type == "cuda":   # read once when every block fits on the device
-            free = torch.cuda.mem_get_info(self.device)[0]
-            self.cache = {} if self.n * self.d * 4 <= DEVICE_SHARE * free else None
+        # On a GPU, every row is read once into one device tensor when it fits; blocks of any
+        # size are then slices of it (a cache per block size would hold several copies).
+        self.keep = (self.device.type == "cuda"
+                     and self.n * self.d * 4 <= DEVICE_SHARE * torch.cuda.mem_get_info(self.device)[0])
+        self.on_device: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -86,12 +87,17 @@ class Rows:
             yield self.block(lo, hi), self.y[lo:hi]
 
     def block(self, lo: int, hi: int) -> torch.Tensor:
-        if self.cache is not None and (lo, hi) in self.cache:
-            return self.cache[lo, hi]
-        x = torch.from_numpy(self.read(self.rows[lo:hi])).to(self.device).float()
-        if self.cache is not None:
-            self.cache[lo, hi] = x
-        return x
+        if not self.keep:
+            return self.load(lo, hi)
+        if self.on_device is None:
+            self.on_device = torch.empty(self.n, self.d, device=self.device)
+            step = max(1, BLOCK_FLOATS // self.d)
+            for a in range(0, self.n, step):
+                self.on_device[a:a + step] = self.load(a, min(self.n, a + step))
+        return self.on_device[lo:hi]
+
+    def load(self, lo: int, hi: int) -> torch.Tensor:
+        return torch.from_numpy(self.read(self.rows[lo:hi])).to(self.device).float()
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         if self.path is None:

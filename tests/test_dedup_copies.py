@@ -177,6 +177,21 @@ def test_chain_rule_removes_every_image_of_a_component_that_touches_an_evaluatio
     assert by_key["e"]["against"] == "self"                              # d stays, e a plain duplicate
 
 
+def test_chain_rule_reaches_a_component_through_a_copy_that_is_not_its_first_image(tmp_path):
+    """The --self graph's components were built without the copies' own edges: in a chain
+    a - b - c whose copy of an evaluation image is b, a and c stayed in the training set."""
+    (tmp_path / ".dedup" / "shards").mkdir(parents=True)
+    angles = np.radians([0, 20, 40, 90])            # a-b and b-c are near-duplicates, a-c are not; d is alone
+    np.save(tmp_path / ".dedup" / "shards" / "s0.tar.npy",
+            np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32))
+    results = [{"keys": ["a", "b", "c", "d"], "paths": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
+                "matches": [row("b", "val", "val_1")]}]
+    train = run.ShardSet("train", tmp_path, {"shards": [{"file": "s0.tar"}]})
+    cfg = run.DedupConfig(self_dedup=True, components=True)
+    found = {m["train_key"]: m["against"] for m in run.removals(cfg, tmp_path, train, results, threshold=0.9)}
+    assert found == {"a": "chain", "b": "val", "c": "chain"}
+
+
 def test_components_without_self_is_one_clear_error(web_sets, capsys):
     code = dedup("--train", str(web_sets["train"]), "--against", f"val={web_sets['val']}", "--out",
                  str(web_sets["root"] / "out_chain"), "components=true")

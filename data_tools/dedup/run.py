@@ -438,13 +438,7 @@ def finish(cfg, train: ShardSet, sets, facts: dict) -> dict:
     out = Path(cfg.out)
     results = [json.loads((out / ".dedup" / "shards" / f"{e['file']}.json").read_text())
                for e in train.manifest["shards"]]
-    matches = [m for r in results for m in r["matches"]]
-    if cfg.self_dedup:
-        # The chain rule must see the copies' own self matches: they join a copy to its component.
-        already = set() if cfg.components else {m["train_key"] for m in matches}
-        matches += self_matches(cfg, out, train, results, threshold, already)
-        if cfg.components:
-            matches = chain_matches(matches)
+    matches = removals(cfg, out, train, results, threshold)
     with atomic.replacing(out / "matches.jsonl") as f:
         for m in matches:
             f.write(json.dumps(m) + "\n")
@@ -521,6 +515,18 @@ def descriptor_name(cfg: DedupConfig) -> str:
     if d.name == "dct":
         return f"dct-rgb-{d.side}px-{d.block}x{d.block}"
     return f"learned:{Path(d.checkpoint).name}"
+
+
+def removals(cfg, out: Path, train: ShardSet, results: list[dict], threshold: float) -> list[dict]:
+    """The shards' matches to evaluation images, then --self's, then the chain rule's."""
+    matches = [m for r in results for m in r["matches"]]
+    if cfg.self_dedup:
+        # The chain rule must see the copies' own self matches: they join a copy to its component.
+        already = set() if cfg.components else {m["train_key"] for m in matches}
+        matches += self_matches(cfg, out, train, results, threshold, already)
+        if cfg.components:
+            matches = chain_matches(matches)
+    return matches
 
 
 def self_matches(cfg, out: Path, train: ShardSet, results: list[dict], threshold: float,
