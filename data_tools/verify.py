@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_tools import resampling, shards, tables, vocab
+from data_tools.threads import cores, pool_worker
 
 MAX_PROBLEMS = 20
 
@@ -126,10 +126,10 @@ def verify(directory: str, workers: int = 0, progress: bool = True) -> list[str]
         resampling.load(Path(directory), manifest)
     except (FileNotFoundError, ValueError) as err:
         problems.append(str(err))
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cores()
     jobs = [(directory, e, manifest["num_classes"]) for e in manifest["shards"]]
     bar = tqdm(total=len(jobs), desc="verify", unit="shard", disable=not progress)
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=pool_worker) as pool:
         for found in pool.map(check_shard, *zip(*jobs)) if jobs else []:
             problems += found
             bar.update()

@@ -10,7 +10,6 @@ evaluation set was not among those filtered against:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_tools import resampling, shards
+from data_tools.threads import cores, pool_worker
 from data_tools.build import add_counts, shard_entries, sum_tag_counts
 
 
@@ -62,7 +62,7 @@ def apply(train_dir: Path, manifest: dict, out: Path, removed: dict[str, set[str
             for e in manifest["shards"]]
     results = []
     bar = tqdm(total=len(jobs), desc="write filtered shards", unit="shard", disable=not progress)
-    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    with ProcessPoolExecutor(workers or cores(), initializer=pool_worker) as pool:
         for result in pool.map(filter_shard, *zip(*jobs)):
             results.append(result)
             bar.update()
