@@ -2,7 +2,7 @@
 
     python bench/build.py --images 2000 --size 500x375
 
-Generates a photo-like JPEG corpus once (data_tools.synthetic.write_corpus; kept and
+Generates a photo-like JPEG corpus once (launch.fixtures.synthetic.write_corpus; kept and
 reused when --workdir is given), then times, on the same corpus and shard size:
 
   baseline  for each manifest row: PIL open -> convert('RGB') -> re-encode JPEG q95 ->
@@ -32,8 +32,8 @@ import webdataset as wds  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from data_tools.build import BuildConfig, build  # noqa: E402
-from data_tools.synthetic import HASHTAGS, write_corpus  # noqa: E402
-from launch.config import build as make_config  # noqa: E402
+from data_tools.common.config import build as make_config  # noqa: E402
+from launch.fixtures.synthetic import HASHTAGS, write_corpus  # noqa: E402
 
 # Tags WordNet knows, so both sides write every image (none is dropped for its tags).
 KNOWN_TAGS = [t for t in HASHTAGS if t not in ("#xyzzyq", "#instagood")]

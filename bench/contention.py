@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_tools.build import BuildConfig, build  # noqa: E402
-from data_tools.synthetic import write_corpus  # noqa: E402
-from data_tools.threads import cores  # noqa: E402
-from launch.config import build as make_config  # noqa: E402
+from data_tools.common.config import build as make_config  # noqa: E402
+from data_tools.common.threads import cores  # noqa: E402
+from launch.fixtures.synthetic import write_corpus  # noqa: E402
 
 SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 

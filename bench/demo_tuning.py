@@ -1,6 +1,6 @@
 """Does the demo's generated corpus prove the paper's claim? Evidence for its tuning.
 
-Per seed: generate the corpus (data_tools.scenes), build the shards (hashtag training,
+Per seed: generate the corpus (launch.fixtures.scenes), build the shards (hashtag training,
 held-out hashtags with the training vocabulary, target train/test), pretrain a tiny
 ResNeXt on the hashtags (configs/pretrain/demo.yaml), then
 - hashtag mAP and precision@1 on the held-out images against a label-prior baseline (every
@@ -33,12 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_tools.build import BuildConfig, build  # noqa: E402
+from data_tools.common.config import build as make_config  # noqa: E402
+from data_tools.common.config import to_dict  # noqa: E402
 from data_tools.loaders import make_loader  # noqa: E402
-from data_tools.scenes import SceneConfig, generate  # noqa: E402
-from launch.config import build as make_config  # noqa: E402
-from launch.config import to_dict  # noqa: E402
-from pretrain.config import PretrainConfig  # noqa: E402
 from launch.demo import PROBE_POINTS, VARIANTS, prior_metrics  # noqa: E402
+from launch.fixtures.scenes import SceneConfig, generate  # noqa: E402
+from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.evaluate import collect  # noqa: E402
 from pretrain.models import build_model  # noqa: E402
 from pretrain.train import run as pretrain  # noqa: E402

@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_tools.common.config import build as make_config  # noqa: E402
 from finetune import linprobe, logreg  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
-from launch.config import build as make_config  # noqa: E402
 
 LATENT = 64
 
@@ -163,8 +163,8 @@ def extract(args) -> None:
     """img/s of finetune.features.extract over generated JPEG shards (decode included)."""
     from data_tools.build import BuildConfig, build
     from data_tools.loaders import LoaderConfig
-    from data_tools.synthetic import photo
     from finetune.features import extract as extract_features
+    from launch.fixtures.synthetic import photo
     from pretrain.models import build_model
     rng = np.random.default_rng(0)
     size = args.size

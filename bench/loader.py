@@ -2,7 +2,7 @@
 
     python bench/loader.py --images 2000 --repeat 3 --size 500x375 --seconds 15
 
-Generates photo-like JPEGs (data_tools.synthetic.photo plus natural-image texture, one
+Generates photo-like JPEGs (launch.fixtures.synthetic.photo plus natural-image texture, one
 process per core) and builds shards from them, each image stored --repeat times so an
 epoch lasts several seconds (kept and reused when --workdir is given), then measures on
 the same shards, train transforms (RandomResizedCrop 224 + flip + normalise), batch 64:
@@ -35,15 +35,15 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from data_tools.build import BuildConfig, build  # noqa: E402
+from data_tools.common.config import build as make_config  # noqa: E402
 from data_tools.loaders import LoaderConfig, catalog, dali_available, make_loader  # noqa: E402
 from data_tools.loaders.bottleneck import loader_rate  # noqa: E402
-from data_tools.synthetic import photo  # noqa: E402
-from launch.config import build as make_config  # noqa: E402
+from launch.fixtures.synthetic import photo  # noqa: E402
 
 TEXTURE = 40.0  # grey levels of 1/f texture: ~4.4 bits per pixel at quality 90, as photographs have
 TAGS = ["#dog", "#cat", "#beach", "#sunset", "#mountain", "#tree", "#flower", "#car", "#bear"]
@@ -59,7 +59,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def natural(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """data_tools.synthetic.photo plus 1/f ("pink") noise, the power spectrum of natural
+    """launch.fixtures.synthetic.photo plus 1/f ("pink") noise, the power spectrum of natural
     images: without it the smooth synthetic images hold half a real photo's detail (1.7 vs
     3-4 bits per pixel at quality 90) and decode unrealistically fast."""
     fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]

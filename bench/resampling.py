@@ -1,6 +1,6 @@
 """The square-root law on multi-tag data: each tag's share of the resampled stream against
 its image count, for the one-tag rule (an image's mean of 1/sqrt(count) over its tags) and
-for the fitted weights (data_tools/resampling.py). Goal: exponent 0.5.
+for the fitted weights (data_tools/format/resampling.py). Goal: exponent 0.5.
 
     python bench/resampling.py --images 2000000 --tags 17000 --per-image 2 3
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from data_tools import resampling  # noqa: E402
+from data_tools.format import resampling  # noqa: E402
 
 PER_SHARD = 10_000
 

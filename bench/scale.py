@@ -8,7 +8,7 @@ served by a moto S3 server process on 127.0.0.1 against the same shards on local
 one run (pil, a worker per core, 64x64 crops, train).
 
 Generates one shard of tiny JPEGs (a few distinct images' bytes reused, 2-3 Zipf tags each,
-written with data_tools.shards.write_shard: tar, DALI index, sample table), then shard sets
+written with data_tools.format.shards.write_shard: tar, DALI index, sample table), then shard sets
 of each size made of hard links to it, each with its manifest and resampling fit. The
 simulated set has the manifest, per-shard counts and the resampling fit of the full size,
 but only the shards the measured rank reads first are on disk (hard links again): a loader
@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from data_tools import resampling, shards, tables  # noqa: E402
+from data_tools.format import resampling, shards, tables  # noqa: E402
 from data_tools.loaders.plan import Plan  # noqa: E402
-from data_tools.synthetic import photo  # noqa: E402
+from launch.fixtures.synthetic import photo  # noqa: E402
 
 TAGS = 1000
 PER_SHARD = 5000

@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_tools.common.dist import DistEnv  # noqa: E402
 from pretrain import engine  # noqa: E402
-from pretrain.dist import DistEnv  # noqa: E402
 from pretrain.loggers import Loggers  # noqa: E402
 from pretrain.losses import make_loss  # noqa: E402
 from pretrain.models import build_model  # noqa: E402

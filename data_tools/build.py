@@ -26,12 +26,14 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from data_tools import resampling, shards, vocab, writable
-from data_tools.fields import bounded
-from data_tools.images import BadImage, ImageRules, map_box, prepare
-from data_tools.threads import cores, pool_worker
-from data_tools.sources import ImageFolderSource, ManifestSource, Record
-from data_tools.wordnet import WordNet
+from data_tools.common import writable
+from data_tools.common.fields import bounded
+from data_tools.common.threads import cores, pool_worker
+from data_tools.format import resampling, shards
+from data_tools.inputs.images import BadImage, ImageRules, map_box, prepare
+from data_tools.inputs.sources import ImageFolderSource, ManifestSource, Record
+from data_tools.labels import vocab
+from data_tools.labels.wordnet import WordNet
 
 FORMAT = "wsl-shards/1"
 SIZE_SAMPLE = 1000      # records whose file size estimates the shard length

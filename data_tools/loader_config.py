@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from data_tools.fields import bounded, check_ranges
-from data_tools.threads import cores_per_rank
+from data_tools.common.fields import bounded, check_ranges
+from data_tools.common.threads import cores_per_rank
 
 BACKENDS = ("auto", "dali", "dali-cpu", "pil")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_tools.fields import bounded
+from data_tools.common.fields import bounded
 from pretrain.config import ModelConfig, PretrainConfig
 
 

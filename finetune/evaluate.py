@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_tools import shards
+from data_tools.format import shards
 from data_tools.loaders import LoaderConfig, make_loader
 from pretrain import checkpoint
 from pretrain.evaluate import collect, loader_config

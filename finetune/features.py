@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_tools import atomic, shards
+from data_tools.common import atomic, dist
+from data_tools.format import shards
 from data_tools.loaders import LoaderConfig, make_loader
-from pretrain import dist
 
 
 def extract(model: torch.nn.Module, shard_dir: str, loader_cfg: LoaderConfig, device: torch.device,

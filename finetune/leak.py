@@ -4,7 +4,7 @@ evaluation set? Read from the `dedup` record of the pretraining shards' manifest
     "dedup": {"against": [{"name", "directory", "fingerprint", "num_samples"}, ...],
               "descriptor", "threshold", "removed", ...}
 
-where `fingerprint` is data_tools.shards.fingerprint of the evaluation set's manifest.
+where `fingerprint` is data_tools.format.shards.fingerprint of the evaluation set's manifest.
 When no entry names this evaluation set, the numbers it gives may be inflated by test
 images seen in pretraining, and we say so loudly at start (never silently).
 """
@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from data_tools import shards
-from finetune.backbone import Source
+from data_tools.format import shards
+from pretrain.backbone import Source
 
 FIELD = "dedup.against[].fingerprint"
 
@@ -49,7 +49,7 @@ def _check_one(source: Source, eval_dir: str) -> str | None:
 
 def check_checkpoint(config: dict, eval_dir: str) -> list[str]:
     """`check` for `wsl finetune eval`: the backbone named in the fine-tuning run's config."""
-    from finetune import backbone
+    from pretrain import backbone
     path = config.get("backbone")
     if not path or not Path(path).is_file():
         text = (f"the backbone of this checkpoint ({path or 'not recorded'}) is not readable here, so whether "

@@ -26,12 +26,13 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from data_tools import atomic, shards, threads
-from finetune import backbone, features, leak, logreg
+from data_tools.common import atomic, dist, threads
+from data_tools.format import shards
+from finetune import features, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
 from finetune.train import check_run_dir
-from pretrain import dist
+from pretrain import backbone
 from pretrain.evaluate import loader_config
 from pretrain.loggers import make_loggers
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from finetune import backbone, leak
+from data_tools.common import dist
+from finetune import leak
 from finetune.config import FinetuneConfig
 from finetune.evaluate import load_model, run_eval
-from pretrain import checkpoint, dist
+from pretrain import backbone, checkpoint
 from pretrain import train as pretrain_train
-
 
 # Linear probes of one backbone on one data set share their cached features: a run directory
 # may be re-run with other probe settings (its probe.pt and results are then replaced).

@@ -8,10 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
-from data_tools import writable
+from data_tools.common import writable
+from data_tools.common.config import ConfigError
+from data_tools.common.config import build as make_config
 from data_tools.dedup.sets import RULE
-from launch.config import ConfigError
-from launch.config import build as make_config
 from pretrain.stop import Interrupted, NonFiniteLoss
 
 USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
@@ -77,7 +77,7 @@ def data_merge(args) -> int:
 
 
 def data_verify(args) -> int:
-    from data_tools.verify import verify
+    from data_tools.format.verify import verify
     problems = verify(args.directory, workers=args.workers, progress=not args.quiet)
     if problems:
         print(f"{len(problems)} problem(s) in {args.directory}; the first:", file=sys.stderr)
@@ -121,7 +121,7 @@ def data_dedup(args) -> int:
 
 
 def data_index(args) -> int:
-    from data_tools import resampling, tables
+    from data_tools.format import resampling, tables
     written = tables.index(args.directory, progress=not args.quiet)
     fitted = resampling.fit(args.directory, progress=not args.quiet)
     print(f"{args.directory}: {written} sample table(s) written; resampling fitted over {fitted['images']} images")
@@ -129,7 +129,7 @@ def data_index(args) -> int:
 
 
 def data_stats(args) -> int:
-    from data_tools.stats import frequency_table, zipf_plot
+    from data_tools.format.stats import frequency_table, zipf_plot
     plot = args.plot or Path(args.directory) / "zipf.png"
     table = frequency_table(args.directory, args.top)
     writable.check_file(plot, "Zipf plot", "--plot PATH writes it elsewhere")
@@ -140,7 +140,7 @@ def data_stats(args) -> int:
 
 
 def pretrain(args) -> int:
-    from launch.config import to_dict
+    from data_tools.common.config import to_dict
     from pretrain.config import PretrainConfig
     cfg = make_config(PretrainConfig, args.config, args.overrides)
     limit_threads(cfg)
@@ -153,7 +153,7 @@ def pretrain(args) -> int:
 def limit_threads(cfg) -> None:
     """The rank's thread budget, set before the checks load torch: OpenMP reads its wait
     policy only then (the run's first log line says the budget)."""
-    from data_tools import threads
+    from data_tools.common import threads
     threads.limit(cfg.threads, cfg.data.loader.worker_count())
 
 
@@ -201,7 +201,7 @@ def check_training(cfg, device: bool) -> dict:
         raise ConfigError(f"config key 'train.loss' = {cfg.train.loss} needs {wanted}-label data, but data.train "
                           f"is {train['label_type']}-label (train.loss=auto picks the right one)")
     if device:
-        from pretrain import dist
+        from data_tools.common import dist
         try:
             dist.pick_device(cfg.device, dist.read_env())
         except RuntimeError as err:  # no GPU for device=cuda, a half-set torchrun environment
@@ -210,7 +210,7 @@ def check_training(cfg, device: bool) -> dict:
 
 
 def read_shards(key: str, directory: str) -> dict:
-    from data_tools import shards
+    from data_tools.format import shards
     try:
         return shards.read_manifest(directory)
     except FileNotFoundError as err:
@@ -232,7 +232,7 @@ def pretrain_export(args) -> int:
 
 def show_config(args) -> int:
     """`wsl config STAGE ...`: the resolved config with each key's comment and range."""
-    from launch.config import annotated_yaml, check_sections
+    from data_tools.common.config import annotated_yaml, check_sections
     module, name = config_stages()[args.stage].split(":")
     cls = getattr(importlib.import_module(module), name)
     cfg = make_config(cls, args.config, args.overrides, check=False)
@@ -274,8 +274,8 @@ def launch(args) -> int:
 
 
 def finetune(args) -> int:
+    from data_tools.common.config import to_dict
     from finetune.config import FinetuneConfig
-    from launch.config import to_dict
     cfg = make_config(FinetuneConfig, args.config, args.overrides)
     limit_threads(cfg)
     check_finetune(cfg)
@@ -292,12 +292,12 @@ def evaluate_checkpoint(checkpoint: str, shards: str, overrides: list[str], out:
     """Overrides change the checkpoint's own config for this evaluation only. The results go
     to OUT/evals/ (OUT: the checkpoint's folder), one file per evaluated set and overrides,
     beside the run's own record (results.json), which they never replace."""
-    from data_tools import threads
-    from data_tools.shards import read_manifest
+    from data_tools.common import threads
+    from data_tools.common.config import from_dict
+    from data_tools.format.shards import read_manifest
     from finetune.config import FinetuneConfig
     from finetune.evaluate import eval_record_path, load_model, run_eval
     from finetune.leak import check_checkpoint
-    from launch.config import from_dict
     if "=" in shards and not Path(shards).exists():
         key, path = shards.split("=", 1)
         raise ConfigError(f"SHARDS is the shard directory itself, not an override ({key}=...): "
@@ -321,7 +321,7 @@ def apply_eval_overrides(config: dict, overrides: list[str]) -> None:
     """`overrides` on a checkpoint's config. A larger crop given alone ("FixRes",
     data.loader.image_size=288) comes from an image resized alike, as eval.image_size does:
     the trained resize_size would be smaller than the crop."""
-    from launch.config import parse_override, set_dotted
+    from data_tools.common.config import parse_override, set_dotted
     loader = config["data"]["loader"]
     trained = loader["image_size"], loader["resize_size"]
     given = set()

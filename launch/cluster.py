@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from data_tools.fields import bounded
+from data_tools.common.fields import bounded
 
 HELP = {
     "cluster": "where the job runs (local needs no SLURM)",

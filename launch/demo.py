@@ -2,7 +2,7 @@
 
 Every stage goes through its `wsl` subcommand (launch.cli.main), as a user would type it:
 
-    generate (data_tools.scenes) -> wsl data build x4 (hashtags, held-out hashtags with the
+    generate (launch.fixtures.scenes) -> wsl data build x4 (hashtags, held-out hashtags with the
     training vocabulary, target train, target test) -> wsl data stats (zipf.png)
     -> wsl data dedup --apply (report.html)
     -> wsl pretrain on the filtered shards, held-out hashtags as data.val
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from data_tools import shards
+from data_tools.common.config import build as make_config
+from data_tools.common.config import to_dict
+from data_tools.format import shards
 from data_tools.loaders import make_loader
-from data_tools.scenes import SceneConfig, generate
 from launch.cli import main as wsl
-from launch.config import build as make_config
-from launch.config import to_dict
+from launch.fixtures.scenes import SceneConfig, generate
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import collect, metrics
 from pretrain.models import build_model

@@ -11,8 +11,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_tools.common.config import build as make_config
 from data_tools.dedup.sets import split_spec
-from launch.config import build as make_config
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from data_tools.fields import check_ranges
+from data_tools.common.config import ConfigError, dump, from_dict
+from data_tools.common.fields import check_ranges
 from launch import cluster, stages
-from launch.config import ConfigError, dump, from_dict
 from launch.lineage import Lineage
 
 REQUEUE_SIGNAL = signal.SIGUSR2   # submitit's default; NCCL may catch USR1 (submitit PR #1697)
@@ -122,8 +122,8 @@ def run_stage(argv: list[str]) -> int:
 
 
 def dist_environ(job) -> dict[str, str]:
-    """torchrun's variables from submitit's job environment, so pretrain.dist reads one kind."""
-    from pretrain.dist import job_port  # in the job: the stage imports torch anyway
+    """torchrun's variables from submitit's job environment, so data_tools.common.dist reads one kind."""
+    from data_tools.common.dist import job_port  # in the job: the stage imports torch anyway
     master = job.hostnames[0] if job.cluster == "slurm" else "127.0.0.1"
     return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
             "MASTER_ADDR": master, "MASTER_PORT": str(job_port(int(re.sub(r"\D", "", job.raw_job_id) or 0)))}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_tools import atomic
+from data_tools.common import atomic
 
 PATTERN = re.compile(r"^checkpoint-(\d{15})\.pt$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_tools.fields import bounded
+from data_tools.common.fields import bounded
 from data_tools.loader_config import LoaderConfig
 from pretrain.schedule import OptimConfig
 

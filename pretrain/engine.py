@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from pretrain import checkpoint, dist
+from data_tools.common import dist
+from pretrain import checkpoint
 from pretrain.optim import set_lr
 from pretrain.stop import Interrupted, NonFiniteLoss, requested, stop_signals
 

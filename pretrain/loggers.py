@@ -11,7 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from data_tools import atomic
+from data_tools.common import atomic
 
 
 class JsonlLogger:
@@ -133,7 +133,7 @@ def sample_images(shard_dir: str, count: int) -> tuple[list, list[str]]:
 
     from PIL import Image, ImageOps
 
-    from data_tools import shards
+    from data_tools.format import shards
     manifest = shards.read_manifest(shard_dir)
     names = [entry.lemma for entry in shards.read_vocabulary(shard_dir, manifest)]
     images, captions = [], []

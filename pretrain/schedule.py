@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from data_tools.fields import bounded
+from data_tools.common.fields import bounded
 
 SCHEDULES = ("step", "cosine")
 IMAGENET_EPOCH = 1_281_167

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 
-from data_tools.signals import STOP_SIGNALS
+from data_tools.common.signals import STOP_SIGNALS
 
 _flag = {"signum": 0}
 

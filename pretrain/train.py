@@ -8,10 +8,11 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from data_tools import atomic, shards, threads
+from data_tools.common import atomic, dist, threads
+from data_tools.format import shards
 from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
-from pretrain import checkpoint, dist, engine
+from pretrain import checkpoint, engine
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import make_evaluator
 from pretrain.loggers import make_loggers, sample_images, validation_summary

@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_tools.build import BuildConfig, build  # noqa: E402
-from data_tools.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F401  (re-exported for tests)
-from launch.config import build as make_config  # noqa: E402
+from data_tools.common.config import build as make_config  # noqa: E402
+from launch.fixtures.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F401  (re-exported for tests)
 from pretrain import checkpoint  # noqa: E402
 
 CLI = [sys.executable, "-m", "launch.cli"]

@@ -5,7 +5,8 @@ import json
 import multiprocessing
 from pathlib import Path
 
-from data_tools import shards, vocab
+from data_tools.format import shards
+from data_tools.labels import vocab
 
 WRITERS = 6
 ROUNDS = 150

@@ -15,14 +15,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import REPO, cli, photo
 from PIL import Image
 
-from helpers import REPO, cli, photo
-from data_tools import shards
 from data_tools.build import BAD_EXAMPLES
-from data_tools.images import BadImage, ImageRules, prepare
-from data_tools.sources import ManifestSource
-from data_tools.verify import verify
+from data_tools.format import shards
+from data_tools.format.verify import verify
+from data_tools.inputs.images import BadImage, ImageRules, prepare
+from data_tools.inputs.sources import ManifestSource
 
 RULES = ImageRules()
 ORIENTATION = 0x0112

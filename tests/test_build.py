@@ -16,15 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CLI, REPO, build_shards, photo, run_cli
 from PIL import Image
 
-from helpers import CLI, REPO, build_shards, photo, run_cli
-from data_tools import shards
 from data_tools.build import BuildConfig, build, merge
-from data_tools.synthetic import write_corpus
-from data_tools.verify import verify
-from data_tools.wordnet import WordNet
-from launch.config import build as make_config
+from data_tools.common.config import build as make_config
+from data_tools.format import shards
+from data_tools.format.verify import verify
+from data_tools.labels.wordnet import WordNet
+from launch.fixtures.synthetic import write_corpus
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

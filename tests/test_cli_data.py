@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
-from helpers import run_cli
-from data_tools import resampling, shards
-from data_tools.verify import verify
+from data_tools.format import resampling, shards
+from data_tools.format.verify import verify
 
 pytestmark = pytest.mark.slow
 

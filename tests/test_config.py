@@ -12,10 +12,11 @@ import typing
 import pytest
 import torch
 import yaml
-
 from helpers import REPO, cli
+
+from data_tools.common.config import ConfigError
+from data_tools.common.config import build as make_config
 from launch.cli import config_stages, main
-from launch.config import ConfigError, build as make_config
 from pretrain.config import PretrainConfig
 
 

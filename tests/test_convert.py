@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from helpers import photo, run_cli
 from PIL import Image, ImageDraw
 
-from helpers import photo, run_cli
-from data_tools import shards, vocab
 from data_tools.build import merge
+from data_tools.common.config import build as make_config
 from data_tools.convert import ConvertConfig, convert, places
 from data_tools.convert.listing import Item, LayoutError, Listing, completeness, partial_message
-from data_tools.verify import verify
-from launch.config import build as make_config
+from data_tools.format import shards
+from data_tools.format.verify import verify
+from data_tools.labels import vocab
 
 # tench, goldfish, great white shark: sorted-wnid order is label order.
 WNIDS = ["n01440764", "n01443537", "n01484850"]

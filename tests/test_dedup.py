@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import build_shards, photo
 from PIL import Image
 
-from helpers import build_shards, photo
-from data_tools import shards
 from data_tools.dedup import copies
-from data_tools.verify import verify
+from data_tools.format import shards
+from data_tools.format.verify import verify
 from launch.cli import main
 
 EDITS = ["half", "jpeg30", "crop80", "flip", "colour", "border"]
@@ -244,6 +244,7 @@ def tiny_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
     """The three kinds of local checkpoint the learned descriptor reads, with random weights."""
     import torch
     import torchvision
+
     from pretrain.models import build_model
     from pretrain.train import export
 

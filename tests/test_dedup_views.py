@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import build_shards
 from PIL import Image, ImageOps
+from test_dedup import dedup, keys_of, matches, write_images
 
-from data_tools import scenes
 from data_tools.dedup import views
 from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor
 from data_tools.dedup.search import EvalIndex
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
-from test_dedup import dedup, keys_of, matches, write_images
-from helpers import build_shards
+from launch.fixtures import scenes
 
 CFG = scenes.SceneConfig(size=80, own_pattern=1.0, scale=0.4, max_objects=1, clutter=0, textured=0.0)
 

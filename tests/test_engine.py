@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO, build_shards, child_env, cli, write_corpus
-from data_tools import resampling, shards
+from test_pretrain import TINY, config
+
+from data_tools.common.config import to_dict
+from data_tools.format import resampling, shards
 from data_tools.loaders import LoaderConfig, make_loader
 from data_tools.loaders.bottleneck import measure
-from launch.config import to_dict
 from pretrain import checkpoint, evaluate, metrics
 from pretrain.engine import grad_norm
 from pretrain.losses import sigmoid_bce_loss
 from pretrain.models import build_model
 from pretrain.schedule import OptimConfig
 from pretrain.train import run
-from test_pretrain import TINY, config
 
 
 def test_warmup_never_runs_downhill_below_a_256_batch():

@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import REPO, child_env, cli, run_as_users_do, straight_and_resumed
 from PIL import Image
 
-from helpers import REPO, child_env, cli, run_as_users_do, straight_and_resumed
-from data_tools import shards
 from data_tools.build import BuildConfig, build
-from finetune import backbone, leak, logreg
+from data_tools.common.config import ConfigError, to_dict
+from data_tools.common.config import build as make_config
+from data_tools.format import shards
+from finetune import leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.linprobe import split
 from finetune.train import run
 from launch.cli import evaluate_checkpoint, main
-from launch.config import ConfigError, to_dict
-from launch.config import build as make_config
-from pretrain import checkpoint
+from pretrain import backbone, checkpoint
 from pretrain.metrics import confusion_matrix, mean_per_class_accuracy, most_confused
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer, set_lr

@@ -10,17 +10,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_finetune import backbone_file, config, data  # noqa: F401  (fixtures)
 
+from data_tools.common.config import build as make_config
+from data_tools.common.config import to_dict
 from data_tools.loaders import make_loader
 from finetune import logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import load_model
 from finetune.linprobe import peaked, split, sweep
 from finetune.train import run
-from launch.config import build as make_config
-from launch.config import to_dict
 from pretrain.evaluate import collect, loader_config
-from test_finetune import backbone_file, config, data  # noqa: F401  (fixtures)
 
 
 def test_probe_val_features_at_the_eval_resolution(data, backbone_file, tmp_path):  # noqa: F811
@@ -79,7 +79,7 @@ import sys
 import numpy as np, torch
 from finetune import linprobe, logreg
 from finetune.config import FinetuneConfig
-from launch.config import build
+from data_tools.common.config import build
 what, features, labels, classes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 logreg.CHUNK_FLOATS = logreg.BLOCK_FLOATS = 1 << 16   # blocks scaled down with the problem,
 logreg.ROTATED_BYTES = 0                              # and no rotated copy of "small" features

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_tools import resampling
+from data_tools.format import resampling
 from data_tools.loaders.plan import Order, Plan, Stream, cut, spread, stochastic_round, systematic
 
 UNEVEN = [5, 50, 1, 17, 33, 2, 64, 9, 40]  # samples per shard, deliberately uneven

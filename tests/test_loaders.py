@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from helpers import build_shards, photo
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from helpers import build_shards, photo
-from data_tools import resampling, shards, tables
 from data_tools.build import BuildConfig, build
+from data_tools.common.config import build as make_config
+from data_tools.format import resampling, shards, tables
 from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader, transforms, workers
 from data_tools.loaders.bottleneck import measure
-from launch.config import build as make_config
 
 CPU_BACKENDS = ["pil", pytest.param("dali-cpu", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]
 SMALL = dict(batch_size=16, image_size=32, resize_size=40, workers=1)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import build_shards
-from data_tools import shards
+
 from data_tools.build import BuildConfig, key_hash
-from data_tools.synthetic import write_corpus
-from launch.config import ConfigError
-from launch.config import build as make_config
+from data_tools.common.config import ConfigError
+from data_tools.common.config import build as make_config
+from data_tools.format import shards
 from data_tools.loaders import LoaderConfig, make_loader
+from launch.fixtures.synthetic import write_corpus
 
 BATCH = 16
 NOUNS = ["#dog", "#cat", "#car", "#tree", "#flower", "#beach", "#mountain", "#sunset", "#bear", "#bird",

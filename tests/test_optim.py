@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from launch.config import ConfigError, build as make_config
+from data_tools.common.config import ConfigError
+from data_tools.common.config import build as make_config
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer, param_groups, set_lr
 from pretrain.schedule import OptimConfig, lr_at, peak_lr

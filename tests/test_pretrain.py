@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import REPO, build_shards, child_env, cli, run_as_users_do, straight_and_resumed
 from PIL import Image
 
-from helpers import REPO, build_shards, child_env, cli, run_as_users_do, straight_and_resumed
-from launch.config import build as make_config
-from launch.config import to_dict
+from data_tools.common.config import build as make_config
+from data_tools.common.config import to_dict
+from data_tools.common.dist import read_env
 from pretrain import checkpoint, engine
 from pretrain.config import PretrainConfig
-from pretrain.dist import read_env
 from pretrain.models import build_model
 from pretrain.train import run
 

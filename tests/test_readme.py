@@ -8,11 +8,11 @@ import re
 import shutil
 
 import pytest
-
 from helpers import REPO
+from test_convert import cub_tree, imagenet_flat_val, imagenet_train, places_tree, write_solution
+
 from launch.cli import config_stages, main, make_parser, with_default_command
 from pretrain import checkpoint
-from test_convert import cub_tree, imagenet_flat_val, imagenet_train, places_tree, write_solution
 
 SIZES = ["device=cpu", "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
          "data.loader.workers=1", "data.loader.backend=pil", "train.bottleneck_seconds=0"]
@@ -68,8 +68,9 @@ def inputs(tmp_path_factory) -> dict:
     """What README's paths stand for: a hashtag corpus, ImageNet, CUB-200-2011 and Places365
     trees as distributed, and a CUB train split (which no README line converts)."""
     from helpers import write_corpus
+
+    from data_tools.common.config import build as make_config
     from data_tools.convert import ConvertConfig, convert
-    from launch.config import build as make_config
     root = tmp_path_factory.mktemp("readme")
     imagenet = root / "imagenet"
     imagenet_train(imagenet)

@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
+from helpers import free_port
 
 from data_tools.loaders import LoaderConfig, make_loader
-from helpers import free_port
 
 # Every test reads from a server process over a socket.
 pytestmark = pytest.mark.slow
@@ -135,6 +135,6 @@ def test_class_names_of_a_set_at_a_url_are_those_on_disk(http_url, shard_dir):
 
 
 def test_a_url_without_a_shard_set_is_one_clear_error(http_url):
-    from data_tools import shards
+    from data_tools.format import shards
     with pytest.raises(FileNotFoundError, match="has no manifest.json"):
         shards.read_manifest(f"{http_url}/nothing")

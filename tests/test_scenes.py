@@ -1,4 +1,4 @@
-"""The demo's generated corpus (data_tools.scenes): tags follow the concepts, Zipfian
+"""The demo's generated corpus (launch.fixtures.scenes): tags follow the concepts, Zipfian
 frequencies, planted leaks, determinism, and the shards built from it."""
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import build_shards
 from PIL import Image, ImageOps
 
-from helpers import build_shards
-from data_tools import vocab
 from data_tools.build import BuildConfig, build
-from data_tools.scenes import OBJECTS, POPULAR, SCENES, SceneConfig, generate, target_classes
-from data_tools.wordnet import WordNet
-from launch.config import build as make_config
+from data_tools.common.config import build as make_config
+from data_tools.labels import vocab
+from data_tools.labels.wordnet import WordNet
+from launch.fixtures.scenes import OBJECTS, POPULAR, SCENES, SceneConfig, generate, target_classes
 
 SMALL = SceneConfig(train=1000, heldout=60, target_train=2, target_test=3, leaks=5, size=40, seed=7)
 

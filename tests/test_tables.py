@@ -8,11 +8,11 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from helpers import CLI, REPO
-from data_tools import resampling, shards, tables
+
+from data_tools.format import resampling, shards, tables
+from data_tools.format.verify import verify
 from data_tools.loaders import LoaderConfig, make_loader
-from data_tools.verify import verify
 
 SMALL = LoaderConfig(backend="pil", batch_size=16, image_size=32, resize_size=40, workers=1)
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO
-from data_tools import threads
+
+from data_tools.common import threads
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_the_budget_is_the_share_less_the_loader_workers(sixteen_cores, monkeypa
 def test_pool_workers_run_one_thread():
     """build's and dedup's process pools: a process per core, so one thread in each."""
     code = ("import cv2, torch\nfrom concurrent.futures import ProcessPoolExecutor\n"
-            "from data_tools.threads import pool_worker\n"
+            "from data_tools.common.threads import pool_worker\n"
             "def count():\n    return torch.get_num_threads(), cv2.getNumThreads()\n"
             "with ProcessPoolExecutor(2, initializer=pool_worker) as pool:\n"
             "    print(*pool.submit(count).result())\n")

@@ -6,10 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from helpers import build_shards, write_corpus
-from data_tools import shards, vocab
-from data_tools.wordnet import WordNet
+
+from data_tools.format import shards
+from data_tools.labels import vocab
+from data_tools.labels.wordnet import WordNet
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Hashtag -> WordNet 3.0 noun synset, checked against the real WordNet 3.0 files.
 
 The expected ids come from the database itself (data.noun is read here independently of
-data_tools.wordnet): a synset id is 'n' + the byte offset of its line in data.noun.
+data_tools.labels.wordnet): a synset id is 'n' + the byte offset of its line in data.noun.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.wordnet import WordNet, find_wordnet_dir, squash
+from data_tools.labels.wordnet import WordNet, find_wordnet_dir, squash
 
 BROWN_BEAR = "n02132136"
 BEAR_ANIMAL = "n02131653"

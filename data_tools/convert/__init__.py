@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_tools.build import ImageConfig, Labeler, ShardConfig, parse_part, write_dataset
+from data_tools.common.fields import bounded, check_ranges
 from data_tools.convert import cub, imagenet, places
 from data_tools.convert.listing import LabelledSource, LayoutError, completeness, partial_message
-from data_tools.fields import bounded, check_ranges
 
 READERS = {"imagenet": imagenet.read, "cub": cub.read, "places": places.read}
 SPLITS = {"imagenet": ("train", "val"), "cub": ("train", "test"), "places": ("train", "val")}
@@ -61,7 +61,7 @@ class ConvertConfig:
 
 
 def convert(cfg: ConvertConfig) -> dict:
-    check_ranges(cfg)  # also when the config was made in Python, not by launch.config
+    check_ranges(cfg)  # also when the config was made in Python, not by data_tools.common.config
     listing = READERS[cfg.dataset](Path(cfg.root), cfg)
     status = completeness(listing)
     if not status["complete"]:

@@ -17,9 +17,18 @@ import csv
 import re
 from pathlib import Path
 
-from data_tools.convert.listing import (Item, LayoutError, Listing, image_files, match_disk, problem, quote,
-                                        read_rows, unique)
-from data_tools.wordnet import WordNet
+from data_tools.convert.listing import (
+    Item,
+    LayoutError,
+    Listing,
+    image_files,
+    match_disk,
+    problem,
+    quote,
+    read_rows,
+    unique,
+)
+from data_tools.labels.wordnet import WordNet
 
 PUBLISHED = {"train": (1_281_167, 1000), "val": (50_000, 1000)}
 WNID = re.compile(r"n\d{8}")

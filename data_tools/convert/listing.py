@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 from tqdm import tqdm
 
-from data_tools.sources import IMAGE_SUFFIXES, Record
+from data_tools.inputs.sources import IMAGE_SUFFIXES, Record
 
 SHOWN = 5   # offending lines quoted in an error
 

@@ -9,8 +9,9 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from data_tools import atomic, shards
+from data_tools.common import atomic
 from data_tools.dedup import keypoints, views
+from data_tools.format import shards
 
 THUMB_SIDE = 160
 

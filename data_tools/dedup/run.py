@@ -29,16 +29,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data_tools import atomic, shards, writable
 from data_tools.build import parse_part
+from data_tools.common import atomic, writable
+from data_tools.common.fields import bounded, check_ranges
+from data_tools.common.threads import cores, pool_worker
 from data_tools.dedup import keypoints, views
 from data_tools.dedup.descriptors import make_descriptor
-from data_tools.dedup.sets import split_spec
-from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
-from data_tools.threads import cores, pool_worker
 from data_tools.dedup.keypoints import MIN_COVER, MIN_INLIERS
+from data_tools.dedup.search import EvalImage, EvalIndex, choose_threshold, make_index, operating_point
+from data_tools.dedup.sets import split_spec
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
-from data_tools.fields import bounded, check_ranges
+from data_tools.format import shards
 
 BATCH = 256          # images described per call
 BAD_EXAMPLES = 10

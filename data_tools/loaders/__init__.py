@@ -29,8 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from data_tools import tables
-from data_tools.fields import check_ranges
+from data_tools.common.fields import check_ranges
+from data_tools.format import tables
 from data_tools.loader_config import LoaderConfig
 from data_tools.loaders import catalog as catalogs
 from data_tools.loaders import plan as plans

@@ -1,7 +1,7 @@
 """Every sample of a shard directory: where its JPEG lies, and its labels, read lazily.
 
 Loading reads only the manifest (per-shard counts, tag counts); each shard's sample table
-(data_tools/tables.py) is memory-mapped when a rank first reaches that shard, so start-up
+(data_tools/format/tables.py) is memory-mapped when a rank first reaches that shard, so start-up
 and memory do not grow with the data set. A backend reads a sample with one positioned
 read and never parses a tar: that is what lets a rank start anywhere in a shard (exact
 resume) and read only its own samples. Rows are numbered across shards in manifest order;
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools import resampling, shards, tables
+from data_tools.format import resampling, shards, tables
 from data_tools.loaders import remote
 
 OPEN_FILES = 64  # shard files and tables a reader keeps open; a rank reads a handful at a time

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
-from data_tools.images import BadImage
+from data_tools.inputs.images import BadImage
 
 # np.asarray(PIL image) is read-only; we only read it (the crop is copied before resizing).
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)

@@ -24,9 +24,9 @@ from multiprocessing import popen_fork
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_tools.common.signals import STOP_SIGNALS
 from data_tools.loaders import transforms
 from data_tools.loaders.catalog import Catalog, Reader
-from data_tools.signals import STOP_SIGNALS
 
 PREFETCH = 2  # batches each worker may have ready ahead of the main process
 

@@ -4,7 +4,7 @@
     min_scale: float = bounded(0.08, lo=0, hi=1, open_lo=True)
 
 `check_ranges(obj)` walks a config dataclass (nested ones too) and raises one ValueError
-that names the dotted key, the value and the range; launch.config calls it once for a
+that names the dotted key, the value and the range; data_tools.common.config calls it once for a
 whole config, so no stage needs hand-written range checks.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from data_tools.signals import quiet_stop
+from data_tools.common.signals import quiet_stop
 
 CGROUP = Path("/sys/fs/cgroup")
 

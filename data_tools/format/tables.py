@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools import atomic
+from data_tools.common import atomic
 
 MAGIC = b"WSLTAB1\n"
 BAD_REASONS = ("", "missing_jpg", "missing_json", "bad_json", "no_labels", "bad_labels")
@@ -152,7 +152,7 @@ def index(directory: str | Path, progress: bool = True) -> int:
     """Write the table of every shard of DIR's manifest that has none; the number written."""
     from tqdm import tqdm
 
-    from data_tools import shards  # shards writes tables: imported here, not at the top
+    from data_tools.format import shards  # shards writes tables: imported here, not at the top
 
 
     directory = Path(directory)

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_tools import atomic
+from data_tools.common import atomic
 
 HEADER = ("index", "synset", "lemma", "count")
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from data_tools import shards, tables
+from data_tools.format import shards, tables
 
 FILE = "resampling.table"
 ITERATIONS = 500

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_tools import shards, vocab
+from data_tools.format import shards
+from data_tools.labels import vocab
 
 
 def frequency_table(directory: str, top: int = 20) -> str:

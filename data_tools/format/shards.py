@@ -14,7 +14,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from data_tools import atomic, tables
+from data_tools.common import atomic
+from data_tools.format import tables
 
 DALI_INDEX_VERSION = "v1.2"
 
@@ -132,7 +133,7 @@ def read_manifest(directory: str | Path) -> dict:
 
 def read_vocabulary(directory: str | Path, manifest: dict) -> list:
     """The vocabulary.tsv entries of a shard directory, local or at a URL."""
-    from data_tools import vocab
+    from data_tools.labels import vocab
     if "://" in str(directory):
         return vocab.parse(read_remote(str(directory), manifest["vocabulary"]), f"{directory}/{manifest['vocabulary']}")
     return vocab.read(Path(directory) / manifest["vocabulary"])

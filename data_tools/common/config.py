@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from data_tools.fields import check_ranges
+from data_tools.common.fields import check_ranges
 
 
 class ConfigError(ValueError):

@@ -17,8 +17,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from data_tools import resampling, shards, tables, vocab
-from data_tools.threads import cores, pool_worker
+from data_tools.common.threads import cores, pool_worker
+from data_tools.format import resampling, shards, tables
+from data_tools.labels import vocab
 
 MAX_PROBLEMS = 20
 
