@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from data_tools.common import atomic, dist, threads
+from data_tools.common.log import say
 from data_tools.format import shards
 from finetune import features, leak, logreg
 from finetune.config import FinetuneConfig
@@ -155,7 +156,7 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
         raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
     model = backbone.build(source, name, 0)
     if env.is_main:  # the first lines of a run, once the checks that refuse one in a line are done
-        print(budget, file=sys.stderr, flush=True)
+        say(budget)
         leak.check(source, [cfg.data.val] if cfg.data.val else [])
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +210,3 @@ def train_and_evaluate(cfg: FinetuneConfig, config_dict: dict, model, device: to
     shards.write_json(run_dir / "results.json", results)
     say(f"probe: {run_dir / 'probe.pt'}; results: {run_dir / 'results.json'}")
     return results
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

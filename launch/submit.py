@@ -25,12 +25,12 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from data_tools.common.config import ConfigError, dump, from_dict
 from data_tools.common.fields import check_ranges
+from data_tools.common.log import say
 from launch import cluster, stages
 from launch.lineage import Lineage
 
@@ -127,10 +127,6 @@ def dist_environ(job) -> dict[str, str]:
     master = job.hostnames[0] if job.cluster == "slurm" else "127.0.0.1"
     return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
             "MASTER_ADDR": master, "MASTER_PORT": str(job_port(int(re.sub(r"\D", "", job.raw_job_id) or 0)))}
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # --- the submitting side -------------------------------------------------------------------

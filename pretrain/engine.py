@@ -13,7 +13,6 @@ when a log line is due, and the ranks agree on a stop every `stop_check_steps` s
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,8 +222,3 @@ def log(job: Job, progress: Progress, out: dict, window: Window, bar) -> None:
     job.loggers.log(metrics)
     bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.4g}", refresh=False)
     window.reset()
-
-
-def say(env: dist.DistEnv, text: str) -> None:
-    if env.is_main:
-        print(text, file=sys.stderr, flush=True)

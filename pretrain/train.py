@@ -9,6 +9,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from data_tools.common import atomic, dist, threads
+from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
@@ -19,8 +20,6 @@ from pretrain.loggers import make_loggers, sample_images, validation_summary
 from pretrain.losses import make_loss
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer
-
-say = engine.say
 
 
 def loss_kind(requested: str, label_type: str) -> str:
@@ -85,8 +84,8 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         if progress.images_seen >= cfg.train.total_images:
             if env.is_main and not (run_dir / "backbone.pt").is_file():  # stopped between the two
                 export(state["model"], cfg.model.name, config_dict, run_dir / "backbone.pt")
-            say(env, f"{run_dir} is a finished run ({progress.images_seen} images); nothing to do "
-                     "(a new run_dir starts afresh)")
+            say(f"{run_dir} is a finished run ({progress.images_seen} images); nothing to do "
+                     "(a new run_dir starts afresh)", env)
             return progress
         if env.is_main:  # what ran, beside what it produced
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,15 +94,15 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         model = init_model(num_classes) if init_model else build_model(
             cfg.model.name, num_classes, zero_init_residual=cfg.model.zero_init_residual)
         job = build_job(cfg, config_dict, env, device, model, manifest, progress.images_seen, trunk_lr_mult)
-        say(env, budget)  # the run's first line, after what refuses a run in one line (run_dir, W&B, loader)
+        say(budget, env)  # the run's first line, after what refuses a run in one line (run_dir, W&B, loader)
         if state:
             engine.restore(job, progress, state)
-            say(env, f"resumed from {progress.images_seen} images")
+            say(f"resumed from {progress.images_seen} images", env)
         else:
             if env.is_main and cfg.log.wandb != "off" and cfg.log.sample_images > 0:
                 job.loggers.log_images(*sample_images(cfg.data.train, cfg.log.sample_images))
-            say(env, f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-                     f"{num_classes} labels, global batch {job.global_batch}, {env.world_size} rank(s) on {device.type}")
+            say(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+                     f"{num_classes} labels, global batch {job.global_batch}, {env.world_size} rank(s) on {device.type}", env)
             if cfg.train.bottleneck_seconds > 0:
                 report_bottleneck(job, cfg.train.bottleneck_seconds)
         try:
@@ -114,8 +113,8 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         if env.is_main:
             export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
             final = validation_summary(run_dir / "metrics.jsonl")
-            say(env, f"done: {progress.images_seen} images; {final + '; ' if final else ''}"
-                     f"backbone at {run_dir / 'backbone.pt'}")
+            say(f"done: {progress.images_seen} images; {final + '; ' if final else ''}"
+                     f"backbone at {run_dir / 'backbone.pt'}", env)
         return progress
     finally:
         dist.close()
@@ -172,7 +171,7 @@ def report_bottleneck(job: engine.Job, seconds: float) -> None:
         job.module.zero_grad(set_to_none=True)
 
     try:
-        say(job.env, str(measure(job.loader, step, seconds)))
+        say(str(measure(job.loader, step, seconds)), job.env)
     finally:
         job.module.load_state_dict(weights)
         checkpoint.set_rng_state(rng, job.device)
