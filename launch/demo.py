@@ -1,6 +1,6 @@
 """`wsl demo`: the paper's claim in miniature, on generated photos, on the CPU, in minutes.
 
-Every stage goes through its `wsl` subcommand (launch.cli.main), as a user would type it:
+Every stage goes through its `wsl` subcommand (launch.commands.run), as a user would type it:
 
     generate (launch.fixtures.scenes) -> wsl data build x4 (hashtags, held-out hashtags with the
     training vocabulary, target train, target test) -> wsl data stats (zipf.png)
@@ -26,9 +26,10 @@ import torch
 
 from data_tools.common.config import build as make_config
 from data_tools.common.config import to_dict
+from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import make_loader
-from launch.cli import main as wsl
+from launch.commands import run as wsl
 from launch.fixtures.scenes import SceneConfig, generate
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import collect, metrics
@@ -90,7 +91,7 @@ def stage(title: str, argv: list[str]) -> None:
     print(f"\n== {title}\n$ wsl {' '.join(argv)}", flush=True)
     status = wsl(argv)
     if status > 128:  # Ctrl-C or SIGTERM: the stage said so; the demo stops with the same status
-        print(f"wsl demo: stopped during `wsl {' '.join(argv[:2])}`; run it again to start over", file=sys.stderr)
+        say(f"wsl demo: stopped during `wsl {' '.join(argv[:2])}`; run it again to start over")
         raise SystemExit(status)
     if status:
         raise SystemExit(f"wsl demo: `wsl {' '.join(argv[:2])}` failed (status {status})")

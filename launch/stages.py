@@ -1,18 +1,19 @@
 """The stages `wsl launch` runs: each one's `wsl` subcommand, config class and folders.
 
-A stage plugs in with one line in STAGES. Its config is resolved and checked here, on the
-submitting machine, with the stage's own parser and config class, so a wrong key fails in
-a second instead of in the queue; the job then runs `wsl STAGE -c RESOLVED.yaml`, exactly
-what was checked.
+A stage plugs in with one line in STAGES. Its config is resolved (launch.submit.resolve,
+with the stage's own parser and config class) and checked here, on the submitting machine,
+so a wrong key fails in a second instead of in the queue; the job then runs `wsl STAGE -c
+RESOLVED.yaml`, exactly what was checked.
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_tools.common.config import build as make_config
 from data_tools.dedup.sets import split_spec
+from launch.preflight import check_finetune, check_pretrain
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Stage:
     inputs: tuple[str, ...] = ()        # dotted keys of every file or folder that must exist to start
     merge: tuple[str, ...] | None = None  # subcommand joining `--part i/N` outputs; None: no arrays
     trains: bool = False                # stops at a checkpoint through pretrain.stop.request_stop
-    check: str = ""                     # "module:function" that checks its data and files, as `wsl STAGE` does
+    check: Callable | None = None       # checks its data and files, as `wsl STAGE` does
 
     @property
     def name(self) -> str:
@@ -44,32 +45,16 @@ STAGES = {stage.name: stage for stage in (
     Stage(("data", "dedup"), "data_tools.dedup.run:DedupConfig", output="out", artifact="summary.json",
           reads=("train",), inputs=("train", "against")),
     Stage(("pretrain",), "pretrain.config:PretrainConfig", output="run_dir", artifact="backbone.pt",
-          reads=("data.train",), inputs=("data.train", "data.val"), trains=True, check="launch.cli:check_pretrain"),
+          reads=("data.train",), inputs=("data.train", "data.val"), trains=True, check=check_pretrain),
     Stage(("finetune",), "finetune.config:FinetuneConfig", output="run_dir", artifact="results.json",
           reads=("data.train",), inputs=("data.train", "data.val", "backbone"), trains=True,
-          check="launch.cli:check_finetune"),
+          check=check_finetune),
 )}
-
-# Arguments of a stage's parser that are not config keys of the same name.
-PARSER_ONLY = {"config", "overrides", "func", "stage", "command", "flags"}
 
 
 def config_class(stage: Stage) -> type:
     module, name = stage.config.split(":")
     return getattr(importlib.import_module(module), name)
-
-
-def resolve(stage: Stage, argv: list[str]):
-    """The stage's config from its own command line, as `wsl STAGE ARGV` would build it."""
-    from launch.cli import make_parser, with_default_command
-    args = make_parser().parse_args(with_default_command([*stage.command, *argv]))
-    # A stage flag such as `--part 3/8` sets the config key of the same name, unless the
-    # subcommand maps its flags itself (`flags`: data dedup's --self, --against).
-    if hasattr(args, "flags"):
-        flags = args.flags(args)
-    else:
-        flags = [f"{k}={v}" for k, v in vars(args).items() if k not in PARSER_ONLY and v is not None]
-    return make_config(config_class(stage), args.config, [*args.overrides, *flags])
 
 
 def missing_inputs(stage: Stage, cfg) -> list[str]:
@@ -89,8 +74,7 @@ def check(stage: Stage, cfg) -> None:
     """The stage's own checks of its data against its config (label types, classes), but not
     of the device: the submitting machine is often a login node without the job's GPUs."""
     if stage.check:
-        module, name = stage.check.split(":")
-        getattr(importlib.import_module(module), name)(cfg, device=False)
+        stage.check(cfg, device=False)
 
 
 def lookup(cfg, dotted: str):

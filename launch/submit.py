@@ -1,20 +1,5 @@
-"""`wsl launch STAGE`: check the stage's config here, then run the stage as a submitit job.
-
-One generic task for every stage: the job calls `launch.cli.main`, the code path of `wsl
-STAGE` typed on a node, with the config resolved at submission. How a job survives the end
-of its time slot:
-
-SLURM sends USR2 to every task `signal_delay_s` before the time limit (`--signal=USR2@N`;
-on preemption too with `SlurmctldParameters=preempt_send_user_signal`). submitit's own
-USR2 handler requeues at once, on global rank 0 only, while the other ranks still train
-(submitit issue #9), so the task takes USR2 over: on every rank it asks the stage to stop
-(`pretrain.stop.request_stop`; the engine's flag all-reduce makes all ranks write one
-checkpoint together), the stage returns 128+USR2, and only then does rank 0 hand over to
-submitit's handler, which calls `StageTask.checkpoint()` (a DelayedSubmission of this task,
-or None past --max-requeues) and requeues the job. The requeued job resumes from the run
-folder's newest checkpoint. A SIGTERM (scancel, or SLURM requeueing the job itself) also
-stops at a checkpoint, without a requeue of ours.
-"""
+"""`wsl launch STAGE`: check the stage's config here, then submit the stage as a submitit job
+(launch.job runs it; launch.polling follows it)."""
 from __future__ import annotations
 
 import argparse
@@ -22,114 +7,19 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 from data_tools.common.config import ConfigError, dump, from_dict
+from data_tools.common.config import build as make_config
 from data_tools.common.fields import check_ranges
 from data_tools.common.log import say
-from launch import cluster, stages
+from launch import cluster, parser, stages
+from launch.job import StageTask
 from launch.lineage import Lineage
+from launch.polling import settled, succeeded, wait_slurm
 
-REQUEUE_SIGNAL = signal.SIGUSR2   # submitit's default; NCCL may catch USR1 (submitit PR #1697)
-
-
-class StageStopped(BaseException):
-    """A stop signal ended a stage that has no checkpoint of its own (it restarts where it was).
-    A BaseException, like KeyboardInterrupt, so no `except Exception` in the stage swallows it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StageFailed(RuntimeError):
-    pass
-
-
-class StageTask:
-    """What a job runs: one `wsl` stage. Picklable; torch and the stage load inside the job."""
-
-    def __init__(self, argv: list[str], trains: bool, max_requeues: int, lineage: Lineage | None = None):
-        self.argv = list(argv)
-        self.trains = trains
-        self.max_requeues = max_requeues
-        self.lineage = lineage
-        self.requeues = 0
-
-    def __call__(self) -> int:
-        import submitit
-        job = submitit.JobEnvironment()
-        os.environ.update(dist_environ(job))
-        if self.lineage is not None:
-            os.environ.update(self.lineage.environ())
-        submitit_requeue = signal.getsignal(REQUEUE_SIGNAL)
-        signal.signal(REQUEUE_SIGNAL, self._stop)
-        say(f"wsl {' '.join(self.argv)} | {job} | requeue {self.restarts()} of at most {self.max_requeues}")
-        try:
-            code = run_stage(self.argv)
-        except StageStopped as stop:
-            code = 128 + stop.signum
-        if code == 128 + REQUEUE_SIGNAL:
-            say(f"stopped by {REQUEUE_SIGNAL.name} (time limit or preemption)")
-            if job.global_rank == 0 and callable(submitit_requeue):
-                submitit_requeue(REQUEUE_SIGNAL, None)  # calls self.checkpoint(), requeues, exits
-            return code
-        self._finish(code, job.global_rank)
-        return code
-
-    def _finish(self, code: int, rank: int) -> None:
-        """A stage that ended otherwise: an error for SLURM (so `afterok` holds back the merge),
-        or the lineage of what it made."""
-        signum = code - 128 if code > 128 else None
-        if signum is not None:
-            raise StageFailed(f"wsl {' '.join(self.argv)} stopped by {signal.Signals(signum).name}; "
-                              "a requeued or re-launched job resumes from its checkpoint")
-        if code != 0:
-            raise StageFailed(f"wsl {' '.join(self.argv)} exited with {code}; its error is in this log")
-        if rank == 0 and self.lineage is not None and self.lineage.mode != "off":
-            say(self.lineage.record())
-
-    def _stop(self, signum, frame) -> None:
-        if self.trains:
-            from pretrain.stop import request_stop
-            request_stop(signum)
-        else:
-            raise StageStopped(signum)
-
-    def restarts(self) -> int:
-        # SLURM counts its own requeues (preemption, scontrol requeue); ours are counted here too.
-        return max(self.requeues, int(os.environ.get("SLURM_RESTART_COUNT", 0)))
-
-    def checkpoint(self):
-        """submitit's requeue hook (rank 0): this task again, until --max-requeues is spent."""
-        import submitit
-        if self.restarts() >= self.max_requeues:
-            say(f"not requeued: {self.restarts()} requeues done, --max-requeues {self.max_requeues}; "
-                "re-launch the same command to resume from the checkpoint")
-            return None
-        self.requeues = self.restarts() + 1
-        say(f"requeueing (requeue {self.requeues} of at most {self.max_requeues})")
-        return submitit.helpers.DelayedSubmission(self)
-
-
-def run_stage(argv: list[str]) -> int:
-    from launch.cli import main
-    return main(argv)
-
-
-def dist_environ(job) -> dict[str, str]:
-    """torchrun's variables from submitit's job environment, so data_tools.common.dist reads one kind."""
-    from data_tools.common.dist import job_port  # in the job: the stage imports torch anyway
-    master = job.hostnames[0] if job.cluster == "slurm" else "127.0.0.1"
-    return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
-            "MASTER_ADDR": master, "MASTER_PORT": str(job_port(int(re.sub(r"\D", "", job.raw_job_id) or 0)))}
-
-
-# --- the submitting side -------------------------------------------------------------------
 
 def split_command(words: list[str]) -> tuple[stages.Stage, list[str], list[str]]:
     """`STAGE [launch options] [-- stage args]` -> (stage, launch options, stage args).
@@ -168,7 +58,7 @@ def launch(args: argparse.Namespace) -> int:
     if opts.array_parts > 1 and stage.merge is None:
         raise ConfigError(f"--array-parts: '{stage.name}' does not run in parts "
                           f"(those that do: {', '.join(s.name for s in stages.STAGES.values() if s.merge)})")
-    cfg = stages.resolve(stage, stage_args)
+    cfg = resolve(stage, stage_args)
     missing = stages.missing_inputs(stage, cfg)
     if missing:
         raise ConfigError(f"{stage.name}: not found, so not submitted: {'; '.join(missing)}")
@@ -192,6 +82,22 @@ def launch(args: argparse.Namespace) -> int:
     code, ids = run_here(executor, waves, opts.max_parallel)
     record(job_dir, stage, args, opts, ids)
     return code
+
+
+# Arguments of a stage's parser that are not config keys of the same name.
+PARSER_ONLY = {"config", "overrides", "handler", "stage", "command", "flags"}
+
+
+def resolve(stage: stages.Stage, argv: list[str]):
+    """The stage's config from its own command line, as `wsl STAGE ARGV` would build it."""
+    args = parser.make_parser().parse_args(parser.with_default_command([*stage.command, *argv]))
+    # A stage flag such as `--part 3/8` sets the config key of the same name, unless the
+    # subcommand maps its flags itself (`flags`: data dedup's --self, --against).
+    if hasattr(args, "flags"):
+        flags = args.flags(args)
+    else:
+        flags = [f"{k}={v}" for k, v in vars(args).items() if k not in PARSER_ONLY and v is not None]
+    return make_config(stages.config_class(stage), args.config, [*args.overrides, *flags])
 
 
 def tasks(stage: stages.Stage, cfg, opts: cluster.LaunchConfig, job_dir: Path, lineage: Lineage) -> list[list]:
@@ -293,104 +199,3 @@ def run_here(executor, waves: list[list], cap: int) -> tuple[int, list[str]]:
             return 1, ids
     say(f"done: job(s) {', '.join(ids)}")
     return 0, ids
-
-
-def succeeded(jobs: list) -> bool:
-    """Each ended job's outcome; the first failure is said in one line with its log."""
-    for job in jobs:
-        try:
-            job.results()
-        except Exception as err:  # submitit hands back the job's error as text
-            say(f"wsl launch: job {job.job_id} failed: {first_error(job.paths.stderr, err)} "
-                f"(log: {job.paths.stderr})")
-            return False
-    return True
-
-
-# SLURM states after which a job runs no more (PREEMPTED and SPECIAL_EXIT jobs may be requeued).
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
-FORGOTTEN_S = 600   # how long a job may be unknown to both scontrol and sacct before --wait gives up
-
-
-def wait_slurm(jobs: list, first_poll: float = 2.0, longest_poll: float = 30.0) -> int:
-    """`--wait`: each job's SLURM state as it changes, until every job has ended; polls
-    spaced out from 2 to 30 s. Ctrl-C stops waiting and leaves the jobs running."""
-    seen, unknown_since, poll = {}, {}, first_poll
-    try:
-        while True:
-            states = slurm_states(jobs)
-            for job_id, state in states.items():
-                if seen.get(job_id) != state:
-                    say(f"job {job_id}: {state}")
-                    seen[job_id] = state
-                if state == "UNKNOWN":
-                    unknown_since.setdefault(job_id, time.time())
-                else:
-                    unknown_since.pop(job_id, None)
-            # By state only: a requeued job keeps the result file of its interrupted attempt.
-            if all(state.startswith(ENDED) for state in states.values()):
-                break
-            lost = [job_id for job_id, since in unknown_since.items() if time.time() - since > FORGOTTEN_S]
-            if lost:
-                say(f"wsl launch: neither scontrol nor sacct knows job(s) {', '.join(lost)} any more; "
-                    "stopped waiting")
-                return 1
-            time.sleep(poll)
-            poll = min(longest_poll, poll * 1.5)
-    except KeyboardInterrupt:
-        say(f"wsl launch: stopped waiting; the job(s) go on: squeue -j {','.join(seen)}")
-        return 130
-    if not succeeded(jobs):
-        return 1
-    say(f"done: job(s) {', '.join(j.job_id for j in jobs)}")
-    return 0
-
-
-def slurm_states(jobs: list) -> dict[str, str]:
-    """{job id: state}, from slurmctld (scontrol works on clusters without accounting) and,
-    for a job it has forgotten (MinJobAge after the end), from sacct through submitit."""
-    states = {}
-    for base in dict.fromkeys(job.job_id.split("_")[0] for job in jobs):
-        states.update(scontrol_states(subprocess.run(["scontrol", "-o", "show", "job", base],
-                                                     capture_output=True, text=True).stdout))
-    for job in jobs:
-        if job.job_id not in states:
-            states[job.job_id] = job.watcher.get_state(job.job_id, mode="force")
-    return {job.job_id: states[job.job_id] for job in jobs}
-
-
-def scontrol_states(out: str) -> dict[str, str]:
-    """{job id: state} from `scontrol -o show job` output; an array gives each task."""
-    states = {}
-    for line in out.splitlines():
-        fields = dict(re.findall(r"(\w+)=(\S*)", line))
-        for job_id in scontrol_ids(fields):
-            states[job_id] = fields.get("JobState", "UNKNOWN")
-    return states
-
-
-def scontrol_ids(fields: dict) -> list[str]:
-    """The job ids one `scontrol -o show job` line stands for: a pending array's tasks share a
-    line (ArrayTaskId=0-2%4 or 0,3)."""
-    if "ArrayTaskId" not in fields:
-        return [fields.get("JobId", "")]
-    ids = []
-    for part in fields["ArrayTaskId"].split("%")[0].split(","):
-        span, _, step = part.partition(":")
-        first, _, last = span.partition("-")
-        ids += [f"{fields['ArrayJobId']}_{i}" for i in range(int(first), int(last or first) + 1, int(step or 1))]
-    return ids
-
-
-def first_error(log: Path, err: Exception) -> str:
-    """The stage's own one-line error if it printed one, else the exception's last line."""
-    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-    mine = [line for line in lines if line.startswith("wsl: error:")]
-    return mine[0] if mine else str(err).strip().splitlines()[-1]
-
-
-def settled(job) -> bool:
-    try:
-        return job.done()
-    except Exception:  # a debug job runs inside done() and raises its error there: results() reports it
-        return True

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, free_port
-from launch.submit import ENDED, scontrol_states
+
+from launch.polling import ENDED, scontrol_states
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 

@@ -16,7 +16,8 @@ from helpers import REPO, cli
 
 from data_tools.common.config import ConfigError
 from data_tools.common.config import build as make_config
-from launch.cli import config_stages, main
+from launch.cli import main
+from launch.parser import config_stages
 from pretrain.config import PretrainConfig
 
 

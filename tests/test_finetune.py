@@ -24,7 +24,8 @@ from finetune import leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.linprobe import split
 from finetune.train import run
-from launch.cli import evaluate_checkpoint, main
+from launch.cli import main
+from launch.commands import evaluate_checkpoint
 from pretrain import backbone, checkpoint
 from pretrain.metrics import confusion_matrix, mean_per_class_accuracy, most_confused
 from pretrain.models import build_model

@@ -10,10 +10,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, build_shards, cli, write_corpus
+
 from launch.cluster import LaunchConfig, executor, time_minutes
-from launch.submit import StageTask, dist_environ
+from launch.job import StageTask, dist_environ
 from pretrain import checkpoint
 
 TINY = ["device=cpu", "model.name=resnext_tiny", "train.bottleneck_seconds=0", "data.loader.batch_size=8",
@@ -238,7 +238,7 @@ def test_dedup_stage_runs_as_a_job_with_its_own_flags(tmp_path):
 
 
 def test_wait_reads_every_array_task_from_scontrol_lines():
-    from launch.submit import scontrol_ids
+    from launch.polling import scontrol_ids
     assert scontrol_ids({"JobId": "7"}) == ["7"]
     assert scontrol_ids({"JobId": "8", "ArrayJobId": "8", "ArrayTaskId": "2"}) == ["8_2"]
     # Pending tasks share one line, with SLURM's range, list, step and %parallelism syntax.

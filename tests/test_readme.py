@@ -11,7 +11,8 @@ import pytest
 from helpers import REPO
 from test_convert import cub_tree, imagenet_flat_val, imagenet_train, places_tree, write_solution
 
-from launch.cli import config_stages, main, make_parser, with_default_command
+from launch.cli import main
+from launch.parser import config_stages, make_parser, with_default_command
 from pretrain import checkpoint
 
 SIZES = ["device=cpu", "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
