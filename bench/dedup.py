@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_tools.dedup import copies, keypoints, verify, views  # noqa: E402
-from data_tools.dedup.run import VerifyConfig  # noqa: E402
+from data_tools.dedup.config import VerifyConfig  # noqa: E402
 from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor  # noqa: E402
 from data_tools.dedup.search import EvalIndex, make_index
 from data_tools.dedup.verify import ALIGN_THRESHOLD  # noqa: E402

@@ -27,8 +27,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_tools.dedup import views  # noqa: E402
+from data_tools.dedup.config import VerifyConfig  # noqa: E402
 from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor  # noqa: E402
-from data_tools.dedup.run import VerifyConfig  # noqa: E402
 from data_tools.dedup.search import EvalIndex  # noqa: E402
 from data_tools.dedup.verify import aligned_score, pixels  # noqa: E402
 from launch.demo import VARIANTS  # noqa: E402

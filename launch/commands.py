@@ -63,7 +63,8 @@ def data_verify(args) -> int:
 
 
 def data_dedup(args) -> int:
-    from data_tools.dedup.run import DedupConfig, run
+    from data_tools.dedup.config import DedupConfig
+    from data_tools.dedup.run import run
     cfg = make_config(DedupConfig, args.config, args.overrides + dedup_flags(args))
     summary = run(cfg)
     if summary is None:

@@ -42,7 +42,7 @@ STAGES = {stage.name: stage for stage in (
           inputs=("input.manifest", "input.imagefolder"), merge=("data", "merge")),
     Stage(("data", "convert"), "data_tools.convert:ConvertConfig", output="output", artifact="manifest.json",
           inputs=("root",), merge=("data", "merge")),
-    Stage(("data", "dedup"), "data_tools.dedup.run:DedupConfig", output="out", artifact="summary.json",
+    Stage(("data", "dedup"), "data_tools.dedup.config:DedupConfig", output="out", artifact="summary.json",
           reads=("train",), inputs=("train", "against")),
     Stage(("pretrain",), "pretrain.config:PretrainConfig", output="run_dir", artifact="backbone.pt",
           reads=("data.train",), inputs=("data.train", "data.val"), trains=True, check=check_pretrain),

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-
 from helpers import build_shards
-from data_tools.dedup import copies, keypoints, run, views
+from PIL import Image, ImageDraw
 from test_dedup import chromium, corrupt_copy, dedup, matches, write_images
+
+from data_tools.dedup import copies, finish, keypoints, views
+from data_tools.dedup.config import DedupConfig
+from data_tools.dedup.sets import ShardSet
 
 LOCAL = ("verify.enabled=true", "verify.method=local")
 
@@ -168,7 +170,7 @@ def test_chain_rule_removes_every_image_of_a_component_that_touches_an_evaluatio
     # a copy of val_1; {d, e} holds none; f is a copy on its own.
     found = [row("c", "val", "val_1"), row("f", "val", "val_2"),
              row("b", "self", "a"), row("c", "self", "a"), row("e", "self", "d")]
-    out = run.chain_matches(found)
+    out = finish.chain_matches(found)
     by_key = {m["train_key"]: m for m in out}
     assert set(by_key) == {"a", "b", "c", "e", "f"}
     assert by_key["a"]["against"] == by_key["b"]["against"] == "chain"
@@ -186,9 +188,9 @@ def test_chain_rule_reaches_a_component_through_a_copy_that_is_not_its_first_ima
             np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32))
     results = [{"keys": ["a", "b", "c", "d"], "paths": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
                 "matches": [row("b", "val", "val_1")]}]
-    train = run.ShardSet("train", tmp_path, {"shards": [{"file": "s0.tar"}]})
-    cfg = run.DedupConfig(self_dedup=True, components=True)
-    found = {m["train_key"]: m["against"] for m in run.removals(cfg, tmp_path, train, results, threshold=0.9)}
+    train = ShardSet("train", tmp_path, {"shards": [{"file": "s0.tar"}]})
+    cfg = DedupConfig(self_dedup=True, components=True)
+    found = {m["train_key"]: m["against"] for m in finish.removals(cfg, tmp_path, train, results, threshold=0.9)}
     assert found == {"a": "chain", "b": "val", "c": "chain"}
 
 

@@ -8,6 +8,10 @@ written `./run=3/val`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_tools.format import shards
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 RULE = ("NAME= is read only when NAME is a plain name (letters, digits, _ . -), so a path "
@@ -20,3 +24,21 @@ def split_spec(spec: str) -> tuple[str, str]:
     if sep and PLAIN_NAME.fullmatch(name) and name not in (".", ".."):
         return name, directory
     return "", spec
+
+
+@dataclass
+class ShardSet:
+    name: str
+    directory: Path
+    manifest: dict
+
+
+def open_set(spec: str, role: str) -> ShardSet:
+    name, directory = split_spec(spec)
+    path = Path(directory)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{role} set {spec!r}: no such directory")
+    manifest = shards.read_manifest(path)
+    if manifest.get("num_samples", 0) == 0 or not manifest.get("shards"):
+        raise ValueError(f"{role} set {spec!r} holds no samples")
+    return ShardSet(name or path.resolve().name, path, manifest)
