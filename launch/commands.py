@@ -22,7 +22,8 @@ def run(argv: list[str]) -> int:
 
 
 def data_build(args) -> int:
-    from data_tools.build import BuildConfig, build, summary
+    from data_tools.build import BuildConfig, build
+    from data_tools.format.manifest import summary
     overrides = args.overrides + ([f"part={args.part}"] if args.part else [])
     cfg = make_config(BuildConfig, args.config, overrides)
     print(summary(build(cfg)))
@@ -30,8 +31,8 @@ def data_build(args) -> int:
 
 
 def data_convert(args) -> int:
-    from data_tools.build import summary
     from data_tools.convert import ConvertConfig, convert, describe
+    from data_tools.format.manifest import summary
     # JSON-quoted, so a path YAML would misread ("a: b", "yes", "123") stays the string given.
     given = {"dataset": args.dataset, "root": args.root, "output": args.output, "split": args.split, "part": args.part}
     overrides = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
@@ -45,7 +46,7 @@ def data_convert(args) -> int:
 
 
 def data_merge(args) -> int:
-    from data_tools.build import merge, summary
+    from data_tools.format.manifest import merge, summary
     print(summary(merge(args.directory, args.parts)))
     return 0
 

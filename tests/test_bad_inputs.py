@@ -18,8 +18,8 @@ import pytest
 from helpers import REPO, cli, photo
 from PIL import Image
 
-from data_tools.build import BAD_EXAMPLES
 from data_tools.format import shards
+from data_tools.format.manifest import BAD_EXAMPLES
 from data_tools.format.verify import verify
 from data_tools.inputs.images import BadImage, ImageRules, prepare
 from data_tools.inputs.sources import ManifestSource

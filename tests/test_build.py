@@ -19,9 +19,10 @@ import pytest
 from helpers import CLI, REPO, build_shards, photo, run_cli
 from PIL import Image
 
-from data_tools.build import BuildConfig, build, merge
+from data_tools.build import BuildConfig, build
 from data_tools.common.config import build as make_config
 from data_tools.format import shards
+from data_tools.format.manifest import merge
 from data_tools.format.verify import verify
 from data_tools.labels.wordnet import WordNet
 from launch.fixtures.synthetic import write_corpus

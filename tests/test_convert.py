@@ -12,11 +12,11 @@ import scipy.io
 from helpers import photo, run_cli
 from PIL import Image, ImageDraw
 
-from data_tools.build import merge
 from data_tools.common.config import build as make_config
 from data_tools.convert import ConvertConfig, convert, places
 from data_tools.convert.listing import Item, LayoutError, Listing, completeness, partial_message
 from data_tools.format import shards
+from data_tools.format.manifest import merge
 from data_tools.format.verify import verify
 from data_tools.labels import vocab
 

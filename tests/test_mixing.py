@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from helpers import build_shards
 
-from data_tools.build import BuildConfig, key_hash
+from data_tools.build import BuildConfig
 from data_tools.common.config import ConfigError
 from data_tools.common.config import build as make_config
 from data_tools.format import shards
 from data_tools.loaders import LoaderConfig, make_loader
+from data_tools.writing.plan import key_hash
 from launch.fixtures.synthetic import write_corpus
 
 BATCH = 16

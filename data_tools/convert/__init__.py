@@ -13,10 +13,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_tools.build import ImageConfig, Labeler, ShardConfig, parse_part, write_dataset
+from data_tools.build import ImageConfig, Labeler, ShardConfig, choose_vocab
 from data_tools.common.fields import bounded, check_ranges
+from data_tools.common.part import parse_part
 from data_tools.convert import cub, imagenet, places
 from data_tools.convert.listing import LabelledSource, LayoutError, completeness, partial_message
+from data_tools.writing import write_dataset
 
 READERS = {"imagenet": imagenet.read, "cub": cub.read, "places": places.read}
 SPLITS = {"imagenet": ("train", "val"), "cub": ("train", "test"), "places": ("train", "val")}
@@ -72,7 +74,7 @@ def convert(cfg: ConvertConfig) -> dict:
               file=sys.stderr)
     cfg = dataclasses.replace(cfg, shards=dataclasses.replace(cfg.shards, name=cfg.shards.name or cfg.split))
     source = LabelledSource(listing, cfg.seed)
-    return write_dataset(cfg, source, lambda: Labeler(source, None), extra={"source": status})
+    return write_dataset(cfg, source, lambda: Labeler(source, None), choose_vocab, extra={"source": status})
 
 
 def describe(manifest: dict) -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_tools.build import add_counts, shard_entries, sum_tag_counts
 from data_tools.common.threads import cores, pool_worker
 from data_tools.format import resampling, shards
+from data_tools.format.manifest import add_counts, shard_entries, sum_tag_counts
 
 
 def filter_shard(src: str, dst: str, shard: int, drop: set[str], num_classes: int) -> dict:

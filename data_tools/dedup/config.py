@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_tools.build import parse_part
 from data_tools.common.fields import bounded
+from data_tools.common.part import parse_part
 from data_tools.dedup.keypoints import MIN_COVER, MIN_INLIERS
 from data_tools.dedup.verify import ALIGN_THRESHOLD
 

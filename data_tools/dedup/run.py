@@ -19,10 +19,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from data_tools.build import parse_part
 from data_tools.common import writable
 from data_tools.common.fields import check_ranges
 from data_tools.common.log import say
+from data_tools.common.part import parse_part
 from data_tools.dedup.config import DedupConfig
 from data_tools.dedup.finish import finish
 from data_tools.dedup.scan import build_index, cached_descriptor, scan, settle_threshold
