@@ -86,8 +86,8 @@ def data_dedup(args) -> int:
 
 
 def data_index(args) -> int:
-    from data_tools.format import resampling, tables
-    written = tables.index(args.directory, progress=not args.quiet)
+    from data_tools.format import resampling, shards
+    written = shards.index_tables(args.directory, progress=not args.quiet)
     fitted = resampling.fit(args.directory, progress=not args.quiet)
     print(f"{args.directory}: {written} sample table(s) written; resampling fitted over {fitted['images']} images")
     return 0

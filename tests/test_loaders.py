@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from data_tools.build import BuildConfig, build
 from data_tools.common.config import build as make_config
-from data_tools.format import resampling, shards, tables
+from data_tools.format import resampling, shards
 from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader, transforms, workers
 from data_tools.loaders.bottleneck import measure
 
@@ -107,7 +107,7 @@ def add_shard(out: Path, samples: list[dict], keep_others: bool = True) -> None:
     manifest["shards"].append(entry)
     manifest["num_samples"] += len(samples)
     shards.write_json(out / "manifest.json", manifest)
-    tables.index(out, progress=False)  # the new shard's table,
+    shards.index_tables(out, progress=False)  # the new shard's table,
     resampling.fit(out, progress=False)  # then the resampling fit over all shards
 
 

@@ -14,6 +14,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from tqdm import tqdm
+
 from data_tools.common import atomic
 from data_tools.format import tables
 
@@ -94,6 +96,24 @@ def dali_index_entries(idx_path: Path) -> list[tuple[str, dict[str, tuple[int, i
         members = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
         out.append((split_name(parts[3])[0], members))
     return out
+
+
+def index_tables(directory: str | Path, progress: bool = True) -> int:
+    """Write the table of every shard of DIR's manifest that has none; the number written."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    written = 0
+    for entry in tqdm(manifest["shards"], desc="index shards", unit="shard", disable=not progress):
+        path = directory / tables.table_file(entry["file"])
+        if path.is_file():
+            continue
+        entries = dali_index_entries(directory / entry["index"])
+        if len(entries) != entry["samples"]:
+            raise ValueError(f"{entry['index']} lists {len(entries)} samples, the manifest says {entry['samples']}: "
+                             f"run `wsl data verify {directory}`")
+        tables.write_table(path, entries, None, manifest["num_classes"])
+        written += 1
+    return written
 
 
 def iter_samples(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -146,26 +146,3 @@ def parse_labels(raw: bytes, num_classes: int) -> tuple[str, list[int] | None]:
     if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_classes for i in labels):
         return "bad_labels", None
     return "", labels
-
-
-def index(directory: str | Path, progress: bool = True) -> int:
-    """Write the table of every shard of DIR's manifest that has none; the number written."""
-    from tqdm import tqdm
-
-    from data_tools.format import shards  # shards writes tables: imported here, not at the top
-
-
-    directory = Path(directory)
-    manifest = shards.read_manifest(directory)
-    written = 0
-    for entry in tqdm(manifest["shards"], desc="index shards", unit="shard", disable=not progress):
-        path = directory / table_file(entry["file"])
-        if path.is_file():
-            continue
-        entries = shards.dali_index_entries(directory / entry["index"])
-        if len(entries) != entry["samples"]:
-            raise ValueError(f"{entry['index']} lists {len(entries)} samples, the manifest says {entry['samples']}: "
-                             f"run `wsl data verify {directory}`")
-        write_table(path, entries, None, manifest["num_classes"])
-        written += 1
-    return written
