@@ -67,7 +67,10 @@ def data_dedup(args) -> int:
     from data_tools.dedup.config import DedupConfig
     from data_tools.dedup.run import run
     cfg = make_config(DedupConfig, args.config, args.overrides + dedup_flags(args))
-    summary = run(cfg)
+    read_backbone = None
+    if cfg.descriptor.name == "learned":  # torch is imported only for a network
+        from pretrain.backbone import feature_network as read_backbone
+    summary = run(cfg, read_backbone)
     if summary is None:
         return 0
     verify = summary["verify"]

@@ -1,5 +1,6 @@
-"""Backbones for fine-tuning: our backbone.pt, any pretrain checkpoint, or a torchvision /
-timm / WSL-Images ResNe(X)t state-dict file (all share torchvision's parameter names).
+"""Backbones for fine-tuning and for dedup's learned descriptor: our backbone.pt, any
+pretrain checkpoint, or a torchvision / timm / WSL-Images ResNe(X)t state-dict file (all
+share torchvision's parameter names).
 
 Nothing is downloaded: a backbone is a local file. Every trunk key must match (names and
 shapes) or the load stops with one line listing what is missing and what is unexpected;
@@ -103,3 +104,37 @@ def check_fits(source: Source, name: str) -> None:
 def _listing(kind: str, keys: list[str]) -> str:
     more = f", ... {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
     return f"{len(keys)} {kind} key(s) ({', '.join(keys[:SHOWN])}{more})"
+
+
+def feature_network(path: str | Path, arch: str | None = None) -> torch.nn.Module:
+    """The trunk of a backbone file up to its last feature map (no pooling, no classifier),
+    as `wsl data dedup`'s learned descriptor reads it: a file that records its architecture
+    builds that; a plain state dict needs `arch`, the name of a torchvision model."""
+    source = read(path)
+    if source.model:
+        net = build(source, source.model, 0)
+    elif not arch:
+        raise ValueError(f"{path} is a plain state dict: set 'descriptor.arch' to its torchvision "
+                         "model (e.g. resnet50)")
+    else:
+        net = torchvision_model(source, arch)
+    return torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                               *(getattr(net, f"layer{i}") for i in range(1, 5)))
+
+
+def torchvision_model(source: Source, arch: str) -> torch.nn.Module:
+    """torchvision's `arch` with the source's trunk weights."""
+    import torchvision
+    if not hasattr(torchvision.models, arch):
+        raise ValueError(f"'descriptor.arch' = {arch!r} is not a torchvision model")
+    net = getattr(torchvision.models, arch)(weights=None)
+    try:
+        missing, unexpected = net.load_state_dict(source.state_dict, strict=False)
+    except RuntimeError as err:  # shapes differ
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ValueError(f"{source.path} does not fit torchvision's {arch}: {detail}") from None
+    missing = [k for k in missing if not k.startswith(HEAD)]
+    if missing or unexpected:
+        raise ValueError(f"{source.path} does not fit torchvision's {arch}: {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected weights (e.g. {(missing + unexpected)[0]})")
+    return net

@@ -241,24 +241,28 @@ def test_report_opens_in_headless_chromium_and_shows_the_pairs(sets, one_run, tm
 
 
 def tiny_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
-    """The three kinds of local checkpoint the learned descriptor reads, with random weights."""
+    """The kinds of local checkpoint the learned descriptor reads, with random weights."""
     import torch
     import torchvision
 
+    from pretrain import checkpoint
     from pretrain.models import build_model
     from pretrain.train import export
 
     backbone = export(build_model("resnext_tiny", 5).state_dict(), "resnext_tiny", {}, tmp_path / "backbone.pt")
+    run = checkpoint.save({"model": build_model("resnext_tiny", 5).state_dict(),
+                           "config": {"model": {"name": "resnext_tiny"}}}, tmp_path, 8, 1)
     net = torchvision.models.resnet18(weights=None)
     torch.save(net.state_dict(), tmp_path / "resnet18.pth")
     scripted = torch.jit.script(torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1).eval())
     scripted.save(str(tmp_path / "sscd_like.torchscript.pt"))
     return {"backbone": (backbone, []),
+            "pretrain_checkpoint": (run, []),
             "torchvision": (tmp_path / "resnet18.pth", ["descriptor.arch=resnet18"]),
             "torchscript": (tmp_path / "sscd_like.torchscript.pt", [])}
 
 
-@pytest.mark.parametrize("kind", ["backbone", "torchvision", "torchscript"])
+@pytest.mark.parametrize("kind", ["backbone", "pretrain_checkpoint", "torchvision", "torchscript"])
 def test_learned_descriptor_from_local_checkpoint(sets, tmp_path, kind):
     path, extra = tiny_checkpoints(tmp_path)[kind]
     out = tmp_path / "out"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
-
 
 # Measured by bench/dedup.py on 600 real photographs: just above the best unrelated
 # score (0.918, with the corner views and both framings indexed); precision 1.0 and
@@ -73,24 +73,20 @@ def normalise(rows: np.ndarray) -> np.ndarray:
 
 class LearnedDescriptor:
     """A network's GeM-pooled, L2-normalised features, in batches on the GPU when there
-    is one. The network comes from a local file (nothing is downloaded): a TorchScript
-    copy-detection model such as SSCD's (its output is the descriptor), our own
-    `backbone.pt` (`wsl pretrain export`), or a torchvision ResNet/ResNeXt state dict
-    (`arch` names the torchvision constructor). It has no measured threshold: the run
-    calibrates one."""
+    is one. The network comes from a local file (load_network; nothing is downloaded).
+    It has no measured threshold: the run calibrates one."""
 
     name = "learned"
     threshold = None
     MEAN = (0.485, 0.456, 0.406)
     STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, checkpoint: str, arch: str | None = None, size: int = 224, batch: int = 64,
-                 device: str | None = None):
+    def __init__(self, network, size: int = 224, batch: int = 64, device: str | None = None):
         import torch
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.size, self.batch = size, batch
-        self.net = load_network(checkpoint, arch).to(self.device).eval()
+        self.net = network.to(self.device).eval()
         with torch.no_grad():
             self.dim = int(self._embed(torch.zeros(1, 3, size, size, device=self.device)).shape[1])
 
@@ -115,10 +111,14 @@ class LearnedDescriptor:
         return np.concatenate(rows).astype(np.float32)
 
 
-def load_network(path: str, arch: str | None):
-    """A module mapping images to a feature map or an embedding, from a local file."""
+def load_network(path: str, arch: str | None = None, read_backbone=None):
+    """A module mapping images to a feature map or an embedding, from a local file: a
+    TorchScript copy-detection model such as SSCD's (its output is the descriptor) is
+    loaded here; our `backbone.pt`, a pretrain checkpoint or a torchvision state dict
+    (`arch` names the torchvision constructor) by `read_backbone(path, arch)`, which
+    `wsl data dedup` passes (pretrain.backbone.feature_network: the architectures live
+    a floor up)."""
     import torch
-    from pathlib import Path
     if not Path(path).is_file():
         raise FileNotFoundError(f"descriptor checkpoint not found: {path}")
     try:
@@ -127,45 +127,14 @@ def load_network(path: str, arch: str | None):
             return torch.jit.load(path, map_location="cpu")
     except (RuntimeError, ValueError):
         pass  # not TorchScript: a pickled state dict
-    from pretrain.checkpoint import load_weights  # one floor up, as the architectures below
-    state = load_weights(path, "descriptor checkpoint")
-    if isinstance(state, dict) and "state_dict" in state and "model" in state:
-        # Our backbone.pt; its architectures live one floor up, imported only here.
-        from pretrain.models import build_model
-        net = build_model(state["model"], 0)
-        net.load_state_dict(state["state_dict"])
-        return _feature_map(net)
-    if not arch:
-        raise ValueError(f"{path} is a plain state dict: set 'descriptor.arch' to its torchvision "
-                         "model (e.g. resnet50)")
-    import torchvision
-    if not hasattr(torchvision.models, arch):
-        raise ValueError(f"'descriptor.arch' = {arch!r} is not a torchvision model")
-    net = getattr(torchvision.models, arch)(weights=None)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} is neither TorchScript nor a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shapes differ
-        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
-        raise ValueError(f"{path} does not fit torchvision's {arch}: {detail}") from None
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit torchvision's {arch}: {len(missing)} missing, "
-                         f"{len(unexpected)} unexpected weights (e.g. {(missing + unexpected)[0]})")
-    return _feature_map(net)
+    if read_backbone is None:
+        raise ValueError(f"{path} is not TorchScript: a backbone file or state dict needs a reader "
+                         "(pretrain.backbone.feature_network, as `wsl data dedup` passes)")
+    return read_backbone(path, arch)
 
 
-def _feature_map(net):
-    """The ResNet's last feature map (no pooling, no classifier)."""
-    import torch
-    return torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
-                               *(getattr(net, f"layer{i}") for i in range(1, 5)))
-
-
-def make_descriptor(cfg) -> "Descriptor":
-    """The descriptor a DescriptorConfig names."""
+def make_descriptor(cfg, read_backbone=None) -> "Descriptor":
+    """The descriptor a DescriptorConfig names; `read_backbone` as load_network's."""
     if cfg.name == "dct":
         return DCTDescriptor(cfg.side, cfg.block)
-    return LearnedDescriptor(cfg.checkpoint, cfg.arch, cfg.size, cfg.batch)
+    return LearnedDescriptor(load_network(cfg.checkpoint, cfg.arch, read_backbone), cfg.size, cfg.batch)

@@ -30,8 +30,10 @@ from data_tools.dedup.sets import ShardSet, open_set
 from data_tools.format import shards
 
 
-def run(cfg: DedupConfig) -> dict | None:
-    """The whole stage; returns the summary, or None when this `--part` is done but others are not."""
+def run(cfg: DedupConfig, read_backbone=None) -> dict | None:
+    """The whole stage; returns the summary, or None when this `--part` is done but others
+    are not. `read_backbone` reads the learned descriptor's network from a file that is not
+    TorchScript (descriptors.load_network)."""
     check_ranges(cfg)
     started = time.time()
     train, sets = open_sets(cfg)
@@ -46,7 +48,7 @@ def run(cfg: DedupConfig) -> dict | None:
     (state / "shards").mkdir(parents=True, exist_ok=True)
     saved = state / "calibration.json"  # the threshold and what the index found, for --merge
     if todo or not saved.is_file():
-        descriptor = cached_descriptor(cfg.descriptor)
+        descriptor = cached_descriptor(cfg.descriptor, read_backbone)
         # One store per part: --part runs build their index at the same time.
         index, thumbnails, against_bad = build_index(cfg, sets, descriptor, state / f"keypoints.part{mine}")
         threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)

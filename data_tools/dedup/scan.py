@@ -29,11 +29,12 @@ BATCH = 256          # images described per call
 _DESCRIPTORS: dict[str, object] = {}
 
 
-def cached_descriptor(desc_cfg: DescriptorConfig):
-    """One descriptor per process and config: a network is loaded once, not per shard."""
+def cached_descriptor(desc_cfg: DescriptorConfig, read_backbone=None):
+    """One descriptor per process and config: a network is loaded once, not per shard
+    (`read_backbone` as descriptors.load_network's)."""
     key = json.dumps(asdict(desc_cfg), sort_keys=True)
     if key not in _DESCRIPTORS:
-        _DESCRIPTORS[key] = make_descriptor(desc_cfg)
+        _DESCRIPTORS[key] = make_descriptor(desc_cfg, read_backbone)
     return _DESCRIPTORS[key]
 
 
