@@ -32,7 +32,7 @@ from data_tools.format import shards
 from finetune import features, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
-from finetune.train import check_run_dir
+from finetune.run_dir import check_run_dir
 from pretrain import backbone
 from pretrain.evaluate import loader_config
 from pretrain.loggers import make_loggers
