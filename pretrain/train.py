@@ -9,6 +9,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from data_tools.common import atomic, dist, threads
+from data_tools.common.config import upgrade
 from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import make_loader
@@ -79,7 +80,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         torch.manual_seed(cfg.seed)
         manifest = shards.read_manifest(cfg.data.train)
         run_dir = Path(cfg.run_dir)
-        state = resume_state(run_dir, env, config_dict, cfg.resume_with_changes)
+        state = resume_state(run_dir, env, type(cfg), config_dict, cfg.resume_with_changes)
         progress = engine.Progress(**state["progress"]) if state else engine.Progress()
         if progress.images_seen >= cfg.train.total_images:
             if env.is_main and not (run_dir / "backbone.pt").is_file():  # stopped between the two
@@ -124,9 +125,10 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
 FREE_KEYS = ("log.", "data.loader.workers", "dist_timeout_s", "train.bottleneck_seconds", "resume_with_changes")
 
 
-def resume_state(run_dir: Path, env: dist.DistEnv, config: dict, allow_changes: bool) -> dict | None:
+def resume_state(run_dir: Path, env: dist.DistEnv, cls: type, config: dict, allow_changes: bool) -> dict | None:
     """The newest checkpoint's state (rank 0 picks it for all ranks), or None for a fresh
-    run. A run directory that holds a run of another config is refused, naming the keys."""
+    run. A run directory that holds a run of another config is refused, naming the keys;
+    the recorded config is read as `cls` reads it now (keys renamed since: config.upgrade)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run_dir {run_dir} is a file, not a directory")
     latest = dist.from_main(checkpoint.latest(run_dir) if env.is_main else None)
@@ -134,7 +136,7 @@ def resume_state(run_dir: Path, env: dist.DistEnv, config: dict, allow_changes: 
         return None
     state = checkpoint.load(latest)
     if not allow_changes:
-        refuse_changes(run_dir, state["config"], config, FREE_KEYS)
+        refuse_changes(run_dir, upgrade(cls, state["config"]), config, FREE_KEYS)
     return state
 
 
