@@ -29,7 +29,8 @@ from data_tools.common.config import to_dict
 from data_tools.format import shards
 from data_tools.loaders import make_loader
 from launch.cli import main as wsl
-from launch.fixtures.scenes import SceneConfig, generate
+from launch.fixtures.concepts import SceneConfig
+from launch.fixtures.scenes import generate
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import collect, metrics
 from pretrain.models import build_model
