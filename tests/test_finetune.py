@@ -30,7 +30,8 @@ from pretrain import backbone, checkpoint
 from pretrain.metrics import confusion_matrix, mean_per_class_accuracy, most_confused
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer, set_lr
-from pretrain.train import export, resume_state
+from pretrain.resume import resume_state
+from pretrain.train import export
 
 # Six classes, so top-5 is not trivially 100 %.
 COLOURS = {"black": (20, 20, 20), "blue": (30, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40),
