@@ -8,12 +8,12 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from data_tools.common import atomic, dist, threads
+from data_tools.common import dist, threads
 from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
-from pretrain import checkpoint, engine, resume
+from pretrain import backbone, checkpoint, engine, resume
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import make_evaluator
 from pretrain.loggers import make_loggers, sample_images, validation_summary
@@ -83,7 +83,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         progress = engine.Progress(**state["progress"]) if state else engine.Progress()
         if progress.images_seen >= cfg.train.total_images:
             if env.is_main and not (run_dir / "backbone.pt").is_file():  # stopped between the two
-                export(state["model"], cfg.model.name, config_dict, run_dir / "backbone.pt")
+                backbone.export(state["model"], cfg.model.name, config_dict, run_dir / "backbone.pt")
             say(f"{run_dir} is a finished run ({progress.images_seen} images); nothing to do "
                      "(a new run_dir starts afresh)", env)
             return progress
@@ -111,7 +111,7 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         finally:
             job.loggers.close()
         if env.is_main:
-            export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
+            backbone.export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
             final = validation_summary(run_dir / "metrics.jsonl")
             say(f"done: {progress.images_seen} images; {final + '; ' if final else ''}"
                      f"backbone at {run_dir / 'backbone.pt'}", env)
@@ -139,14 +139,6 @@ def report_bottleneck(job: engine.Job, seconds: float) -> None:
         checkpoint.set_rng_state(rng, job.device)
 
 
-def export(state_dict: dict, name: str, config: dict, path: Path) -> Path:
-    """The backbone for fine-tuning: every weight but the classifier."""
-    backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    with atomic.replacing(path, "wb") as f:
-        torch.save({"model": name, "state_dict": backbone, "config": config}, f)
-    return path
-
-
 def export_run(run_dir: str, out: str | None) -> Path:
     """`wsl pretrain export RUN_DIR`: the newest checkpoint's backbone."""
     latest = checkpoint.latest(Path(run_dir))
@@ -154,6 +146,6 @@ def export_run(run_dir: str, out: str | None) -> Path:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint-*.pt")
     state = checkpoint.load(latest)
     path = Path(out) if out else Path(run_dir) / "backbone.pt"
-    return export(state["model"], state["config"]["model"]["name"], state["config"], path)
+    return backbone.export(state["model"], state["config"]["model"]["name"], state["config"], path)
 
 

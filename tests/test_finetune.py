@@ -27,11 +27,11 @@ from finetune.linprobe import split
 from finetune.train import run
 from launch.cli import evaluate_checkpoint, main
 from pretrain import backbone, checkpoint
+from pretrain.backbone import export
 from pretrain.metrics import confusion_matrix, mean_per_class_accuracy, most_confused
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer, set_lr
 from pretrain.resume import resume_state
-from pretrain.train import export
 
 # Six classes, so top-5 is not trivially 100 %.
 COLOURS = {"black": (20, 20, 20), "blue": (30, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40),
