@@ -5,7 +5,7 @@
 
 Generates the demo's fast corpus (launch/demo.py VARIANTS["fast"]), then makes --copies
 transformed copies of its target test images the way the demo plants leaks
-(scenes.transformed_copy: crop 85-95 % anywhere, rescale 0.8-1.5x, maybe mirrored, JPEG
+(drawing.transformed_copy: crop 85-95 % anywhere, rescale 0.8-1.5x, maybe mirrored, JPEG
 q55-80) and scores them, with the filter's own functions, against the index of the test
 images: the descriptor's score of each copy against its original, and of every hashtag
 training image against its closest test image (the look-alikes); then the same pairs
@@ -32,7 +32,7 @@ from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor  # noqa: E
 from data_tools.dedup.search import EvalIndex  # noqa: E402
 from data_tools.dedup.verify import aligned_score, pixels  # noqa: E402
 from launch.demo import VARIANTS  # noqa: E402
-from launch.fixtures import scenes  # noqa: E402
+from launch.fixtures import concepts, drawing, scenes  # noqa: E402
 
 
 def best_matches(index: EvalIndex, descriptor, images: list) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=VARIANTS["fast"].scenes.size)
     parser.add_argument("--copies", type=int, default=600)
     args = parser.parse_args()
-    cfg = scenes.SceneConfig(**{**asdict(VARIANTS["fast"].scenes), "seed": args.seed, "size": args.size})
+    cfg = concepts.SceneConfig(**{**asdict(VARIANTS["fast"].scenes), "seed": args.seed, "size": args.size})
     with tempfile.TemporaryDirectory() as tmp:
         corpus = scenes.generate(tmp, cfg, progress=False)
         load = lambda p: views.decode(Path(p).read_bytes())  # noqa: E731
@@ -64,7 +64,7 @@ def main() -> None:
         source = rng.integers(0, len(tests), args.copies)
         copies = []
         for i in source:
-            image, _ = scenes.transformed_copy(rng, tests[i])
+            image, _ = drawing.transformed_copy(rng, tests[i])
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=90)   # as the generator stores it
             copies.append(views.decode(buffer.getvalue()))

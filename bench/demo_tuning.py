@@ -37,7 +37,8 @@ from data_tools.common.config import build as make_config  # noqa: E402
 from data_tools.common.config import to_dict  # noqa: E402
 from data_tools.loaders import make_loader  # noqa: E402
 from launch.demo import PROBE_POINTS, VARIANTS, prior_metrics  # noqa: E402
-from launch.fixtures.scenes import SceneConfig, generate  # noqa: E402
+from launch.fixtures.concepts import SceneConfig  # noqa: E402
+from launch.fixtures.scenes import generate  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.evaluate import collect  # noqa: E402
 from pretrain.models import build_model  # noqa: E402

@@ -6,7 +6,7 @@ Full fine-tuning runs pretrain's loop unchanged, so it is configured by the same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from data_tools.common.fields import bounded
 from pretrain.config import ModelConfig, PretrainConfig
@@ -15,6 +15,7 @@ from pretrain.config import ModelConfig, PretrainConfig
 @dataclass
 class ProbeConfig:
     """Linear probe on frozen features (finetune.mode=linear)."""
+    RENAMED: ClassVar[dict[str, str]] = {"batch_size": "head_batch_size"}  # beside data.loader.batch_size
     head: Literal["logreg", "bn_linear"] = "logreg"   # logreg: L2 sweep (DINOv2); bn_linear: VISSL's head
     features: Literal["res5", "res4"] = "res5"        # global-pooled output of that stage
     c_min: float = bounded(1e-6, lo=0, open_lo=True)  # the sweep's C grid (inverse L2 strength), log-spaced
@@ -29,7 +30,7 @@ class ProbeConfig:
     feature_dtype: Literal["float32", "float16"] = "float32"
     epochs: int = bounded(28, lo=1)                   # bn_linear: VISSL's 28 epochs
     lr: float = bounded(0.01, lo=0, open_lo=True)     # bn_linear: per 256 features
-    batch_size: int = bounded(256, lo=1)              # bn_linear
+    head_batch_size: int = bounded(256, lo=1)         # bn_linear: features per SGD step (not the loader's images)
     weight_decay: float = bounded(5e-4, lo=0)         # bn_linear (VISSL's linear eval default)
     # bn_linear: training features per image, each a random-resized crop + flip (VISSL trains on
     # such crops); epoch e uses view e mod views, so views = epochs is one fresh crop an epoch.

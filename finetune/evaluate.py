@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data_tools.common.config import upgrade
 from data_tools.format import shards
 from data_tools.loaders import LoaderConfig, make_loader
+from finetune.config import FinetuneConfig
 from pretrain import checkpoint
 from pretrain.evaluate import collect, loader_config
 from pretrain.loggers import make_loggers
@@ -50,7 +52,7 @@ def load_model(path: str | Path) -> tuple[Probe, dict, int]:
     state = checkpoint.load(path)
     if not isinstance(state.get("config"), dict) or "backbone" not in state["config"]:
         raise ValueError(f"{path} is not a `wsl finetune` checkpoint or probe.pt (no fine-tuning config inside)")
-    config = state["config"]
+    config = upgrade(FinetuneConfig, state["config"])   # written before a key was renamed: loads as it is now
     weights = state["model"]
     num_classes, width = weights["fc.weight"].shape
     model = build_model(config["model"]["name"], num_classes)

@@ -32,7 +32,7 @@ from data_tools.format import shards
 from finetune import features, leak, logreg
 from finetune.config import FinetuneConfig
 from finetune.evaluate import class_names, report, summarize
-from finetune.train import check_run_dir
+from finetune.run_dir import check_run_dir
 from pretrain import backbone
 from pretrain.evaluate import loader_config
 from pretrain.loggers import make_loggers
@@ -107,7 +107,7 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
     torch.manual_seed(cfg.seed)
     bn = nn.BatchNorm1d(x.shape[1], affine=False).to(device)
     linear = nn.Linear(x.shape[1], num_classes).to(device)
-    opt = torch.optim.SGD(linear.parameters(), lr=p.lr * p.batch_size / 256, momentum=0.9, nesterov=True,
+    opt = torch.optim.SGD(linear.parameters(), lr=p.lr * p.head_batch_size / 256, momentum=0.9, nesterov=True,
                           weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * p.epochs) for m in VISSL_MILESTONES], 0.1)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -118,7 +118,7 @@ def bn_linear(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: in
         if epoch % p.views != view:   # only this epoch's view of every image is loaded
             view, xs = epoch % p.views, None
             xs, ys = load_view(x, y, view, images, device)
-        for rows in torch.randperm(images, generator=generator).split(p.batch_size):
+        for rows in torch.randperm(images, generator=generator).split(p.head_batch_size):
             if len(rows) < 2:
                 continue  # BN cannot normalise a batch of one
             rows = rows.to(device)

@@ -11,32 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from data_tools.common import dist
 from finetune import leak
 from finetune.config import FinetuneConfig
 from finetune.evaluate import load_model, run_eval
+from finetune.linprobe import run_linear
+from finetune.run_dir import check_run_dir
 from pretrain import backbone, checkpoint
 from pretrain import train as pretrain_train
-
-# Linear probes of one backbone on one data set share their cached features: a run directory
-# may be re-run with other probe settings (its probe.pt and results are then replaced).
-PROBE_FREE_KEYS = (*pretrain_train.FREE_KEYS, "probe.")
-
-
-def check_run_dir(cfg: FinetuneConfig, config_dict: dict) -> None:
-    """A run directory holding a fine-tuning or probe of another backbone, data or mode is
-    refused, as pretraining's is: its results would be replaced and its W&B run mixed."""
-    recorded = Path(cfg.run_dir) / "config.yaml"
-    if recorded.is_file() and not cfg.resume_with_changes:
-        pretrain_train.refuse_changes(Path(cfg.run_dir), yaml.safe_load(recorded.read_text()), config_dict,
-                                      PROBE_FREE_KEYS)
 
 
 def run(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     if cfg.mode == "linear":
-        from finetune.linprobe import run_linear
         return run_linear(cfg, config_dict)
     source = backbone.read(cfg.backbone)
     cfg.model.name = config_dict["model"]["name"] = backbone.resolve_name(source, cfg.model.name)

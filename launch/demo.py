@@ -30,11 +30,12 @@ from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import make_loader
 from launch.commands import run as wsl
-from launch.fixtures.scenes import SceneConfig, generate
+from launch.fixtures.concepts import SceneConfig
+from launch.fixtures.scenes import generate
+from pretrain.backbone import export
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import collect, metrics
 from pretrain.models import build_model
-from pretrain.train import export
 
 REPO = Path(__file__).resolve().parents[1]
 MAP_OVER_PRIOR = 1.5        # "clearly above": held-out mAP at least this many times the prior's

@@ -1,6 +1,6 @@
-"""Backbones for fine-tuning and for dedup's learned descriptor: our backbone.pt, any
-pretrain checkpoint, or a torchvision / timm / WSL-Images ResNe(X)t state-dict file (all
-share torchvision's parameter names).
+"""Backbone files: our backbone.pt (written here, `export`) and the backbones fine-tuning
+and dedup read: a backbone.pt, any pretrain checkpoint, or a torchvision / timm /
+WSL-Images ResNe(X)t state-dict file (all share torchvision's parameter names).
 
 Nothing is downloaded: a backbone is a local file. Every trunk key must match (names and
 shapes) or the load stops with one line listing what is missing and what is unexpected;
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from data_tools.common import atomic
 from pretrain import checkpoint
 from pretrain.models import MODELS, ResNeXt, build_model
 
@@ -26,6 +27,14 @@ class Source:
     model: str | None         # architecture recorded in the file, if any
     state_dict: dict          # trunk weights only
     pretrain_config: dict | None   # the pretraining run's config (our files only)
+
+
+def export(state_dict: dict, name: str, config: dict, path: Path) -> Path:
+    """The backbone for fine-tuning: every weight but the classifier."""
+    trunk = {k: v for k, v in state_dict.items() if not k.startswith(HEAD)}
+    with atomic.replacing(path, "wb") as f:
+        torch.save({"model": name, "state_dict": trunk, "config": config}, f)
+    return path
 
 
 def read(path: str | Path) -> Source:

@@ -8,12 +8,12 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from data_tools.common import atomic, dist, threads
+from data_tools.common import dist, threads
 from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
-from pretrain import checkpoint, engine
+from pretrain import backbone, checkpoint, engine, resume
 from pretrain.config import PretrainConfig
 from pretrain.evaluate import make_evaluator
 from pretrain.loggers import make_loggers, sample_images, validation_summary
@@ -79,11 +79,11 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         torch.manual_seed(cfg.seed)
         manifest = shards.read_manifest(cfg.data.train)
         run_dir = Path(cfg.run_dir)
-        state = resume_state(run_dir, env, config_dict, cfg.resume_with_changes)
+        state = resume.resume_state(run_dir, env, type(cfg), config_dict, cfg.resume_with_changes)
         progress = engine.Progress(**state["progress"]) if state else engine.Progress()
         if progress.images_seen >= cfg.train.total_images:
             if env.is_main and not (run_dir / "backbone.pt").is_file():  # stopped between the two
-                export(state["model"], cfg.model.name, config_dict, run_dir / "backbone.pt")
+                backbone.export(state["model"], cfg.model.name, config_dict, run_dir / "backbone.pt")
             say(f"{run_dir} is a finished run ({progress.images_seen} images); nothing to do "
                      "(a new run_dir starts afresh)", env)
             return progress
@@ -111,51 +111,13 @@ def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: 
         finally:
             job.loggers.close()
         if env.is_main:
-            export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
+            backbone.export(job.module.state_dict(), cfg.model.name, config_dict, run_dir / "backbone.pt")
             final = validation_summary(run_dir / "metrics.jsonl")
             say(f"done: {progress.images_seen} images; {final + '; ' if final else ''}"
                      f"backbone at {run_dir / 'backbone.pt'}", env)
         return progress
     finally:
         dist.close()
-
-
-# Keys a resumed run may change freely: they alter how a run is watched, not what it computes.
-FREE_KEYS = ("log.", "data.loader.workers", "dist_timeout_s", "train.bottleneck_seconds", "resume_with_changes")
-
-
-def resume_state(run_dir: Path, env: dist.DistEnv, config: dict, allow_changes: bool) -> dict | None:
-    """The newest checkpoint's state (rank 0 picks it for all ranks), or None for a fresh
-    run. A run directory that holds a run of another config is refused, naming the keys."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"run_dir {run_dir} is a file, not a directory")
-    latest = dist.from_main(checkpoint.latest(run_dir) if env.is_main else None)
-    if latest is None:
-        return None
-    state = checkpoint.load(latest)
-    if not allow_changes:
-        refuse_changes(run_dir, state["config"], config, FREE_KEYS)
-    return state
-
-
-def refuse_changes(run_dir: Path, recorded: dict, config: dict, free: tuple[str, ...]) -> None:
-    """A run directory is not reused with another config, but for keys starting with `free`."""
-    changed = [f"{k}: {a!r} -> {b!r}" for k, a, b in diff(recorded, config) if not k.startswith(free)]
-    if changed:
-        raise ValueError(f"run_dir {run_dir} holds a run with another config ({'; '.join(changed[:6])}"
-                         f"{'; ...' if len(changed) > 6 else ''}): use a new run_dir to start afresh, or "
-                         "add resume_with_changes=true to continue this run with the new values")
-
-
-def diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    found = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append((prefix + key, a, b))
-    return found
 
 
 def report_bottleneck(job: engine.Job, seconds: float) -> None:
@@ -177,14 +139,6 @@ def report_bottleneck(job: engine.Job, seconds: float) -> None:
         checkpoint.set_rng_state(rng, job.device)
 
 
-def export(state_dict: dict, name: str, config: dict, path: Path) -> Path:
-    """The backbone for fine-tuning: every weight but the classifier."""
-    backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    with atomic.replacing(path, "wb") as f:
-        torch.save({"model": name, "state_dict": backbone, "config": config}, f)
-    return path
-
-
 def export_run(run_dir: str, out: str | None) -> Path:
     """`wsl pretrain export RUN_DIR`: the newest checkpoint's backbone."""
     latest = checkpoint.latest(Path(run_dir))
@@ -192,6 +146,6 @@ def export_run(run_dir: str, out: str | None) -> Path:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint-*.pt")
     state = checkpoint.load(latest)
     path = Path(out) if out else Path(run_dir) / "backbone.pt"
-    return export(state["model"], state["config"]["model"]["name"], state["config"], path)
+    return backbone.export(state["model"], state["config"]["model"]["name"], state["config"], path)
 
 

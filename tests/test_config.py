@@ -14,8 +14,9 @@ import torch
 import yaml
 from helpers import REPO, cli
 
-from data_tools.common.config import ConfigError
+from data_tools.common.config import ConfigError, from_dict, to_dict, upgrade
 from data_tools.common.config import build as make_config
+from finetune.config import FinetuneConfig
 from launch.cli import main
 from launch.parser import config_stages
 from pretrain.config import PretrainConfig
@@ -112,6 +113,25 @@ def test_yes_for_a_choice_lists_the_choices():
     with pytest.raises(ConfigError, match="'log.wandb' must be one of auto, online, offline, off; got a yes/no"):
         make_config(PretrainConfig, [], ["log.wandb=yes"], check=False)
     assert make_config(PretrainConfig, [], ["log.wandb=no"], check=False).log.wandb == "off"
+
+
+def test_a_renamed_key_names_its_new_name(capsys, tmp_path):
+    """`probe.batch_size` (bn_linear's batch of cached features) read like the loader's
+    `data.loader.batch_size`; renamed `probe.head_batch_size`, the old key says so in one line."""
+    renamed = "config key 'probe.batch_size' is now 'probe.head_batch_size'"
+    assert one_error(capsys, "config", "finetune", "backbone=b", "probe.batch_size=32") == f"wsl: error: {renamed}"
+    old = tmp_path / "old.yaml"
+    old.write_text("probe:\n  batch_size: 32\n")
+    with pytest.raises(ConfigError, match=f"^{renamed}$"):
+        make_config(FinetuneConfig, [str(old)], check=False)
+    assert make_config(FinetuneConfig, [], ["probe.head_batch_size=32"], check=False).probe.head_batch_size == 32
+
+
+def test_a_recorded_config_from_before_a_rename_loads_under_the_new_key():
+    recorded = to_dict(make_config(FinetuneConfig, [], ["backbone=b", "probe.head_batch_size=32"], check=False))
+    recorded["probe"]["batch_size"] = recorded["probe"].pop("head_batch_size")
+    assert from_dict(FinetuneConfig, upgrade(FinetuneConfig, recorded), check=False).probe.head_batch_size == 32
+    assert "batch_size" in recorded["probe"], "the recorded config itself is left as it was"
 
 
 # -- wsl config ------------------------------------------------------------------------------

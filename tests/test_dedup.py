@@ -246,8 +246,8 @@ def tiny_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
     import torchvision
 
     from pretrain import checkpoint
+    from pretrain.backbone import export
     from pretrain.models import build_model
-    from pretrain.train import export
 
     backbone = export(build_model("resnext_tiny", 5).state_dict(), "resnext_tiny", {}, tmp_path / "backbone.pt")
     run = checkpoint.save({"model": build_model("resnext_tiny", 5).state_dict(),

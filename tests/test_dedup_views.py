@@ -15,13 +15,14 @@ from data_tools.dedup import views
 from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor
 from data_tools.dedup.search import EvalIndex
 from data_tools.dedup.verify import ALIGN_THRESHOLD, aligned_score, pixels
-from launch.fixtures import scenes
+from launch.fixtures.concepts import SceneConfig
+from launch.fixtures.drawing import render, transformed_copy
 
-CFG = scenes.SceneConfig(size=80, own_pattern=1.0, scale=0.4, max_objects=1, clutter=0, textured=0.0)
+CFG = SceneConfig(size=80, own_pattern=1.0, scale=0.4, max_objects=1, clutter=0, textured=0.0)
 
 
 def scene(seed: int, name: str = "brown_bear", where: str = "grass") -> Image.Image:
-    return scenes.render(np.random.default_rng(seed), where, [name], CFG)
+    return render(np.random.default_rng(seed), where, [name], CFG)
 
 
 def best_score(original: Image.Image, copy: Image.Image) -> float:
@@ -47,7 +48,7 @@ def test_a_copy_cropped_off_a_corner_lands_on_a_corner_view():
 def test_an_image_on_a_near_white_background_is_described_whole_as_well():
     # Snow is near white and flat, so cut_border takes rows of it for a frame, to a depth
     # that a crop of the image does not share: the uncut framing is searched too.
-    original = scenes.render(np.random.default_rng(5), "snow", ["cat", "sofa"], CFG)
+    original = render(np.random.default_rng(5), "snow", ["cat", "sofa"], CFG)
     assert len(views.framings(original)) == 2
     copy = original.crop((4, 4, 76, 76)).resize((80, 80), Image.BICUBIC)
     assert best_score(original, copy) >= DCT_THRESHOLD
@@ -55,7 +56,7 @@ def test_an_image_on_a_near_white_background_is_described_whole_as_well():
 
 def test_alignment_separates_a_copy_from_a_look_alike_of_the_same_layout(tmp_path):
     original = scene(11)
-    copy, _ = scenes.transformed_copy(np.random.default_rng(0), save(original, tmp_path / "original.jpg"))
+    copy, _ = transformed_copy(np.random.default_rng(0), save(original, tmp_path / "original.jpg"))
     look_alikes = [scene(seed) for seed in range(20, 40)]
     assert aligned(copy, original) >= ALIGN_THRESHOLD
     assert aligned(ImageOps.mirror(copy), original) >= ALIGN_THRESHOLD
@@ -83,7 +84,7 @@ def look_alike_sets(tmp_path_factory):
     train = {f"other_{i:02d}.jpg": scene(200 + i) for i in range(60)}
     for i in range(2):
         source = save(originals[f"val_{i}.jpg"], root / f"source_{i}.jpg")
-        train[f"copy_{i}.jpg"] = scenes.transformed_copy(rng, source)[0]
+        train[f"copy_{i}.jpg"] = transformed_copy(rng, source)[0]
     build_shards(write_images(root / "train_imgs", train), root / "train", "shards.samples=16")
     return root
 

@@ -17,6 +17,7 @@ from helpers import REPO, child_env, cli, run_as_users_do, straight_and_resumed
 from PIL import Image
 
 from data_tools.build import BuildConfig, build
+from data_tools.common import dist
 from data_tools.common.config import ConfigError, to_dict
 from data_tools.common.config import build as make_config
 from data_tools.format import shards
@@ -27,10 +28,11 @@ from finetune.train import run
 from launch.cli import main
 from launch.commands import evaluate_checkpoint
 from pretrain import backbone, checkpoint
+from pretrain.backbone import export
 from pretrain.metrics import confusion_matrix, mean_per_class_accuracy, most_confused
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer, set_lr
-from pretrain.train import export
+from pretrain.resume import resume_state
 
 # Six classes, so top-5 is not trivially 100 %.
 COLOURS = {"black": (20, 20, 20), "blue": (30, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40),
@@ -257,6 +259,32 @@ def test_each_evaluation_keeps_its_own_record_beside_the_runs(data, backbone_fil
     assert sizes == {(): (32, 36), ("data.loader.image_size=48",): (48, 54), ("eval.image_size=48",): (48, 54)}
 
 
+def test_a_probe_saved_before_a_key_was_renamed_still_evaluates(data, backbone_file, tmp_path):
+    """probe.batch_size became probe.head_batch_size: probe.pt files and fine-tuning
+    checkpoints written before record the old key, and `wsl finetune eval` must read them."""
+    cfg = config(data, backbone_file, tmp_path / "probe", "mode=linear", "model.name=resnext_tiny")
+    recorded = to_dict(cfg)
+    recorded["probe"]["batch_size"] = recorded["probe"].pop("head_batch_size")
+    classes = shards.read_manifest(data["val"])["num_classes"]
+    state = {"model": build_model("resnext_tiny", classes).state_dict(), "config": recorded,
+             "progress": {"images_seen": 0}}
+    (tmp_path / "probe").mkdir()
+    torch.save(state, tmp_path / "probe" / "probe.pt")
+    assert evaluate_checkpoint(str(tmp_path / "probe" / "probe.pt"), str(data["val"]), []) == 0
+    (record,) = (tmp_path / "probe" / "evals").glob("val-*.json")
+    assert json.loads(record.read_text())["num_samples"] == 24
+
+
+def test_a_finetuning_from_before_a_key_was_renamed_resumes(data, backbone_file, tmp_path):
+    cfg = config(data, backbone_file, tmp_path / "run", "model.name=resnext_tiny")
+    recorded = to_dict(cfg)
+    recorded["probe"]["batch_size"] = recorded["probe"].pop("head_batch_size")
+    (tmp_path / "run").mkdir()
+    checkpoint.save({"config": recorded, "progress": {"images_seen": 8}}, tmp_path / "run", 8, 1)
+    state = resume_state(tmp_path / "run", dist.read_env(), FinetuneConfig, to_dict(cfg), allow_changes=False)
+    assert state["progress"]["images_seen"] == 8
+
+
 def test_eval_argument_mistakes_are_one_line_before_any_warning(data, backbone_file, tmp_path, capsys):
     """`wsl finetune eval CKPT data.val=PATH` said 'data.val=PATH has no manifest.json', and
     a bad override stopped the evaluation only after the LEAK WARNING."""
@@ -297,7 +325,7 @@ def test_bn_linear_reaches_100_percent_on_separable_features(tmp_path):
     from finetune.linprobe import bn_linear
     x, y = separable(40, 4, 16, 2)
     cfg = make_config(FinetuneConfig, [], ["backbone=x", "run_dir=r", "data.train=t", "probe.epochs=20",
-                                           "probe.batch_size=32", "probe.lr=0.5", "mode=linear"])
+                                           "probe.head_batch_size=32", "probe.lr=0.5", "mode=linear"])
     head, _ = bn_linear(cfg, x, y, 4, torch.device("cpu"))
     with torch.no_grad():
         assert (head(torch.as_tensor(x)).argmax(1).numpy() == y).all()

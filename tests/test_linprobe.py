@@ -84,7 +84,7 @@ what, features, labels, classes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys
 logreg.CHUNK_FLOATS = logreg.BLOCK_FLOATS = 1 << 16   # blocks scaled down with the problem,
 logreg.ROTATED_BYTES = 0                              # and no rotated copy of "small" features
 cfg = build(FinetuneConfig, [], ["backbone=b", "run_dir=r", "data.train=t", "mode=linear", "probe.c_steps=3",
-                                 "probe.max_iter=5", "probe.epochs=2", "probe.batch_size=512", *sys.argv[5:]])
+                                 "probe.max_iter=5", "probe.epochs=2", "probe.head_batch_size=512", *sys.argv[5:]])
 train = linprobe.sweep if what == "logreg" else linprobe.bn_linear
 x, y = np.load(features, mmap_mode="r"), np.load(labels)
 small = cfg.probe.views * 100

@@ -16,7 +16,8 @@ from data_tools.build import BuildConfig, build
 from data_tools.common.config import build as make_config
 from data_tools.labels import vocab
 from data_tools.labels.wordnet import WordNet
-from launch.fixtures.scenes import OBJECTS, POPULAR, SCENES, SceneConfig, generate, target_classes
+from launch.fixtures.concepts import OBJECTS, POPULAR, SCENES, SceneConfig, target_classes
+from launch.fixtures.scenes import generate
 
 SMALL = SceneConfig(train=1000, heldout=60, target_train=2, target_test=3, leaks=5, size=40, seed=7)
 

@@ -123,10 +123,32 @@ def _make(cls: type, data: dict, prefix: str):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = prefix + unknown[0]
+        if unknown[0] in renamed(cls):
+            raise ConfigError(f"config key '{key}' is now '{prefix}{renamed(cls)[unknown[0]]}'")
         raise ConfigError(f"unknown config key '{key}' (known here: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
     values = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
     return cls(**values)
+
+
+def renamed(cls: type) -> dict[str, str]:
+    """{old key: new key} of a config class's renamed fields: its `RENAMED` class variable."""
+    return getattr(cls, "RENAMED", {})
+
+
+def upgrade(cls: type, data: dict) -> dict:
+    """A recorded config (a checkpoint's, a run's config.yaml) with the keys renamed since it
+    was written under their new names: what we wrote ourselves loads again, while a user's
+    old key is refused in one line that names the new one."""
+    out = dict(data)
+    for old, new in renamed(cls).items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(out.get(f.name), dict):
+            out[f.name] = upgrade(hints[f.name], out[f.name])
+    return out
 
 
 def _coerce(hint: Any, value: Any, key: str):

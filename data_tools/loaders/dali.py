@@ -26,9 +26,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from nvidia.dali import Pipeline, fn, types
 from nvidia.dali.plugin.pytorch import feed_ndarray
+from PIL import Image
 
 from data_tools.loaders import transforms
 from data_tools.loaders.catalog import Catalog, Reader
@@ -73,19 +73,19 @@ def placeholder() -> np.ndarray:
 
 
 class Feed:
-    """external_source callback: the next job's JPEG bytes; remembers the jobs in flight.
+    """external_source callback: the next plan's JPEG bytes; remembers the plans in flight.
 
-    The reads of the next `ahead` jobs run on a thread pool while DALI decodes (os.pread
+    The reads of the next `ahead` plans run on a thread pool while DALI decodes (os.pread
     releases the GIL): read serially inside pipe.run(), 1-5 ms a file on a parallel file
     system would add tens to hundreds of ms to every batch. Each thread keeps its own
     Reader, so no thread closes a file another is reading."""
 
-    def __init__(self, jobs, catalog: Catalog, threads: int, ahead: int = 3):
-        self.jobs, self.catalog, self.ahead = iter(jobs), catalog, ahead
+    def __init__(self, plans, catalog: Catalog, threads: int, ahead: int = 3):
+        self.plans, self.catalog, self.ahead = iter(plans), catalog, ahead
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="jpeg-read")
         self.local, self.readers = threading.local(), []
-        self.queued: deque = deque()   # (job, futures of (JPEG bytes, intact)), read ahead
-        self.pending: deque = deque()  # (job, damaged) handed to DALI, not yet out of pipe.run()
+        self.queued: deque = deque()   # (plan, futures of (JPEG bytes, intact)), read ahead
+        self.pending: deque = deque()  # (plan, damaged) handed to DALI, not yet out of pipe.run()
 
     def _read(self, row: int) -> tuple[np.ndarray, bool]:
         read = getattr(self.local, "read", None)
@@ -97,20 +97,20 @@ class Feed:
 
     def _fill(self) -> None:
         while len(self.queued) < self.ahead:
-            job = next(self.jobs, None)
-            if job is None:
+            plan = next(self.plans, None)
+            if plan is None:
                 return
-            self.queued.append((job, [self.pool.submit(self._read, row) for row in job.rows]))
+            self.queued.append((plan, [self.pool.submit(self._read, row) for row in plan.rows]))
 
     def __call__(self) -> list[np.ndarray]:
         self._fill()
         if not self.queued:
             raise StopIteration  # ends DALI's epoch
-        job, reads = self.queued.popleft()
+        plan, reads = self.queued.popleft()
         self._fill()
         data, intact = zip(*(r.result() for r in reads))
         damaged = not all(intact)  # the CPU path redoes it
-        self.pending.append((job, damaged))
+        self.pending.append((plan, damaged))
         return [placeholder()] * len(data) if damaged else list(data)
 
     def close(self) -> None:
@@ -150,57 +150,57 @@ def _gpu_finish(images, train: bool, sizes: transforms.Sizes):
     return fn.crop_mirror_normalize(images, crop=(sizes.image, sizes.image), **common)
 
 
-def gpu_batches(catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, threads: int,
+def gpu_batches(catalog: Catalog, plans, train: bool, sizes: transforms.Sizes, threads: int,
                 device: torch.device, seed: int):
-    """Yield (images on the GPU, rows, failed rows) per job of `jobs` (a loader's Jobs), in order."""
+    """Yield (images on the GPU, rows, failed rows) per plan of `plans` (a loader's BatchPlans), in order."""
     device_id = device.index if device.index is not None else torch.cuda.current_device()
 
-    def finish(out, job):
-        return _to_torch(out, device), job.rows, []
+    def finish(out, plan):
+        return _to_torch(out, device), plan.rows, []
 
-    def redo(job, err):
-        images, rows, failed = _redo_on_cpu(job, read, train, sizes, err)
+    def redo(plan, err):
+        images, rows, failed = _redo_on_cpu(plan, read, train, sizes, err)
         return transforms.normalise(images.to(device)), rows, failed
 
     read = Reader(catalog)
     try:
-        if len(jobs):
-            yield from _drive(iter(jobs), jobs.size, catalog, read, train, sizes, threads, device_id, seed,
+        if len(plans):
+            yield from _drive(iter(plans), plans.size, catalog, read, train, sizes, threads, device_id, seed,
                               finish, redo)
     finally:
         read.close()
 
 
-def cpu_batches(catalog: Catalog, jobs: Iterator, batch_size: int, train: bool, sizes: transforms.Sizes,
+def cpu_batches(catalog: Catalog, plans: Iterator, batch_size: int, train: bool, sizes: transforms.Sizes,
                 slots: Iterator[torch.Tensor]):
-    """In a worker process: (uint8 images, rows, failed rows) per job, each batch written into
+    """In a worker process: (uint8 images, rows, failed rows) per plan, each batch written into
     the next of `slots`; DALI decodes on one thread."""
 
-    def finish(out, job):
-        return _cpu_finish(out, job, train, sizes, next(slots)), job.rows, []
+    def finish(out, plan):
+        return _cpu_finish(out, plan, train, sizes, next(slots)), plan.rows, []
 
-    def redo(job, err):
-        return _redo_on_cpu(job, read, train, sizes, err, next(slots))
+    def redo(plan, err):
+        return _redo_on_cpu(plan, read, train, sizes, err, next(slots))
 
-    first = next(jobs, None)
+    first = next(plans, None)
     if first is None:
         return
     read = Reader(catalog)
     seed = int(np.random.default_rng(first.seed).integers(2**31))
     try:
-        yield from _drive(itertools.chain([first], jobs), batch_size, catalog, read, train, sizes, 1, None, seed,
+        yield from _drive(itertools.chain([first], plans), batch_size, catalog, read, train, sizes, 1, None, seed,
                           finish, redo)
     finally:
         read.close()
 
 
-def _drive(jobs: Iterator, batch_size: int, catalog, read, train, sizes, threads, device_id, seed, finish, redo):
-    """Run pipelines over `jobs`: a job DALI fails is redone by `redo`, and a new pipeline
-    takes over the jobs fed to the old one and not yet out. After a failed iteration DALI
+def _drive(plans: Iterator, batch_size: int, catalog, read, train, sizes, threads, device_id, seed, finish, redo):
+    """Run pipelines over `plans`: a plan DALI fails is redone by `redo`, and a new pipeline
+    takes over the plans fed to the old one and not yet out. After a failed iteration DALI
     may also fail the iteration it had prefetched, whose images are sound (two bad images
     in a batch of 64 did), so the old pipeline's later outputs are not trusted."""
     for rebuilds in itertools.count():
-        feed = Feed(jobs, catalog, READ_THREADS)
+        feed = Feed(plans, catalog, READ_THREADS)
         try:
             pipe = pipeline(feed, batch_size, train, sizes, threads, device_id, (seed + rebuilds) % 2**31)
             pipe.build()
@@ -212,10 +212,10 @@ def _drive(jobs: Iterator, batch_size: int, catalog, read, train, sizes, threads
                 except RuntimeError as err:  # this iteration held an image DALI could not decode
                     failed = err
                     break
-                job, damaged = feed.pending.popleft()
-                yield redo(job, None) if damaged else finish(out, job)
+                plan, damaged = feed.pending.popleft()
+                yield redo(plan, None) if damaged else finish(out, plan)
             yield redo(feed.pending.popleft()[0], failed)
-            jobs = itertools.chain([job for job, _ in (*feed.pending, *feed.queued)], feed.jobs)
+            plans = itertools.chain([plan for plan, _ in (*feed.pending, *feed.queued)], feed.plans)
         finally:
             feed.close()
 
@@ -227,8 +227,8 @@ def _to_torch(out, device: torch.device) -> torch.Tensor:
     return images.permute(0, 3, 1, 2)  # N×H×W×3 memory seen as N×3×H×W: channels_last
 
 
-def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes, batch: torch.Tensor) -> torch.Tensor:
-    gen = np.random.default_rng(job.seed)
+def _cpu_finish(out, plan, train: bool, sizes: transforms.Sizes, batch: torch.Tensor) -> torch.Tensor:
+    gen = np.random.default_rng(plan.seed)
     for i in range(len(out)):
         image = torch.from_numpy(np.asarray(out[i])).permute(2, 0, 1)  # DALI's buffer, valid until next run()
         box = None if train else transforms.centre_box(image.shape[1], image.shape[2], sizes)
@@ -236,9 +236,9 @@ def _cpu_finish(out, job, train: bool, sizes: transforms.Sizes, batch: torch.Ten
     return batch[:len(out)]
 
 
-def _redo_on_cpu(job, read: Reader, train: bool, sizes: transforms.Sizes, err: Exception | None,
+def _redo_on_cpu(plan, read: Reader, train: bool, sizes: transforms.Sizes, err: Exception | None,
                  out: torch.Tensor | None = None):
-    images, rows, failed = transforms.pil_batch(job, read, train, sizes, out)
+    images, rows, failed = transforms.pil_batch(plan, read, train, sizes, out)
     if not failed and err is not None:
         raise err  # every image decodes with PIL: the error was not a bad sample
     return images, rows, failed

@@ -130,19 +130,19 @@ def top_up(items: list, want: int) -> list:
     return items + [items[i % len(items)] for i in range(want - len(items))] if items else []
 
 
-def pil_batch(job, read, train: bool, sizes: Sizes, out: torch.Tensor | None = None):
+def pil_batch(plan, read, train: bool, sizes: Sizes, out: torch.Tensor | None = None):
     """(uint8 images, rows used, rows that failed) for one planned batch, into `out` if given."""
-    gen = np.random.default_rng(job.seed)
+    gen = np.random.default_rng(plan.seed)
     images, good, failed = [], [], []
-    for row in job.rows:
+    for row in plan.rows:
         try:
             images.append(transform(read(row), train, sizes, gen))
             good.append(row)
         except BadImage:
             failed.append(row)
-    images, good = top_up(images, len(job.rows)), top_up(good, len(job.rows))
+    images, good = top_up(images, len(plan.rows)), top_up(good, len(plan.rows))
     if out is None:
-        out = torch.empty((len(job.rows), sizes.image, sizes.image, 3), dtype=torch.uint8)
+        out = torch.empty((len(plan.rows), sizes.image, sizes.image, 3), dtype=torch.uint8)
     out = out[:len(images)]
     if images:
         torch.stack(images, out=out)

@@ -45,37 +45,37 @@ class Ring:
         self.data = torch.zeros((slots, *shape), dtype=torch.uint8).share_memory_()
         self.done = torch.zeros(1, dtype=torch.int64).share_memory_()
 
-    def slot(self, job: int) -> torch.Tensor:
-        while int(self.done[0]) <= job - len(self.data):
+    def slot(self, number: int) -> torch.Tensor:
+        while int(self.done[0]) <= number - len(self.data):
             time.sleep(0.0005)
-        return self.data[job % len(self.data)]
+        return self.data[number % len(self.data)]
 
 
 class Batches(IterableDataset):
-    def __init__(self, catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, use_dali: bool,
+    def __init__(self, catalog: Catalog, plans, train: bool, sizes: transforms.Sizes, use_dali: bool,
                  ring: Ring):
-        self.catalog, self.jobs, self.train, self.sizes = catalog, jobs, train, sizes
+        self.catalog, self.plans, self.train, self.sizes = catalog, plans, train, sizes
         self.use_dali, self.ring = use_dali, ring
 
     def __iter__(self):
         worker = get_worker_info()
         first, step = worker.id, worker.num_workers
-        numbers = range(first, len(self.jobs), step)
-        mine = (job for j, job in enumerate(self.jobs) if j % step == first)
+        numbers = range(first, len(self.plans), step)
+        mine = (plan for j, plan in enumerate(self.plans) if j % step == first)
         if self.use_dali:
             from data_tools.loaders import dali
-            made = dali.cpu_batches(self.catalog, mine, self.jobs.size, self.train, self.sizes,
+            made = dali.cpu_batches(self.catalog, mine, self.plans.size, self.train, self.sizes,
                                     (self.ring.slot(j) for j in numbers))
         else:
             made = self._pil(zip(numbers, mine))
         for j, (images, rows, failed) in zip(numbers, made):
             yield j % len(self.ring.data), rows, failed
 
-    def _pil(self, numbered_jobs):
+    def _pil(self, numbered_plans):
         read = Reader(self.catalog)
         try:
-            for j, job in numbered_jobs:
-                yield transforms.pil_batch(job, read, self.train, self.sizes, self.ring.slot(j))
+            for j, plan in numbered_plans:
+                yield transforms.pil_batch(plan, read, self.train, self.sizes, self.ring.slot(j))
         finally:
             read.close()
 
@@ -144,23 +144,23 @@ def pin(data: torch.Tensor) -> bool:
     return cudart.cudaHostRegister(data.data_ptr(), data.numel() * data.element_size(), 0) == cudart.cudaError.success
 
 
-def batches(catalog: Catalog, jobs, train: bool, sizes: transforms.Sizes, workers: int,
+def batches(catalog: Catalog, plans, train: bool, sizes: transforms.Sizes, workers: int,
             device: torch.device, use_dali: bool):
-    """Yield (images on device, rows, failed rows) per job of `jobs` (a loader's Jobs), in order.
+    """Yield (images on device, rows, failed rows) per plan of `plans` (a loader's BatchPlans), in order.
 
     On a GPU, a batch's uint8 slot (4x fewer bytes than float) is copied without blocking
     from pinned memory; the slot is given back to the workers one batch later, once its
     copy is known to be done."""
-    if not len(jobs):
+    if not len(plans):
         return
     cuda = device.type == "cuda"
     if not cuda:
         recycle_large_blocks()
-    workers = min(workers, len(jobs))
-    ring = Ring(workers * PREFETCH + 1 + cuda, (jobs.size, sizes.image, sizes.image, 3))
+    workers = min(workers, len(plans))
+    ring = Ring(workers * PREFETCH + 1 + cuda, (plans.size, sizes.image, sizes.image, 3))
     pinned = cuda and pin(ring.data)
     copied = None  # on a GPU: the last batch's copy, whose slot is still held
-    data = Batches(catalog, jobs, train, sizes, use_dali, ring)
+    data = Batches(catalog, plans, train, sizes, use_dali, ring)
     with stop_signals_held():  # creating the iterator forks the workers
         produced = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
                                    worker_init_fn=ignore_stop_signals, multiprocessing_context=WorkerContext()))
