@@ -1,14 +1,20 @@
 """Helpers the test modules share: the CLI as a user runs it, the environment of child
-processes, kill -9 runs, and shards built in-process. Fixtures live in conftest.py."""
+processes, kill -9 runs, shards built in-process, and image files good and bad. Fixtures live in conftest.py."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -100,3 +106,127 @@ def run_as_users_do(argv: list[str], tmp_path: Path, env: dict, **popen):
         network = [line for line in trace.read_text().splitlines() if "AF_INET" in line]
         assert not network, f"tried the network: {network[:3]}"
     return proc
+
+
+# -- image files, good and bad, as bytes --------------------------------------------------
+
+ORIENTATION = 0x0112
+
+
+def encode(im: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    out = io.BytesIO()
+    im.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def picture(seed: int = 0, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    return photo(np.random.default_rng(seed), *size)
+
+
+def good_jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
+    return encode(picture(seed, size), quality=90)
+
+
+def truncated_jpeg() -> bytes:
+    data = good_jpeg(1)
+    return data[: len(data) // 2]
+
+
+def text_file() -> bytes:
+    return b"<html>404 not found</html>\nthis is not an image\n"
+
+
+def png_bytes() -> bytes:
+    return encode(picture(2), "PNG")
+
+
+def webp_bytes() -> bytes:
+    return encode(picture(3), "WEBP", quality=90)
+
+
+def cmyk_source() -> Image.Image:
+    return picture(4)
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(cmyk_source().convert("CMYK"), quality=95)
+
+
+def gray_jpeg() -> bytes:
+    return encode(picture(5).convert("L"), quality=90)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png16(arr: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey for HxW, RGB for HxWx3), written by hand: no encoder in between."""
+    height, width = arr.shape[:2]
+    color = 0 if arr.ndim == 2 else 2
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in arr)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+
+
+def gray16_source() -> np.ndarray:
+    y, x = np.mgrid[0:40, 0:60]
+    return (20000 + 300 * x + 200 * y).astype(np.uint16)  # 20000..40100: every 8-bit clip is 255
+
+
+def corrupt_png() -> bytes:
+    """A PNG whose compressed pixels are garbage (chunk CRC fixed, so only zlib notices)."""
+    data = bytearray(encode(picture(8), "PNG"))
+    start = data.index(b"IDAT")
+    length = struct.unpack(">I", data[start - 4: start])[0]
+    for i in range(start + 14, start + 64):
+        data[i] ^= 0x55
+    data[start + 4 + length: start + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[start: start + 4 + length])))
+    return bytes(data)
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose IHDR claims width x height (CRC fixed): only the header is read."""
+    data = bytearray(encode(Image.new("RGB", (8, 8), (10, 200, 30)), "PNG"))
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def quadrants(width: int = 64, height: int = 32) -> Image.Image:
+    """Four flat colours: any rotation or mirror changes the picture."""
+    arr = np.zeros((height, width, 3), np.uint8)
+    arr[: height // 2, : width // 2] = (230, 30, 30)
+    arr[: height // 2, width // 2:] = (30, 230, 30)
+    arr[height // 2:, : width // 2] = (30, 30, 230)
+    arr[height // 2:, width // 2:] = (240, 240, 40)
+    return Image.fromarray(arr, "RGB")
+
+
+def exif_rotated_jpeg(orientation: int = 6) -> bytes:
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    return encode(quadrants(), quality=95, exif=exif.tobytes())
+
+
+def rgba_png() -> bytes:
+    arr = np.zeros((20, 30, 4), np.uint8)
+    arr[..., 0] = 255           # red, but fully transparent
+    arr[:, 15:, 3] = 255        # right half opaque red
+    return encode(Image.fromarray(arr, "RGBA"), "PNG")
+
+
+def palette_png() -> bytes:
+    return encode(picture(6).convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG")
+
+
+def decode(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG"
+    im.load()
+    return im
+
+
+def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
