@@ -35,7 +35,7 @@ def cub(tmp_path_factory) -> dict:
     """A tiny CUB-200-2011 (3 classes), converted by `wsl data convert`: single-label
     samples with `labels` and no `tags` (shared, read-only)."""
     from data_tools.convert import ConvertConfig, convert
-    from test_convert import cub_tree
+    from helpers import cub_tree
     root = tmp_path_factory.mktemp("cub")
     cub_tree(root / "CUB_200_2011", per_class=6)
     sets = {}

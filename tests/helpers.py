@@ -1,9 +1,12 @@
 """Helpers the test modules share: the CLI as a user runs it, the environment of child
-processes, kill -9 runs, shards built in-process, and image files good and bad. Fixtures live in conftest.py."""
+processes, kill -9 runs, shards built in-process, image files good and bad, and
+dataset trees for `wsl data convert`. Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -15,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from data_tools.convert import ConvertConfig, convert
+from data_tools.format import shards
+from data_tools.format.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -230,3 +237,120 @@ def decode(data: bytes) -> Image.Image:
 
 def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+# -- dataset trees in their distributed layouts, for `wsl data convert` ----------------------
+
+# tench, goldfish, great white shark: sorted-wnid order is label order.
+WNIDS = ["n01440764", "n01443537", "n01484850"]
+
+
+VAL_LABELS = ["n01484850", "n01440764", "n01443537", "n01440764", "n01484850", "n01443537", "n01443537"]
+
+
+def save_jpeg(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    photo(np.random.default_rng(seed), 40, 32).save(path, quality=85)
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def run_convert(dataset: str, root: Path, out: Path, *overrides: str) -> dict:
+    cfg = make_config(ConvertConfig, [], [f"dataset={dataset}", f"root={root}", f"output={out}", "progress=false",
+                                          "workers=1", "shards.samples=4", *overrides])
+    return convert(cfg)
+
+
+def samples(out: Path) -> list[dict]:
+    """Every sample's json, over all shards."""
+    return [json.loads(files["json"]) for tar in sorted(out.glob("*.tar"))
+            for _, files in shards.iter_samples(tar)]
+
+
+def labels_by_path(out: Path) -> dict[str, int]:
+    found = {}
+    for meta in samples(out):
+        assert len(meta["labels"]) == 1
+        found[meta["path"]] = meta["labels"][0]
+    return found
+
+
+def assert_verifies(out: Path) -> None:
+    assert verify(str(out), workers=1, progress=False) == []
+
+
+def imagenet_train(root: Path, base: str = "train") -> dict[str, str]:
+    """3 classes x 3 images; returns relative path -> wnid."""
+    truth = {}
+    for c, wnid in enumerate(WNIDS):
+        for k in range(3):
+            rel = f"{base}/{wnid}/{wnid}_{100 + k}.JPEG"
+            save_jpeg(root / rel, seed=10 * c + k)
+            truth[rel] = wnid
+    return truth
+
+
+def imagenet_flat_val(root: Path, base: str = "val") -> dict[str, str]:
+    truth = {}
+    for k, wnid in enumerate(VAL_LABELS, 1):
+        rel = f"{base}/ILSVRC2012_val_{k:08d}.JPEG"
+        save_jpeg(root / rel, seed=100 + k)
+        truth[rel] = wnid
+    return truth
+
+
+def write_solution(root: Path, labels: list[str] = VAL_LABELS) -> Path:
+    rows = [f"ILSVRC2012_val_{k:08d},{wnid} 1 2 30 20 {wnid} 3 4 20 10" for k, wnid in enumerate(labels, 1)]
+    random.Random(0).shuffle(rows)  # the distributed file is not in image order
+    return write_lines(root / "LOC_val_solution.csv", ["ImageId,PredictionString", *rows])
+
+
+CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
+
+
+def cub_tree(root: Path, per_class: int = 3) -> list[dict]:
+    """CUB_200_2011 with 1-based ids; returns one row per image (id, path, class index, train, bbox)."""
+    rows = []
+    for c, name in enumerate(CUB_CLASSES):
+        for k in range(per_class):
+            image_id = len(rows) + 1
+            path = f"{name}/{name.split('.')[1]}_{k:04d}_{image_id}.jpg"
+            save_jpeg(root / "images" / path, seed=image_id)
+            rows.append({"id": image_id, "path": path, "label": c, "train": int(k != 0),
+                         "bbox": [float(image_id), 2.0, 20.0 + c, 10.5]})
+    write_lines(root / "classes.txt", [f"{i} {name}" for i, name in enumerate(CUB_CLASSES, 1)])
+    write_lines(root / "images.txt", [f"{r['id']} {r['path']}" for r in rows])
+    write_lines(root / "image_class_labels.txt", [f"{r['id']} {r['label'] + 1}" for r in rows])
+    write_lines(root / "train_test_split.txt", [f"{r['id']} {r['train']}" for r in rows])
+    write_lines(root / "bounding_boxes.txt", [f"{r['id']} " + " ".join(map(str, r["bbox"])) for r in rows])
+    return rows
+
+
+PLACES = ["/a/airfield", "/b/bus_station/indoor", "/b/bus_station/outdoor"]
+
+
+def places_tree(root: Path, image_dir: str = "data_256_standard") -> tuple[dict, dict]:
+    write_lines(root / "categories_places365.txt", [f"{name} {i}" for i, name in enumerate(PLACES)])
+    train, val = {}, {}
+    for c, name in enumerate(PLACES):
+        for k in range(1, 3):
+            rel = f"{name}/{k:08d}.jpg"
+            save_jpeg(root / image_dir / rel.lstrip("/"), seed=10 * c + k)
+            train[f"{image_dir}{rel}"] = c
+    for k, c in enumerate([2, 0, 1, 1, 2], 1):
+        save_jpeg(root / "val_256" / f"Places365_val_{k:08d}.jpg", seed=50 + k)
+        val[f"val_256/Places365_val_{k:08d}.jpg"] = c
+    write_lines(root / "places365_train_standard.txt",
+                [f"{rel[len(image_dir):]} {c}" for rel, c in train.items()])
+    write_lines(root / "places365_val.txt", [f"{Path(rel).name} {c}" for rel, c in val.items()])
+    return train, val
+
+
+def replace_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    write_lines(path, lines)
