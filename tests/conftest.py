@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import build_shards, make_config, write_corpus
+from data_tools.labels.wordnet import WordNet
+from helpers import build_shards, make_config, manifest_rows, write_corpus
 
 SLOW_TIERS = ("slow", "slurm", "demo", "browser", "gpu")
 
@@ -86,3 +87,15 @@ def read_only():
         subprocess.run(["umount", str(folder)], check=True)
     for folder in chmodded:
         folder.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def expected(corpus) -> dict[str, dict]:
+    """key -> {path, tags, synsets} of every record that must become a sample."""
+    wn = WordNet()
+    out = {}
+    for i, row in enumerate(manifest_rows(corpus)):
+        synsets = {sid for sid in map(wn.lookup, row["tags"]) if sid}
+        if synsets:
+            out[f"{i:012d}"] = {"path": str(corpus.parent / row["path"]), "tags": row["tags"], "synsets": synsets}
+    return out

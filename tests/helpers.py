@@ -3,6 +3,7 @@ processes, kill -9 runs, shards built in-process, image files good and bad, and
 dataset trees for `wsl data convert`. Fixtures live in conftest.py."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -19,15 +20,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_tools.convert import ConvertConfig, convert
-from data_tools.format import shards
-from data_tools.format.verify import verify
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_tools.build import BuildConfig, build  # noqa: E402
 from data_tools.common.config import build as make_config  # noqa: E402
+from data_tools.convert import ConvertConfig, convert  # noqa: E402
+from data_tools.format import shards  # noqa: E402
+from data_tools.format.verify import verify  # noqa: E402
 from launch.fixtures.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F401  (re-exported for tests)
 from pretrain import checkpoint  # noqa: E402
 
@@ -354,3 +354,21 @@ def replace_line(path: Path, number: int, text: str) -> None:
     lines = path.read_text().splitlines()
     lines[number - 1] = text
     write_lines(path, lines)
+
+
+# -- reading back what a build wrote ------------------------------------------------------
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_samples(out: Path) -> list[tuple[str, str, dict[str, bytes]]]:
+    """(shard file, key, {ext: bytes}) for every sample of every shard, in order."""
+    found = []
+    for tar in sorted(out.glob("*.tar")):
+        found += [(tar.name, key, files) for key, files in shards.iter_samples(tar)]
+    return found
+
+
+def manifest_rows(manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines()]

@@ -1,14 +1,12 @@
-"""`wsl data build` end to end: shards, DALI indexes, manifest, resume, --part, ImageFolder."""
+"""`wsl data build` (data_tools/build.py) end to end: resume after a kill, signals, ImageFolder,
+max_side, and the checks of its output folder."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tarfile
 import threading
 import time
 from collections import Counter
@@ -16,32 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLI, REPO, build_shards, photo, run_cli
 from PIL import Image
 
 from data_tools.build import BuildConfig, build
 from data_tools.common.config import build as make_config
-from data_tools.format import shards
-from data_tools.format.manifest import merge
 from data_tools.format.verify import verify
-from data_tools.labels.wordnet import WordNet
+from helpers import CLI, REPO, build_shards, photo, read_samples, run_cli, sha256
 from launch.fixtures.synthetic import write_corpus
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def read_samples(out: Path) -> list[tuple[str, str, dict[str, bytes]]]:
-    """(shard file, key, {ext: bytes}) for every sample of every shard, in order."""
-    found = []
-    for tar in sorted(out.glob("*.tar")):
-        found += [(tar.name, key, files) for key, files in shards.iter_samples(tar)]
-    return found
-
-
-def manifest_rows(manifest: Path) -> list[dict]:
-    return [json.loads(line) for line in manifest.read_text().splitlines()]
 
 
 def build_folder(root: Path, out: Path, *overrides: str) -> dict:
@@ -56,97 +35,9 @@ def save_photo(path: Path, size: tuple[int, int], seed: int, **params) -> Path:
     return path
 
 
-# -- the happy path (the shared `shard_dir` build of `corpus`, 32 samples per shard) --------
-
-@pytest.fixture(scope="module")
-def expected(corpus) -> dict[str, dict]:
-    """key -> {path, tags, synsets} of every record that must become a sample."""
-    wn = WordNet()
-    out = {}
-    for i, row in enumerate(manifest_rows(corpus)):
-        synsets = {sid for sid in map(wn.lookup, row["tags"]) if sid}
-        if synsets:
-            out[f"{i:012d}"] = {"path": str(corpus.parent / row["path"]), "tags": row["tags"], "synsets": synsets}
-    return out
-
-
-def test_shard_files_are_named_and_numbered(shard_dir, expected):
-    tars = sorted(p.name for p in shard_dir.glob("*.tar"))
-    count = -(-len(expected) // 32)
-    assert tars == [f"train-{i:06d}.tar" for i in range(count)]
-    assert sorted(p.name for p in shard_dir.glob("*.idx")) == [f"train-{i:06d}.idx" for i in range(count)]
-    sizes = [sum(1 for _ in shards.iter_samples(shard_dir / t)) for t in tars]
-    assert sum(sizes) == len(expected) and min(sizes) > 0  # about 32 each: the key's hash picks the shard
-
-
-def test_every_sample_once_with_original_bytes_and_metadata(shard_dir, expected):
-    vocabulary = [line.split("\t")[1] for line in (shard_dir / "vocabulary.tsv").read_text().splitlines()[1:]]
-    found = read_samples(shard_dir)
-    keys = [key for _, key, _ in found]
-    assert len(keys) == len(set(keys)), "a sample appears twice"
-    assert set(keys) == set(expected)
-    for _, key, files in found:
-        assert set(files) == {"jpg", "json"}
-        meta = json.loads(files["json"])
-        want = expected[key]
-        assert set(meta) == {"labels", "tags", "path"}
-        assert meta["path"] == want["path"]
-        assert meta["tags"] == want["tags"]
-        assert sorted(meta["labels"]) == sorted(vocabulary.index(sid) for sid in want["synsets"])
-        # A sane RGB JPEG is stored as is: no generation loss.
-        assert files["jpg"] == Path(want["path"]).read_bytes(), key
-
-
-def test_dali_index_offsets_point_at_each_member(shard_dir):
-    for tar_path in sorted(shard_dir.glob("*.tar")):
-        raw = tar_path.read_bytes()
-        with tarfile.open(tar_path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
-        lines = tar_path.with_suffix(".idx").read_text().splitlines()
-        assert lines[0] == f"v1.2 {len(lines) - 1}"
-        assert len(lines) - 1 == len(members) // 2
-        seen = []
-        for line in lines[1:]:
-            fields = line.split()
-            assert len(fields) == 8, line  # jpg and json: 'ext offset size name' each
-            exts = []
-            for ext, offset, size, name in zip(*[iter(fields)] * 4):
-                offset, size = int(offset), int(size)
-                assert name.endswith("." + ext)
-                assert raw[offset: offset + size] == members[name], f"{tar_path.name}: {name}"
-                exts.append(ext)
-                seen.append(name)
-            assert sorted(exts) == ["jpg", "json"]
-            assert len({name.split(".")[0] for name in fields[3::4]}) == 1
-        assert sorted(seen) == sorted(members)
-
-
-def test_manifest_counts_hashes_and_tag_counts(shard_dir, corpus, expected):
-    manifest = json.loads((shard_dir / "manifest.json").read_text())
-    assert manifest["format"] == "wsl-shards/1"
-    assert manifest["label_type"] == "multi"
-    assert manifest["num_samples"] == len(expected)
-    assert manifest["num_shards"] == len(manifest["shards"]) == len(list(shard_dir.glob("*.tar")))
-    assert manifest["samples_per_shard"] == 32
-    assert manifest["inputs_sha256"] == sha256(corpus)
-    for entry in manifest["shards"]:
-        tar = shard_dir / entry["file"]
-        assert entry["file"] == f"train-{entry['shard']:06d}.tar"
-        assert entry["index"] == f"train-{entry['shard']:06d}.idx"
-        assert entry["bytes"] == tar.stat().st_size
-        assert entry["sha256"] == sha256(tar)
-        assert entry["samples"] == sum(1 for _ in shards.iter_samples(tar))
-    recount = Counter(label for _, _, files in read_samples(shard_dir) for label in json.loads(files["json"])["labels"])
-    assert manifest["tag_counts"] == [recount[i] for i in range(manifest["num_classes"])]
-    assert manifest["bad_samples"] == {} and manifest["bad_examples"] == [] and manifest["converted"] == {}
-    assert manifest["dropped"]["no_wordnet_tag"] == len(manifest_rows(corpus)) - len(expected)
-
-
 def test_no_temporary_file_left(shard_dir):
     assert [p for p in shard_dir.rglob("*") if ".tmp" in p.name] == []
 
-
-# -- resume after kill -9 -------------------------------------------------------------------
 
 def resume_corpus(root: Path, records: int = 200, distinct: int = 20) -> Path:
     """`records` manifest lines over `distinct` 400x300 PNGs (each re-encoded: a few ms of work)."""
@@ -230,58 +121,6 @@ def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig)
     assert rerun.returncode == 0 and (out / "manifest.json").is_file(), rerun.stderr
 
 
-# -- --part i/N and merge -------------------------------------------------------------------
-
-@pytest.mark.slow
-def test_parts_merge_to_the_single_build(tmp_path, corpus, shard_dir):
-    out = tmp_path / "parts"
-    parts = {i: build_shards(corpus, out, "shards.samples=32", f"part={i}/3") for i in (0, 2)}
-
-    # Merging while part 1/3 is missing: a clear error, nothing written.
-    partial = tmp_path / "partial"
-    partial.mkdir()
-    for path in out.glob("manifest.part-*.json"):
-        shutil.copy(path, partial / path.name)
-    failing = subprocess.Popen([*CLI, "data", "merge", str(partial)], cwd=REPO, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    parts[1] = build_shards(corpus, out, "shards.samples=32", "part=1/3")
-    stdout, stderr = failing.communicate(timeout=120)
-    assert failing.returncode == 2
-    assert stderr.strip().splitlines() == ["wsl: error: cannot merge: part(s) 1/3 not finished"]
-    assert not (partial / "manifest.json").exists()
-
-    for i, part in parts.items():
-        assert part["part"] == f"{i}/3"
-        assert part["shards"] and all(s["shard"] % 3 == i for s in part["shards"])
-        assert (out / f"manifest.part-{i:05d}-of-00003.json").is_file()
-    merged = merge(str(out))
-    single = json.loads((shard_dir / "manifest.json").read_text())
-
-    keys = [key for _, key, _ in read_samples(out)]
-    single_keys = [key for _, key, _ in read_samples(shard_dir)]
-    assert len(keys) == len(set(keys)), "a sample is in two parts"
-    assert sorted(keys) == sorted(single_keys)
-    assert merged["tag_counts"] == single["tag_counts"]
-    assert json.loads((out / "manifest.json").read_text()) == merged
-    assert merged == single
-
-    # A second build in 2 parts beside the first's 3 lists the same shards: a merge that
-    # read both listed every shard twice. Which N is merged must be said, and only it is.
-    for i in (0, 1):
-        build_shards(corpus, out, "shards.samples=32", f"part={i}/2")
-    (out / "manifest.json").unlink()
-    ambiguous = subprocess.run([*CLI, "data", "merge", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert ambiguous.returncode == 2
-    assert ambiguous.stderr.strip().splitlines() == [
-        f"wsl: error: cannot merge: {out} holds parts of builds in 2 and 3 parts; say which with --parts N"]
-    assert not (out / "manifest.json").exists()
-    assert merge(str(out), 2) == merge(str(out), 3) == single
-    with pytest.raises(ValueError, match="no part of a build in 4 parts"):
-        merge(str(out), 4)
-
-
-# -- ImageFolder input ------------------------------------------------------------------------
-
 def test_imagefolder_is_single_label_with_sorted_class_names(tmp_path):
     root = tmp_path / "train"
     classes = ["zebra", "apple", "mango"]
@@ -336,8 +175,6 @@ def test_max_side_downscales_and_counts_resized(tmp_path):
     # Three images were downscaled; 128x96 is scaled by the JPEG decoder's 1/2 draft alone.
     assert manifest["converted"].get("resized") == 3, manifest["converted"]
 
-
-# -- the output directory ---------------------------------------------------------------------
 
 def build_cli(capsys, *args: str) -> tuple[int, str]:
     from launch.cli import main
