@@ -28,6 +28,7 @@ from data_tools.common.config import build as make_config  # noqa: E402
 from data_tools.convert import ConvertConfig, convert  # noqa: E402
 from data_tools.format import shards  # noqa: E402
 from data_tools.format.verify import verify  # noqa: E402
+from data_tools.loaders import LoaderConfig  # noqa: E402
 from launch.fixtures.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F401  (re-exported for tests)
 from pretrain import checkpoint  # noqa: E402
 
@@ -372,3 +373,13 @@ def read_samples(out: Path) -> list[tuple[str, str, dict[str, bytes]]]:
 
 def manifest_rows(manifest: Path) -> list[dict]:
     return [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
+# -- loaders --------------------------------------------------------------------------------
+
+SMALL = dict(batch_size=16, image_size=32, resize_size=40, workers=1)
+
+
+def loader_config(backend: str = "pil", **overrides) -> LoaderConfig:
+    """A small loader config (32 px crops, batches of 16, one worker) for `backend`."""
+    return LoaderConfig(backend=backend, **{**SMALL, **overrides})

@@ -1,4 +1,5 @@
-"""The loader backends on real (generated) shards: one contract, every backend.
+"""data_tools/loaders/loader.py: every backend on real (generated) shards, one contract. (360
+lines: the contract, its fixtures and every backend belong together.)
 
 Small images (32 px crops) and small batches keep the whole file to well under a minute
 on two cores. GPU tests run where CUDA is (the lent machine) and are skipped elsewhere.
@@ -7,10 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,26 +16,26 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from helpers import build_shards, photo
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from data_tools.build import BuildConfig, build
 from data_tools.common.config import build as make_config
 from data_tools.format import resampling, shards
-from data_tools.loaders import Loader, LoaderConfig, dali_available, make_loader, transforms, workers
-from data_tools.loaders.bottleneck import measure
+from data_tools.loaders import Loader, dali_available, make_loader
+from helpers import build_shards
+from helpers import loader_config as config
 
 CPU_BACKENDS = ["pil", pytest.param("dali-cpu", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]
-SMALL = dict(batch_size=16, image_size=32, resize_size=40, workers=1)
+
+
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+
+
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the lent GPU machine)")
-
-
-def config(backend: str = "pil", **overrides) -> LoaderConfig:
-    return LoaderConfig(backend=backend, **{**SMALL, **overrides})
 
 
 def epoch(loader: Loader) -> list:
@@ -153,8 +151,6 @@ def damaged_first_dir(tmp_path_factory, shard_dir, truth) -> Path:
     return out
 
 
-# --- the contract: shapes, dtypes, normalisation, targets -------------------------------
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_train_batches_have_the_contracted_shapes_and_khot_targets(backend, shard_dir, truth):
     loader = make_loader(config(backend), shard_dir)
@@ -184,21 +180,6 @@ def test_eval_images_match_resize_centre_crop_normalise(backend, shard_dir, trut
     assert (batch[0] - expected.flip(-1)).abs().mean() > 0.5  # a flip or a channel swap would show
 
 
-def test_draft_decoding_matches_a_full_decode():
-    """Large crops are decoded at reduced scale in the DCT; the result must look the same."""
-    data = io.BytesIO()
-    photo(np.random.default_rng(1), 640, 480).save(data, format="JPEG", quality=90)
-    box = (40, 60, 400, 520)  # top, left, h, w: over twice the output size
-    drafted = Image.open(io.BytesIO(data.getvalue()))
-    drafted, scaled = transforms.draft(drafted, box, 128)
-    assert drafted.size == (320, 240)
-    full = torch.from_numpy(np.array(Image.open(io.BytesIO(data.getvalue())).convert("RGB"))).permute(2, 0, 1)
-    small = torch.from_numpy(np.array(drafted.convert("RGB"))).permute(2, 0, 1)
-    a = transforms.resize(full, box, 128, False).float()
-    b = transforms.resize(small, scaled, 128, False).float()
-    assert (a - b).abs().mean() < 3  # grey levels
-
-
 def test_single_label_data_gives_int64_labels_and_no_resampling(imagefolder_dir):
     truth = samples(imagefolder_dir)
     loader = make_loader(config(batch_size=4), imagefolder_dir)
@@ -219,8 +200,6 @@ def test_hashtag_data_is_sqrt_resampled_by_default(shard_dir):
     assert len(plain) == len(set(plain))
 
 
-# --- the same samples, whatever the backend or worker count ------------------------------
-
 def test_every_backend_yields_the_same_samples(shard_dir):
     backends = ["pil", "dali-cpu"] if dali_available() else ["pil"]
     evals = [Counter(keys_of(epoch(make_loader(config(b), shard_dir, phase="eval")))) for b in backends]
@@ -235,8 +214,6 @@ def test_pil_output_does_not_depend_on_the_worker_count(shard_dir):
     assert keys_of(one) == keys_of(two)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(one, two))
 
-
-# --- ranks ---------------------------------------------------------------------------------
 
 def test_ranks_read_disjoint_samples_from_contiguous_shards(shard_dir):
     world = 3
@@ -262,8 +239,6 @@ def test_every_rank_yields_the_same_number_of_batches_with_uneven_shards(uneven_
     assert len(set(counts)) == 1
     assert [len(epoch(lo)) for lo in loaders[:2]] == counts[:2]
 
-
-# --- resume --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_resume_on_the_same_world_size_continues_exactly(backend, shard_dir):
@@ -313,8 +288,6 @@ def test_state_at_the_end_of_an_epoch_points_at_the_next(shard_dir):
         make_loader(config(), shard_dir).load_state_dict({**loader.state_dict(), "num_samples": 3})
 
 
-# --- bad samples ---------------------------------------------------------------------------
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_bad_samples_are_skipped_and_counted(backend, broken_dir):
     loader = make_loader(config(backend, sqrt_resample=False, drop_last=False), broken_dir, phase="eval")
@@ -341,18 +314,6 @@ def test_damaged_jpegs_first_in_a_large_batch_are_skipped_by_every_backend(damag
     assert len(set(map(tuple, keys.values()))) == 1
 
 
-def test_jpeg_framing_check():
-    dali = pytest.importorskip("data_tools.loaders.dali")
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), "red").save(buf, "JPEG")
-    jpg = np.frombuffer(buf.getvalue(), np.uint8)
-    assert dali.jpeg_intact(jpg) and dali.jpeg_intact(np.concatenate([jpg, np.frombuffer(b"\r\n", np.uint8)]))
-    for damaged in (np.zeros_like(jpg), jpg[:-10], jpg[:2], np.concatenate([jpg[:4], 255 - jpg[4:]])):
-        assert not dali.jpeg_intact(damaged)
-
-
-# --- config, bottleneck --------------------------------------------------------------------
-
 def test_bad_config_is_refused_naming_the_key(shard_dir):
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(config(batch_size=0), shard_dir)
@@ -365,23 +326,6 @@ def test_bad_config_is_refused_naming_the_key(shard_dir):
     with pytest.raises(ValueError, match="no batch"):
         make_loader(config(batch_size=4096), shard_dir)
 
-
-def test_bottleneck_report_measures_both_sides_and_keeps_the_loader_position(shard_dir):
-    loader = make_loader(config(), shard_dir)
-    state = loader.state_dict()
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                torch.nn.Linear(8, loader.catalog.num_classes))
-
-    def step(images, targets):
-        torch.nn.functional.binary_cross_entropy_with_logits(model(images), targets).backward()
-
-    report = measure(loader, step, seconds=0.5)
-    assert report.loader_ips > 0 and report.step_ips > 0
-    assert "bounds this run" in str(report) and report.bound in ("loader", "model")
-    assert loader.state_dict() == state
-
-
-# --- GPU (the lent machine) ----------------------------------------------------------------
 
 @gpu
 @pytest.mark.gpu
@@ -415,18 +359,3 @@ def test_dali_on_gpu_survives_and_counts_bad_samples(broken_dir):
 def test_pil_on_gpu_gives_channels_last_cuda_batches(shard_dir):
     images, targets = next(iter(make_loader(config(), shard_dir, device="cuda")))
     assert images.is_cuda and targets.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
-
-
-def slow_start(worker_id: int) -> None:
-    """A worker whose start takes a second before it ignores the stop signals: the moment in
-    which torch's own SIGTERM handler (installed first) would let a signal kill it."""
-    time.sleep(1.0)
-    workers.ignore_stop_signals(worker_id)
-
-
-def test_a_worker_signalled_while_it_starts_survives():
-    with workers.stop_signals_held():
-        produced = iter(DataLoader(list(range(8)), batch_size=None, num_workers=2, worker_init_fn=slow_start))
-    for worker in produced._workers:  # as a signal to the whole process group would
-        os.kill(worker.pid, signal.SIGTERM)
-    assert sorted(produced) == list(range(8))
