@@ -1,4 +1,5 @@
-"""The `wsl data` command line as a user runs it: exit codes, messages, verify and stats.
+"""launch/commands.py, its `wsl data` handlers as a user runs them: exit codes, messages,
+verify and stats.
 
 Every command is a real subprocess; they are started together (a few at a time) because
 each one spends seconds importing torch through webdataset. Each kind of shard damage is

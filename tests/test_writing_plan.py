@@ -1,4 +1,5 @@
-"""Mixed batches from any input order: shards are written in the order of their keys' hash.
+"""data_tools/writing/plan.py: mixed batches from any input order, since shards are written in the
+order of their keys' hash.
 
 A crawl lists images grouped by tag; shards cut from it in input order hold one or two
 tags each, and so do the batches read from them. Built with the default order=hash, the
