@@ -383,3 +383,16 @@ SMALL = dict(batch_size=16, image_size=32, resize_size=40, workers=1)
 def loader_config(backend: str = "pil", **overrides) -> LoaderConfig:
     """A small loader config (32 px crops, batches of 16, one worker) for `backend`."""
     return LoaderConfig(backend=backend, **{**SMALL, **overrides})
+
+
+# -- `wsl launch` ---------------------------------------------------------------------------
+
+def wsl_launch(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = env or {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run(cli("launch", *args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def build_args(raw: Path, out: Path) -> list[str]:
+    return ["data", "build", "--", f"input.manifest={raw}", f"output={out}", "shards.samples=8", "workers=1",
+            "progress=false"]
