@@ -31,6 +31,7 @@ from data_tools.format.verify import verify  # noqa: E402
 from data_tools.loaders import LoaderConfig  # noqa: E402
 from launch.fixtures.synthetic import HASHTAGS, photo, write_corpus  # noqa: E402,F401  (re-exported for tests)
 from pretrain import checkpoint  # noqa: E402
+from pretrain.config import PretrainConfig  # noqa: E402
 
 CLI = [sys.executable, "-m", "launch.cli"]
 
@@ -396,3 +397,17 @@ def wsl_launch(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Com
 def build_args(raw: Path, out: Path) -> list[str]:
     return ["data", "build", "--", f"input.manifest={raw}", f"output={out}", "shards.samples=8", "workers=1",
             "progress=false"]
+
+
+# -- pretraining ----------------------------------------------------------------------------
+
+# A tiny ResNeXt on 32 px crops, W&B off: a pretraining run of seconds on the CPU.
+PRETRAIN_TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
+        "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
+        "data.loader.workers=1", "data.loader.backend=pil", "optim.warmup_images=32",
+        "optim.schedule=cosine", "log.every_steps=1", "checkpoint.keep=100"]
+
+
+def pretrain_config(shard_dir: Path, run_dir: Path, *overrides: str) -> PretrainConfig:
+    return make_config(PretrainConfig, [], [f"data.train={shard_dir}", f"run_dir={run_dir}", *PRETRAIN_TINY,
+                                            *overrides])

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, build_shards, child_env, cli, write_corpus
-from test_pretrain import TINY, config
 
 from data_tools.common.config import to_dict
 from data_tools.format import resampling, shards
 from data_tools.loaders import LoaderConfig, make_loader
 from data_tools.loaders.bottleneck import measure
+from helpers import PRETRAIN_TINY as TINY
+from helpers import REPO, build_shards, child_env, cli, write_corpus
+from helpers import pretrain_config as config
 from pretrain import checkpoint, evaluate, metrics
 from pretrain.engine import grad_norm
 from pretrain.losses import sigmoid_bce_loss

@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-from helpers import free_port
 
 from data_tools.loaders import LoaderConfig, make_loader
+from helpers import free_port
 
 # Every test reads from a server process over a socket.
 pytestmark = pytest.mark.slow
@@ -118,8 +118,8 @@ def test_a_remote_set_needs_a_positive_cache(s3_url):
 def test_wsl_pretrain_trains_and_evaluates_on_shards_at_a_url(s3_url, tmp_path):
     """The `wsl` command, not only the loader: its checks and the run read the manifest
     through the URL (they once read a local path and refused every URL)."""
+    from helpers import PRETRAIN_TINY as TINY
     from helpers import REPO, child_env, cli
-    from test_pretrain import TINY
     run_dir = tmp_path / "run"
     proc = subprocess.run(cli("pretrain", f"data.train={s3_url}", f"data.val={s3_url}", f"run_dir={run_dir}", *TINY,
                               "train.total_images=64", "eval.max_images=32", f"data.loader.cache_dir={tmp_path}"),

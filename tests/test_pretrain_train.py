@@ -1,4 +1,5 @@
-"""The trainer end to end on real shards: tiny ResNeXt, CPU, real processes for DDP and kills."""
+"""pretrain/train.py end to end on real shards: tiny ResNeXt, CPU, real processes for DDP and
+kills."""
 from __future__ import annotations
 
 import json
@@ -12,25 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, build_shards, child_env, cli, run_as_users_do, straight_and_resumed
 from PIL import Image
 
-from data_tools.common.config import build as make_config
 from data_tools.common.config import to_dict
-from data_tools.common.dist import read_env
+from helpers import PRETRAIN_TINY as TINY
+from helpers import REPO, build_shards, child_env, cli, straight_and_resumed
+from helpers import pretrain_config as config
 from pretrain import checkpoint, engine
-from pretrain.config import PretrainConfig
 from pretrain.models import build_model
 from pretrain.train import run
-
-TINY = ["device=cpu", "model.name=resnext_tiny", "log.wandb=off", "train.bottleneck_seconds=0",
-        "data.loader.batch_size=8", "data.loader.image_size=32", "data.loader.resize_size=36",
-        "data.loader.workers=1", "data.loader.backend=pil", "optim.warmup_images=32",
-        "optim.schedule=cosine", "log.every_steps=1", "checkpoint.keep=100"]
-
-
-def config(shard_dir: Path, run_dir: Path, *overrides: str) -> PretrainConfig:
-    return make_config(PretrainConfig, [], [f"data.train={shard_dir}", f"run_dir={run_dir}", *TINY, *overrides])
 
 
 def weights(path: Path) -> dict:
@@ -189,52 +180,6 @@ def test_a_diverging_run_ends_in_one_line_with_exit_1(shard_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_crash_during_checkpoint_write_keeps_previous(tmp_path):
-    model = build_model("resnext_tiny", 10)
-    checkpoint.save({"model": model.state_dict()}, tmp_path, 100, keep=3)
-    script = f"""
-import os, signal, sys
-sys.path.insert(0, {str(REPO)!r})
-import torch
-from pretrain import checkpoint
-real = torch.save
-def dying_save(obj, f):
-    f.write(b"half a checkpoint")
-    f.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-torch.save = dying_save
-checkpoint.save({{"x": torch.zeros(3)}}, {str(tmp_path)!r}, 200, keep=3)
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert len(list(tmp_path.glob("checkpoint-000000000000200.pt.*.tmp"))) == 1
-    latest = checkpoint.latest(tmp_path)
-    assert latest == checkpoint.path_for(tmp_path, 100)
-    restored = checkpoint.load(latest)["model"]
-    assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())
-
-
-def test_keep_last_n(tmp_path):
-    for seen in (10, 20, 30, 40):
-        checkpoint.save({"seen": seen}, tmp_path, seen, keep=2)
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
-        "checkpoint-000000000000030.pt", "checkpoint-000000000000040.pt"]
-
-
-@pytest.mark.slow  # runs `scontrol show hostnames` where SLURM is installed
-def test_dist_env_reading():
-    assert read_env({}).world_size == 1
-    env = read_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
-    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (3, 8, 1, "n1", "torchrun")
-    with pytest.raises(RuntimeError, match="WORLD_SIZE"):
-        read_env({"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"})
-    slurm = read_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
-                      "SLURM_JOB_NODELIST": "gpu[012-015]"})
-    assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.source) == (5, 16, 1, "slurm")
-    assert slurm.master_addr == "gpu012" and slurm.master_port == 10000 + 4242
-
-
-@pytest.mark.slow
 def test_bad_config_is_one_line(shard_dir, tmp_path):
     proc = subprocess.run(cli("pretrain", f"data.train={shard_dir}", f"run_dir={tmp_path}", "train.totl_images=5"),
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
@@ -273,45 +218,3 @@ def test_a_dead_rank_fails_the_job_naming_it(shard_dir, tmp_path):
     assert proc.returncode != 0
     assert time.time() - start < 120
     assert "rank: 1" in out or "rank 1" in out, out[-2000:]
-
-
-@pytest.mark.slow
-def test_wandb_offline_run_records_metrics_and_samples(shard_dir, tmp_path):
-    cfg = config(shard_dir, tmp_path / "run", "train.total_images=64", "checkpoint.every_images=64",
-                 "log.wandb=offline", "log.sample_images=4")
-    os.environ.pop("WANDB_API_KEY", None)
-    run(cfg, to_dict(cfg))
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    logged = list(runs[0].glob("run-*.wandb"))
-    assert len(logged) == 1 and logged[0].stat().st_size > 0
-    samples = list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
-    assert len(samples) == 4, "the sample images with their tags were not logged"
-
-
-@pytest.mark.slow
-def test_single_label_set_with_wandb_as_users_have_it(cub, tmp_path):
-    """A converted set's samples carry `labels`, no `tags`: the W&B sample captions once
-    crashed on them (KeyError: 'tags'), which W&B off hid from every test."""
-    users = [a for a in TINY if not a.startswith("log.wandb")]
-    proc = run_as_users_do(cli("pretrain", f"data.train={cub['train']}", f"data.val={cub['test']}",
-                               f"run_dir={tmp_path / 'run'}", *users, "train.total_images=48",
-                               "checkpoint.every_images=48", "log.sample_images=3"),
-                           tmp_path, child_env(), cwd=REPO)
-    assert "validation top-1" in proc.stderr.strip().splitlines()[-1], "the last line has no final figures"
-    (media,) = (tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images")
-    assert len(list(media.glob("samples_*.png"))) == 3
-    (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
-    assert b"Black footed Albatross" in record.read_bytes(), "the samples are not captioned with their class"
-
-
-def test_curves_show_validation_in_words(tmp_path):
-    """curves.png had the training metrics alone, titled by their keys (data_wait, no unit)."""
-    from pretrain.loggers import plot_curves, validation_summary
-    rows = [{"images_seen": n, "loss": 2 / n, "lr": 0.1, "img_per_s": 80.0, "data_wait": 0.2} for n in (8, 16, 24)]
-    rows += [{"images_seen": 24, "val/mAP": 0.4, "val/precision@1": 0.5, "val/precision@5": 0.3, "val/images": 9}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    titles = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
-    assert titles == ["training loss", "learning rate", "throughput, images/s", "waiting for data, % of the time",
-                      "held-out mAP, %", "held-out precision@1, %"]
-    assert validation_summary(tmp_path / "metrics.jsonl") == "held-out mAP 40.0 %, held-out precision@1 50.0 %"
