@@ -1,5 +1,5 @@
-"""Shared fixtures (real JPEGs written to disk and real shards built from them) and the
-test tiers. Shared helper functions are in helpers.py."""
+"""Shared fixtures (real JPEGs written to disk, real shards built from them, a tiny
+pretrained backbone) and the test tiers. Shared helper functions are in helpers.py."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from data_tools.labels.wordnet import WordNet
-from helpers import build_shards, make_config, manifest_rows, write_corpus
+from helpers import (
+    build_shards,
+    colour_folder,
+    imagefolder_shards,
+    make_config,
+    manifest_rows,
+    pretrained,
+    write_corpus,
+)
 
 SLOW_TIERS = ("slow", "slurm", "demo", "browser", "gpu")
 
@@ -99,3 +107,19 @@ def expected(corpus) -> dict[str, dict]:
         if synsets:
             out[f"{i:012d}"] = {"path": str(corpus.parent / row["path"]), "tags": row["tags"], "synsets": synsets}
     return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """Single-label shards of four colour classes, `train` and `val` (and their `root`), for
+    fine-tuning and the probe."""
+    root = tmp_path_factory.mktemp("colours")
+    return {"train": imagefolder_shards(colour_folder(root / "raw-train", 12, 0), root / "train"),
+            "val": imagefolder_shards(colour_folder(root / "raw-val", 4, 1), root / "val"),
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def backbone_file(data) -> Path:
+    """A tiny backbone pretrained on `data`'s training shards."""
+    return pretrained(data["root"] / "backbone.pt", data["train"])

@@ -7,7 +7,15 @@ import os
 import pytest
 import torch
 
-from pretrain.metrics import average_precision, mean_average_precision, precision_at_k, topk_accuracy
+from pretrain.metrics import (
+    average_precision,
+    confusion_matrix,
+    mean_average_precision,
+    mean_per_class_accuracy,
+    most_confused,
+    precision_at_k,
+    topk_accuracy,
+)
 
 # Three tags over five images (columns are tags).
 SCORES = torch.tensor([
@@ -121,3 +129,13 @@ def test_each_offline_run_keeps_wandb_in_its_own_folder(tmp_path, monkeypatch):
         assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / run / "wandb" / "cache")
         assert os.environ["WANDB_DATA_DIR"] == str(tmp_path / run / "wandb" / "data")
         assert os.environ["WANDB_CONFIG_DIR"] == "/mine"
+
+
+def test_single_label_metrics():
+    logits = torch.tensor([[3., 1, 0], [3., 1, 0], [0., 3, 1], [0., 3, 1], [0., 3, 1], [0., 0, 3]])
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    assert confusion_matrix(logits, labels, 3).tolist() == [[2, 0, 0], [0, 1, 0], [0, 2, 1]]
+    assert mean_per_class_accuracy(logits, labels, 3) == pytest.approx((1 + 1 + 1 / 3) / 3)
+    assert mean_per_class_accuracy(logits, labels, 5) == pytest.approx((1 + 1 + 1 / 3) / 3)  # absent classes skipped
+    (pair,) = most_confused(logits, labels, 3, count=5)
+    assert pair == {"true": 2, "predicted": 1, "errors": 2, "share": pytest.approx(2 / 3)}
