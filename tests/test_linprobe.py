@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_finetune import backbone_file, config, data  # noqa: F401  (fixtures)
+from helpers import finetune_config as config
 
 from data_tools.common.config import build as make_config
 from data_tools.common.config import to_dict
