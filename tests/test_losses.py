@@ -99,3 +99,13 @@ def test_make_loss_rejects_unknown_kind_and_misplaced_smoothing():
         make_loss("focal")
     with pytest.raises(ValueError, match="label_smoothing"):
         make_loss("sigmoid", label_smoothing=0.1)
+
+
+def test_sigmoid_loss_gives_each_logit_the_usual_gradient():
+    logits = torch.zeros(4, 17000, requires_grad=True)
+    targets = torch.zeros(4, 17000)
+    targets[:, 3] = 1
+    sigmoid_bce_loss(logits, targets).backward()
+    # d/dz of BCE is sigmoid(z) - y, divided by the images only (not by the 17k tags)
+    assert logits.grad[0, 3].item() == pytest.approx((0.5 - 1) / 4)
+    assert logits.grad[0, 0].item() == pytest.approx(0.5 / 4)

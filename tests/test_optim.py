@@ -1,4 +1,5 @@
-"""Learning-rate schedule values, weight-decay groups and the SGD step they drive."""
+"""Learning-rate schedule values (pretrain/schedule.py), weight-decay groups and the SGD step
+they drive (pretrain/optim.py)."""
 from __future__ import annotations
 
 import math
@@ -134,3 +135,12 @@ def test_set_lr_updates_every_group():
     assert len(opt.param_groups) == 2
     set_lr(opt, 0.125)
     assert [g["lr"] for g in opt.param_groups] == [0.125, 0.125]
+
+
+def test_warmup_never_runs_downhill_below_a_256_batch():
+    cfg = OptimConfig(lr_per_256=0.1, warmup_images=640, schedule="cosine")
+    small = [cfg.lr(seen, 32, 6400) for seen in range(0, 640, 32)]
+    assert small[0] == pytest.approx(0.1 * 32 / 256)  # the peak of a 32-image batch, held
+    assert all(b >= a - 1e-12 for a, b in zip(small, small[1:]))
+    large = [cfg.lr(seen, 1024, 6400) for seen in (0, 320, 640)]
+    assert large == pytest.approx([0.1, 0.25, 0.4])  # Goyal et al.'s ramp from the 256-batch rate
