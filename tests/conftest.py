@@ -6,8 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from data_tools.labels.wordnet import WordNet
 from helpers import (
     build_shards,
     colour_folder,
@@ -17,6 +15,8 @@ from helpers import (
     pretrained,
     write_corpus,
 )
+
+from data_tools.labels.wordnet import WordNet
 
 SLOW_TIERS = ("slow", "slurm", "demo", "browser", "gpu")
 
@@ -43,8 +43,9 @@ def unit_tests_start_no_process(request, monkeypatch):
 def cub(tmp_path_factory) -> dict:
     """A tiny CUB-200-2011 (3 classes), converted by `wsl data convert`: single-label
     samples with `labels` and no `tags` (shared, read-only)."""
-    from data_tools.convert import ConvertConfig, convert
     from helpers import cub_tree
+
+    from data_tools.convert import ConvertConfig, convert
     root = tmp_path_factory.mktemp("cub")
     cub_tree(root / "CUB_200_2011", per_class=6)
     sets = {}

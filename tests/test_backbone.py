@@ -9,9 +9,9 @@ import subprocess
 import pytest
 import torch
 import torchvision
-
 from helpers import FINETUNE_TINY as TINY
 from helpers import REPO, child_env, cli
+
 from pretrain import backbone
 from pretrain.models import build_model
 

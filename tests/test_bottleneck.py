@@ -6,11 +6,11 @@ import time
 
 import pytest
 import torch
+from helpers import build_shards, write_corpus
+from helpers import loader_config as config
 
 from data_tools.loaders import LoaderConfig, make_loader
 from data_tools.loaders.bottleneck import measure
-from helpers import build_shards, write_corpus
-from helpers import loader_config as config
 from pretrain.models import build_model
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CLI, REPO, build_shards, photo, read_samples, run_cli, sha256
 from PIL import Image
 
 from data_tools.build import BuildConfig, build
 from data_tools.common.config import build as make_config
 from data_tools.format.verify import verify
-from helpers import CLI, REPO, build_shards, photo, read_samples, run_cli, sha256
 from launch.fixtures.synthetic import write_corpus
 
 

@@ -11,11 +11,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from data_tools.format import shards
-from data_tools.format.manifest import BAD_EXAMPLES
-from data_tools.format.verify import verify
 from helpers import (
     REPO,
     bomb_png,
@@ -38,6 +33,11 @@ from helpers import (
     truncated_jpeg,
     webp_bytes,
 )
+from PIL import Image
+
+from data_tools.format import shards
+from data_tools.format.manifest import BAD_EXAMPLES
+from data_tools.format.verify import verify
 
 
 def build_cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from helpers import REPO
+
 from pretrain import checkpoint
 from pretrain.models import build_model
 

@@ -3,9 +3,9 @@ resumes, merges parts, skips corrupt images and says what is wrong with its inpu
 from __future__ import annotations
 
 import pytest
+from helpers import assert_verifies, cub_tree, imagenet_train, replace_line, run_cli, run_convert
 
 from data_tools.format.manifest import merge
-from helpers import assert_verifies, cub_tree, imagenet_train, replace_line, run_cli, run_convert
 
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import CUB_CLASSES, assert_verifies, cub_tree, replace_line, run_convert, samples, save_jpeg, write_lines
 from PIL import Image, ImageDraw
 
 from data_tools.convert.listing import LayoutError
 from data_tools.format import shards
 from data_tools.labels import vocab
-from helpers import CUB_CLASSES, assert_verifies, cub_tree, replace_line, run_convert, samples, save_jpeg, write_lines
 
 
 @pytest.mark.parametrize("split,train", [("train", 1), ("test", 0)])

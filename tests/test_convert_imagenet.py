@@ -7,9 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-
-from data_tools.convert.listing import LayoutError
-from data_tools.labels import vocab
 from helpers import (
     VAL_LABELS,
     WNIDS,
@@ -23,6 +20,9 @@ from helpers import (
     write_lines,
     write_solution,
 )
+
+from data_tools.convert.listing import LayoutError
+from data_tools.labels import vocab
 
 LEMMAS = ["tench", "goldfish", "great_white_shark"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import cub_tree, places_tree, run_convert
 
 from data_tools.common.config import build as make_config
 from data_tools.convert import ConvertConfig, places
 from data_tools.convert.listing import Item, LayoutError, Listing, completeness, partial_message
-from helpers import cub_tree, places_tree, run_convert
 
 
 def test_partial_val_names_the_missing_files(tmp_path):

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from helpers import PLACES, assert_verifies, labels_by_path, places_tree, replace_line, run_convert, save_jpeg
 
 from data_tools.convert.listing import LayoutError
 from data_tools.labels import vocab
-from helpers import PLACES, assert_verifies, labels_by_path, places_tree, replace_line, run_convert, save_jpeg
 
 
 def test_places_nested_categories_train_and_val(tmp_path):

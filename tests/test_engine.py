@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from data_tools.common.config import to_dict
-from data_tools.format import resampling, shards
 from helpers import PRETRAIN_TINY as TINY
 from helpers import REPO, child_env
 from helpers import pretrain_config as config
+
+from data_tools.common.config import to_dict
+from data_tools.format import resampling, shards
 from pretrain import checkpoint
 from pretrain.engine import grad_norm
 from pretrain.train import run

@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO, child_env
+from helpers import finetune_config as config
 
 from data_tools.common.config import to_dict
 from finetune.train import run
-from helpers import REPO, child_env
-from helpers import finetune_config as config
 
 
 @pytest.mark.slow

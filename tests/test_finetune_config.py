@@ -4,11 +4,11 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from helpers import REPO, child_env, cli
 
 from data_tools.common.config import ConfigError
 from data_tools.common.config import build as make_config
 from finetune.config import FinetuneConfig
-from helpers import REPO, child_env, cli
 
 
 @pytest.mark.slow

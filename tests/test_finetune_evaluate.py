@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers import finetune_config as config
 
 from data_tools.common.config import to_dict
 from data_tools.format import shards
 from finetune.train import run
-from helpers import finetune_config as config
 from launch.cli import main
 from launch.commands import evaluate_checkpoint
 from pretrain import checkpoint

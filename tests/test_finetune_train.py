@@ -7,14 +7,14 @@ import subprocess
 
 import pytest
 import torch
+from helpers import FINETUNE_TINY as TINY
+from helpers import REPO, child_env, cli, run_as_users_do, straight_and_resumed
+from helpers import finetune_config as config
 
 from data_tools.common import dist
 from data_tools.common.config import to_dict
 from finetune.config import FinetuneConfig
 from finetune.train import run
-from helpers import FINETUNE_TINY as TINY
-from helpers import REPO, child_env, cli, run_as_users_do, straight_and_resumed
-from helpers import finetune_config as config
 from launch.commands import evaluate_checkpoint
 from pretrain import backbone, checkpoint
 from pretrain.models import build_model

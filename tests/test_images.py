@@ -6,9 +6,6 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from data_tools.inputs.images import BadImage, ImageRules, prepare
 from helpers import (
     ORIENTATION,
     bomb_png,
@@ -32,6 +29,9 @@ from helpers import (
     truncated_jpeg,
     webp_bytes,
 )
+from PIL import Image
+
+from data_tools.inputs.images import BadImage, ImageRules, prepare
 
 RULES = ImageRules()
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
+from helpers import pretrained
 
 from data_tools.format import shards
 from finetune import leak
-from helpers import pretrained
 from pretrain import backbone
 from pretrain.models import build_model
 

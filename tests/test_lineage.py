@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, build_args, write_corpus, wsl_launch
+
 from pretrain import checkpoint
 
 TINY = ["device=cpu", "model.name=resnext_tiny", "train.bottleneck_seconds=0", "data.loader.batch_size=8",

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import FINETUNE_TINY as TINY
+from helpers import REPO, child_env, cli, separable
+from helpers import finetune_config as config
 
 from data_tools.common.config import build as make_config
 from data_tools.common.config import to_dict
 from finetune.config import FinetuneConfig
 from finetune.linprobe import split
 from finetune.train import run
-from helpers import FINETUNE_TINY as TINY
-from helpers import REPO, child_env, cli, separable
-from helpers import finetune_config as config
 from launch.commands import evaluate_checkpoint
 from pretrain.models import build_model
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from helpers import build_shards
+from helpers import loader_config as config
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -23,8 +25,6 @@ from data_tools.build import BuildConfig, build
 from data_tools.common.config import build as make_config
 from data_tools.format import resampling, shards
 from data_tools.loaders import Loader, dali_available, make_loader
-from helpers import build_shards
-from helpers import loader_config as config
 
 CPU_BACKENDS = ["pil", pytest.param("dali-cpu", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]
 

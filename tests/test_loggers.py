@@ -6,11 +6,11 @@ import json
 import os
 
 import pytest
-
-from data_tools.common.config import to_dict
 from helpers import PRETRAIN_TINY as TINY
 from helpers import REPO, child_env, cli, run_as_users_do
 from helpers import pretrain_config as config
+
+from data_tools.common.config import to_dict
 from pretrain.train import run
 
 

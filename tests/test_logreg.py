@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import separable
 
 from finetune import logreg
-from helpers import separable
 
 
 def test_logreg_sweep_reaches_100_percent_on_separable_features():

@@ -8,10 +8,10 @@ import subprocess
 from collections import Counter
 
 import pytest
+from helpers import CLI, REPO, build_shards, manifest_rows, read_samples, sha256
 
 from data_tools.format import shards
 from data_tools.format.manifest import merge
-from helpers import CLI, REPO, build_shards, manifest_rows, read_samples, sha256
 
 
 def test_manifest_counts_hashes_and_tag_counts(shard_dir, corpus, expected):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from data_tools.loaders import LoaderConfig, make_loader
 from helpers import build_shards, write_corpus
 from helpers import pretrain_config as config
+
+from data_tools.loaders import LoaderConfig, make_loader
 from pretrain import evaluate, metrics
 from pretrain.models import build_model
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from PIL import Image
-
-from data_tools.common.config import to_dict
 from helpers import PRETRAIN_TINY as TINY
 from helpers import REPO, build_shards, child_env, cli, straight_and_resumed
 from helpers import pretrain_config as config
+from PIL import Image
+
+from data_tools.common.config import to_dict
 from pretrain import checkpoint, engine
 from pretrain.models import build_model
 from pretrain.train import run

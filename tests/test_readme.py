@@ -8,8 +8,8 @@ import re
 import shutil
 
 import pytest
-
 from helpers import REPO, cub_tree, imagenet_flat_val, imagenet_train, places_tree, write_solution
+
 from launch.cli import main
 from launch.parser import config_stages, make_parser, with_default_command
 from pretrain import checkpoint
@@ -67,9 +67,10 @@ def resolves(argv: list[str]) -> None:
 def inputs(tmp_path_factory) -> dict:
     """What README's paths stand for: a hashtag corpus, ImageNet, CUB-200-2011 and Places365
     trees as distributed, and a CUB train split (which no README line converts)."""
+    from helpers import write_corpus
+
     from data_tools.common.config import build as make_config
     from data_tools.convert import ConvertConfig, convert
-    from helpers import write_corpus
     root = tmp_path_factory.mktemp("readme")
     imagenet = root / "imagenet"
     imagenet_train(imagenet)

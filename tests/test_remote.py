@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
+from helpers import free_port
 
 from data_tools.loaders import LoaderConfig, make_loader
-from helpers import free_port
 
 # Every test reads from a server process over a socket.
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import json
 import subprocess
 
 import pytest
-
-from data_tools.common.config import to_dict
 from helpers import PRETRAIN_TINY as TINY
 from helpers import REPO, child_env, cli
 from helpers import pretrain_config as config
+
+from data_tools.common.config import to_dict
 from pretrain import checkpoint
 from pretrain.train import run
 

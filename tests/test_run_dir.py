@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import finetune_config as config
 
 from data_tools.common.config import to_dict
 from finetune.train import run
-from helpers import finetune_config as config
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ import json
 import tarfile
 from pathlib import Path
 
-from data_tools.format import shards
 from helpers import read_samples
+
+from data_tools.format import shards
 
 
 def test_shard_files_are_named_and_numbered(shard_dir, expected):

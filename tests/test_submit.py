@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, build_args, build_shards, write_corpus, wsl_launch
 
 

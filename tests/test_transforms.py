@@ -5,10 +5,10 @@ import io
 
 import numpy as np
 import torch
+from helpers import photo
 from PIL import Image
 
 from data_tools.loaders import transforms
-from helpers import photo
 
 
 def test_draft_decoding_matches_a_full_decode():
