@@ -307,7 +307,7 @@ def test_single_label_set_with_wandb_as_users_have_it(cub, tmp_path):
 
 def test_curves_show_validation_in_words(tmp_path):
     """curves.png had the training metrics alone, titled by their keys (data_wait, no unit)."""
-    from pretrain.loggers import plot_curves, validation_summary
+    from pretrain.curves import plot_curves, validation_summary
     rows = [{"images_seen": n, "loss": 2 / n, "lr": 0.1, "img_per_s": 80.0, "data_wait": 0.2} for n in (8, 16, 24)]
     rows += [{"images_seen": 24, "val/mAP": 0.4, "val/precision@1": 0.5, "val/precision@5": 0.3, "val/images": 9}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
