@@ -145,8 +145,7 @@ def local_matches(originals: list[bytes], train: list[bytes], short_scores: np.n
         t0 = time.process_time()
         query = keypoints.query_features(views.decode(train[i], keypoints.SIDE))
         t1 = time.process_time()
-        for j in slots:
-            found = keypoints.match(query, *eval_side[short_who[i, j]])
+        for j, found in zip(slots, keypoints.match_all(query, [eval_side[short_who[i, j]] for j in slots])):
             inliers[i, j], cover[i, j] = found["inliers"], found["cover"]
         query_s += t1 - t0
         pair_s += time.process_time() - t1
