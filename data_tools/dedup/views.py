@@ -235,17 +235,19 @@ CORNER = (0.7, 0.15)            # (side fraction, offset): half the area, off to
 def shortlist_views(im: Image.Image) -> list[Image.Image]:
     """The views a recall-oriented shortlist adds: turned, cut to half toward an edge or
     corner, and grey (the colour descriptor scores a grey copy of a colourful photo low),
-    whole and cut, either way round."""
-    corners = corner_views(im)
-    grey = [ImageOps.grayscale(v).convert("RGB") for v in [im, ImageOps.mirror(im)] + corners]
+    whole and cut, either way round. Grey cuts also sit halfway between the others: a
+    grey copy cut in between (and captioned) scores too low against either neighbour."""
+    shift = CORNER[1]
+    corners = corner_views(im, (-shift, 0, shift))
+    between = corner_views(im, (-shift / 2, 0, shift / 2), centre=True)
+    grey = [ImageOps.grayscale(v).convert("RGB") for v in [im, ImageOps.mirror(im)] + corners + between]
     return rotated_views(im) + corners + grey
 
 
-def corner_views(im: Image.Image) -> list[Image.Image]:
-    """Crops to half the area toward each edge and corner, and mirrored: a copy cut to
-    one part of the photo."""
-    fraction, shift = CORNER
-    out = [crop(im, fraction, dx, dy) for dx in (-shift, 0, shift) for dy in (-shift, 0, shift) if dx or dy]
+def corner_views(im: Image.Image, offsets: tuple[float, ...], centre: bool = False) -> list[Image.Image]:
+    """Crops to half the area moved by `offsets` toward each edge and corner (and not
+    moved, with `centre`), and mirrored: a copy cut to one part of the photo."""
+    out = [crop(im, CORNER[0], dx, dy) for dx in offsets for dy in offsets if centre or dx or dy]
     return out + [ImageOps.mirror(v) for v in out]
 
 
