@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_FLOATS = 1 << 24    # logits held at once (heads x rows x K): 64 MiB in float32
-BLOCK_FLOATS = 1 << 23    # features read at once (rows x D): 32 MiB in float32
+BLOCK_FLOATS = 1 << 21    # features read at once (rows x D): 8 MiB in float32; larger blocks only add to the peak
 ROTATED_BYTES = 1 << 28   # features up to 256 MiB are kept centred and rotated (a CUB-sized set: 50 MB)
 DEVICE_SHARE = 0.5        # on a GPU, blocks stay on the device when they fit in this share of its free memory
 HISTORY = 8               # L-BFGS curvature pairs kept per head
@@ -208,9 +208,9 @@ def moments(data: Rows) -> tuple[torch.Tensor, torch.Tensor]:
             product = torch.zeros(data.d, data.d, dtype=torch.float64, device=x.device)
         x = x - shift
         total += x.sum(0, dtype=torch.float64)
-        product += (x.T @ x).double()
+        product += x.T @ x   # in place: no float64 copy of the D x D product
     offset = total / data.n
-    return (shift.double() + offset).float(), product / data.n - torch.outer(offset, offset)
+    return (shift.double() + offset).float(), product.div_(data.n).sub_(torch.outer(offset, offset))
 
 
 def fit(features, labels, num_classes: int, cs: list[float], max_iter: int = 100,

@@ -126,6 +126,16 @@ def test_bn_linear_holds_one_view_at_a_time(tmp_path):
     assert growth <= 1.25 * x.nbytes / 4
 
 
+@pytest.mark.slow
+def test_the_probe_head_does_not_load_the_image_stack():
+    """A process that trains a head on cached features imports no torchvision, which brings
+    torch._dynamo and inductor (162 MiB of RSS: a quarter of the float16 memory goal)."""
+    code = "import sys, finetune.linprobe; print([m for m in ('torchvision', 'torch._dynamo') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-2] == "[]"
+
+
 def test_warm_started_sweep_picks_the_cold_sweeps_C_in_fewer_iterations():
     """Where every head converges, the path (each C from its neighbour's solution) reaches
     the heads a cold batch reaches from zero: same holdout accuracy at every C."""
