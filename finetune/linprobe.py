@@ -158,13 +158,14 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     if manifest["label_type"] != "single":
         raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
     model = backbone.build(source, name, 0)
-    if env.is_main:  # the first lines of a run, once the checks that refuse one in a line are done
+    if env.is_main:  # the first line of a run, once the checks that refuse one in a line are done
         say(budget)
-        leak.check(source, [cfg.data.val] if cfg.data.val else [])
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dist.init(env, device, cfg.dist_timeout_s)
     try:
+        # rank 0 reads the records; an error there stops every rank, none waits for it
+        dist.on_main(leak.check, source, [cfg.data.val] if cfg.data.val else [])
         extracted = extract_all(cfg, model, device, env, run_dir)
     finally:
         dist.close()  # the head is rank 0's alone: no rank waits in a collective while it trains

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_finetune import backbone_file, config, data  # noqa: F401  (fixtures)
+from helpers import REPO, child_env
+from test_finetune import TINY, backbone_file, config, data, pretrained  # noqa: F401  (fixtures)
 
 from data_tools.common.config import build as make_config
 from data_tools.common.config import to_dict
@@ -231,3 +232,23 @@ def test_float16_feature_storage(data, backbone_file, tmp_path):  # noqa: F811
             assert np.load(run_dir / "features" / f"{part}.features.npy", mmap_mode="r").dtype == dtype
     assert results["float16"]["C"] == results["float32"]["C"]
     assert abs(results["float16"]["top1"] - results["float32"]["top1"]) <= 1 / 24
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.slow
+def test_a_failing_leak_check_stops_every_rank(data, tmp_path):  # noqa: F811
+    """The leak check reads the backbone's pretraining manifest, here truncated. It ran on
+    rank 0 alone, before the process group: rank 0 stopped with the error while rank 1 waited
+    for it in dist.init. Every rank now stops with the same one line naming the file."""
+    pre = tmp_path / "pretrain-shards"
+    pre.mkdir()
+    (pre / "manifest.json").write_text('{"shards": [{"file": "train-0')
+    backbone_path = pretrained(tmp_path / "backbone.pt", pre)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(32500 + os.getpid() % 1000), "-m", "launch.cli", "finetune",
+                          f"backbone={backbone_path}", f"data.train={data['train']}", f"data.val={data['val']}",
+                          f"run_dir={tmp_path / 'run'}", *TINY, "mode=linear", "dist_timeout_s=120"],
+                         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240)
+    errors = [line for line in two.stderr.splitlines() if line.startswith("wsl: error:")]
+    assert two.returncode != 0 and len(errors) == 2, two.stderr[-3000:]
+    assert all(str(pre / "manifest.json") in line for line in errors), errors
