@@ -1,6 +1,6 @@
 """Benchmark the near-duplicate filter on the copies the web makes, against pHash.
 
-    python bench/dedup.py /work/shared/photos [--save scores.npz]
+    python bench/dedup.py /work/shared/photos [--limit 120] [--save scores.npz]
 
 From a folder of real photographs (none ship with the project): every other photo (sorted
 by name) is an evaluation original; the training side holds, for each original, its copy
@@ -59,12 +59,13 @@ def jpeg_bytes(im: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def labelled_set(folder: Path) -> tuple[list[bytes], list[bytes], list[str], np.ndarray]:
+def labelled_set(folder: Path, limit: int | None = None) -> tuple[list[bytes], list[bytes], list[str], np.ndarray]:
     """(eval originals, training images, each training image's family, its original or -1).
     Every other photo is an original; each original and each other photo goes through
     every family of copies.FAMILIES (the paste family into one of the other photos,
-    never an original), so the edits themselves are among the distractors."""
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    never an original), so the edits themselves are among the distractors. `limit`: the
+    first that many photos only (a quick run while iterating)."""
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]
     if len(photos) < 4:
         raise SystemExit(f"{folder}: need at least 4 photos, found {len(photos)}")
     loaded = [Image.open(path).convert("RGB") for path in tqdm(photos, desc="read photos", unit="photo")]
@@ -144,8 +145,7 @@ def local_matches(originals: list[bytes], train: list[bytes], short_scores: np.n
         t0 = time.process_time()
         query = keypoints.query_features(views.decode(train[i], keypoints.SIDE))
         t1 = time.process_time()
-        for j in slots:
-            found = keypoints.match(query, *eval_side[short_who[i, j]])
+        for j, found in zip(slots, keypoints.match_all(query, [eval_side[short_who[i, j]] for j in slots])):
             inliers[i, j], cover[i, j] = found["inliers"], found["cover"]
         query_s += t1 - t0
         pair_s += time.process_time() - t1
@@ -254,13 +254,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--floor", type=float, default=0.0, help="verify shortlisted pairs from this global "
                         "score (the calibration grid below starts here)")
+    parser.add_argument("--limit", type=int, help="the first this many photos only (quick runs while iterating)")
     parser.add_argument("--save", type=Path, help="keep the per-image scores here (.npz)")
     args = parser.parse_args()
     if not args.folder.is_dir():
         raise SystemExit(f"{args.folder}: not a directory")
     shipped = VerifyConfig()
 
-    originals, train, families, truth = labelled_set(args.folder)
+    originals, train, families, truth = labelled_set(args.folder, args.limit)
     families = np.asarray(families)
     copies_count, distractors = int((truth >= 0).sum()), int((truth < 0).sum())
     print(f"{len(originals)} evaluation originals; training side: {copies_count} copies among "

@@ -10,6 +10,8 @@ noise, through a ReLU), so the probe is not trivially separable.
   against ONE scikit-learn LogisticRegression fit at the C it picked, side by side.
   Goals: sweep <= 3x that fit's time; test top-1 at most 0.1 points below scikit-learn run
   to convergence (max_iter 10,000) at that C.
+- `objective`: our head's objective against scikit-learn's, at the default test and run to
+  convergence, at large C (where the gradient test alone stopped far above the optimum).
 - `memory`: the probe (the same sweep) on a memory-mapped N x D file with K classes, in a
   fresh process; peak RSS (VmHWM) against the file. Goal: <= 1.25x the file (float32),
   <= 0.65x (float16 storage, against the float32 file). The growth beyond the process's
@@ -19,6 +21,7 @@ noise, through a ReLU), so the probe is not trivially separable.
 - `extract`: feature extraction img/s (finetune.features.extract) on generated shards.
 
     python bench/linprobe.py cub --float16
+    python bench/linprobe.py objective 1e4 1e5
     python bench/linprobe.py memory --rows 200000 --dim 2048 --classes 1000 --dtype float32
     python bench/linprobe.py views --rows 20000 --dim 2048 --classes 200
     python bench/linprobe.py extract --images 256
@@ -92,6 +95,30 @@ def cub(args) -> None:
             half = (head(torch.as_tensor(xs.astype(np.float16).astype(np.float32))).argmax(1).numpy() == ys).mean()
         print(f"float16 features: C = {record['C']:.4g}, test top-1 {100 * half:.2f} % "
               f"({100 * (half - top1):+.2f} points against float32)")
+
+
+def objective(args) -> None:
+    """Our head's objective against scikit-learn's at the same C: sklearn's default test
+    (tol 1e-4) and run to convergence (tol 1e-8), on CUB-shaped features, smaller."""
+    from sklearn.linear_model import LogisticRegression
+    logreg.GAP = args.gap
+    x, y = synthetic_features(args.rows, args.dim, args.classes, 10)
+    wide = torch.as_tensor(x, dtype=torch.float64)
+
+    def value(weight, bias, c: float) -> float:   # sklearn's objective / (C N), in float64
+        weight, bias = torch.as_tensor(weight, dtype=torch.float64), torch.as_tensor(bias, dtype=torch.float64)
+        logp = torch.log_softmax(wide @ weight + bias, 1)[torch.arange(len(y)), torch.as_tensor(y)]
+        return (-logp.mean() + (weight ** 2).sum() / (2 * c * len(y))).item()
+
+    print(f"{args.rows} x {args.dim}, {args.classes} classes, logreg.GAP = {args.gap:g}")
+    for c in args.cs:
+        heads = logreg.fit(x, y, args.classes, [c], max_iter=1000)
+        ours = value(heads.weight[0], heads.bias[0], c)
+        sk = [LogisticRegression(C=c, max_iter=10_000, tol=tol).fit(x, y) for tol in (1e-4, 1e-8)]
+        default, converged = (value(m.coef_.T, m.intercept_, c) for m in sk)
+        print(f"C = {c:g}: ours {ours:.4g} ({heads.iterations[0]} iterations, converged {heads.converged[0]}); "
+              f"scikit-learn tol 1e-4 {default:.4g} ({sk[0].n_iter_[0]}), tol 1e-8 {converged:.4g} ({sk[1].n_iter_[0]}); "
+              f"ours / converged {ours / converged:.3f}x")
 
 
 def write_features(path: Path, rows: int, dim: int, classes: int, dtype: str) -> None:
@@ -207,6 +234,12 @@ def main() -> None:
         p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
         p.add_argument("--tmp", default=None, help="folder for the feature file")
         p.add_argument("overrides", nargs="*", default=steps.split(), help=f"probe.* settings (default: {steps})")
+    p = commands.add_parser("objective", help="our objective against scikit-learn's at large C")
+    p.add_argument("--rows", type=int, default=1000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--classes", type=int, default=20)
+    p.add_argument("--gap", type=float, default=logreg.GAP, help="inf: sklearn's gradient test alone (the old rule)")
+    p.add_argument("cs", nargs="*", type=float, default=[1.0, 1e2, 1e4, 1e5])
     p = commands.add_parser("child")
     p.add_argument("what")
     p.add_argument("path")
@@ -220,7 +253,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "views":
         args.rows *= 8   # the file holds 8 views
-    {"cub": cub, "memory": memory, "views": memory, "child": child, "extract": extract}[args.command](args)
+    actions = {"cub": cub, "objective": objective, "memory": memory, "views": memory, "child": child,
+               "extract": extract}
+    actions[args.command](args)
 
 
 if __name__ == "__main__":

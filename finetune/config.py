@@ -23,7 +23,8 @@ class ProbeConfig:
     c_steps: int = bounded(45, lo=1, hi=1000)         # DINOv2 sweeps 45 values
     holdout: float = bounded(0.2, lo=0, hi=0.9, open_lo=True)  # share of train that picks C
     max_iter: int = bounded(200, lo=1)                # L-BFGS iterations of each C of the sweep, and of the refit
-    tolerance: float = bounded(1e-4, lo=0, open_lo=True)  # a head converged: largest gradient entry <= this (sklearn's tol)
+    # a head converged: largest gradient entry <= this (sklearn's tol), and its objective within ~0.1 % of the optimum
+    tolerance: float = bounded(1e-4, lo=0, open_lo=True)
     # the sweep stops once this many values of C in a row after the best score no higher on the holdout; 0: never
     patience: int = bounded(5, lo=0)
     # cached features' storage: float16 halves the files and the probe's reads (accuracy cost: docs/benchmarks.md)

@@ -39,7 +39,11 @@ def _check_one(source: Source, eval_dir: str) -> str | None:
     if not train_dir or not manifest_path.is_file():
         return (f"the pretraining manifest of backbone {source.path} ({manifest_path}) is not readable here, "
                 f"so whether it was filtered against {eval_dir} is unknown")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{manifest_path} (the pretraining data of backbone {source.path}) is not valid JSON: "
+                         f"{err}") from None
     against = (manifest.get("dedup") or {}).get("against") or []
     if any(entry.get("fingerprint") == wanted for entry in against):
         return None

@@ -71,27 +71,30 @@ def sweep(cfg: FinetuneConfig, x: np.ndarray, y: np.ndarray, num_classes: int,
         heads = logreg.solve(problem, [c], p.max_iter, p.tolerance, heads)
         score = logreg.accuracy_on(heads, held)[0]
         path.append({"C": c, "holdout_top1": score, "iterations": heads.iterations[0],
-                     "converged": heads.converged[0]})
+                     "converged": heads.converged[0], "stalled": heads.stalled[0]})
         if best is None or score > best[1]["holdout_top1"]:
             best = heads, path[-1]
         if peaked([step["holdout_top1"] for step in path], p.patience):
             break
-    missed = sum(not step["converged"] for step in path)
+    short, stalled = sum(not step["converged"] for step in path), sum(step["stalled"] for step in path)
     stopped = f" (of {len(cs)} up to {cs[-1]:.3g}: stopped, the holdout accuracy had peaked)" if len(path) < len(cs) else ""
     say(f"logreg sweep: {len(path)} values of C in [{cs[0]:.3g}, {path[-1]['C']:.3g}]{stopped}, "
         f"{sum(step['iterations'] for step in path)} L-BFGS iterations in all, "
-        f"{missed} head(s) not converged in probe.max_iter={p.max_iter}; best C = {best[1]['C']:.3g} "
+        f"{short} head(s) not converged ({short - stalled} at probe.max_iter={p.max_iter}, {stalled} stalled: "
+        f"no progress in float32); best C = {best[1]['C']:.3g} "
         f"({100 * best[1]['holdout_top1']:.2f} % on {len(held_rows)} held-out train images); refitting on all of train")
     whole = logreg.Problem(logreg.Rows(x, y, None, device), num_classes, like=problem)
     final = logreg.solve(whole, [best[1]["C"]], p.max_iter, p.tolerance, best[0])
     if not final.converged[0]:
-        say(f"logreg refit: not converged in probe.max_iter={p.max_iter} iterations")
+        why = "stalled: no progress in float32" if final.stalled[0] else f"stopped at probe.max_iter={p.max_iter}"
+        say(f"logreg refit: not converged ({why})")
     head = nn.Linear(x.shape[1], num_classes)
     with torch.no_grad():
         head.weight.copy_(final.weight[0].T)
         head.bias.copy_(final.bias[0])
     return head, {"C": best[1]["C"], "sweep": path, "stopped_early": len(path) < len(cs),
-                  "refit": {"iterations": final.iterations[0], "converged": final.converged[0]}}
+                  "refit": {"iterations": final.iterations[0], "converged": final.converged[0],
+                            "stalled": final.stalled[0]}}
 
 
 def peaked(scores: list[float], patience: int) -> bool:
@@ -155,13 +158,14 @@ def run_linear(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     if manifest["label_type"] != "single":
         raise ValueError(f"{cfg.data.train} holds {manifest['label_type']}-label data; the probe needs single-label shards")
     model = backbone.build(source, name, 0)
-    if env.is_main:  # the first lines of a run, once the checks that refuse one in a line are done
+    if env.is_main:  # the first line of a run, once the checks that refuse one in a line are done
         say(budget)
-        leak.check(source, [cfg.data.val] if cfg.data.val else [])
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dist.init(env, device, cfg.dist_timeout_s)
     try:
+        # rank 0 reads the records; an error there stops every rank, none waits for it
+        dist.on_main(leak.check, source, [cfg.data.val] if cfg.data.val else [])
         extracted = extract_all(cfg, model, device, env, run_dir)
     finally:
         dist.close()  # the head is rank 0's alone: no rank waits in a collective while it trains

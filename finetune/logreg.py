@@ -35,12 +35,14 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_FLOATS = 1 << 24    # logits held at once (heads x rows x K): 64 MiB in float32
-BLOCK_FLOATS = 1 << 23    # features read at once (rows x D): 32 MiB in float32
+BLOCK_FLOATS = 1 << 21    # features read at once (rows x D): 8 MiB in float32; larger blocks only add to the peak
 ROTATED_BYTES = 1 << 28   # features up to 256 MiB are kept centred and rotated (a CUB-sized set: 50 MB)
 DEVICE_SHARE = 0.5        # on a GPU, blocks stay on the device when they fit in this share of its free memory
 HISTORY = 8               # L-BFGS curvature pairs kept per head
 ARMIJO = 1e-4             # sufficient decrease of the backtracking line search
 MAX_HALVINGS = 30
+IDLE_STEPS = 5            # a head stalls after this many steps in a row without progress
+GAP = 1e-3                # a converged head expects to lower its objective by at most this share
 
 
 @dataclass
@@ -48,7 +50,8 @@ class Heads:
     weight: torch.Tensor      # (S, D, K) in the original feature space
     bias: torch.Tensor        # (S, K)
     iterations: list[int]     # L-BFGS iterations each head took
-    converged: list[bool]     # False: the head stopped at max_iter, short of the tolerance
+    converged: list[bool]     # the stopping test passed (`settled`)
+    stalled: list[bool]       # stopped short of the test: its steps no longer made progress
 
     def logits(self, x: torch.Tensor, s: int) -> torch.Tensor:
         return x @ self.weight[s] + self.bias[s]
@@ -205,9 +208,9 @@ def moments(data: Rows) -> tuple[torch.Tensor, torch.Tensor]:
             product = torch.zeros(data.d, data.d, dtype=torch.float64, device=x.device)
         x = x - shift
         total += x.sum(0, dtype=torch.float64)
-        product += (x.T @ x).double()
+        product += x.T @ x   # in place: no float64 copy of the D x D product
     offset = total / data.n
-    return (shift.double() + offset).float(), product / data.n - torch.outer(offset, offset)
+    return (shift.double() + offset).float(), product.div_(data.n).sub_(torch.outer(offset, offset))
 
 
 def fit(features, labels, num_classes: int, cs: list[float], max_iter: int = 100,
@@ -220,43 +223,39 @@ def fit(features, labels, num_classes: int, cs: list[float], max_iter: int = 100
 
 def solve(problem: Problem, cs: list[float], max_iter: int = 100, tolerance: float = 1e-4,
           start: Heads | None = None) -> Heads:
-    """Each head stops when its largest gradient entry is at most `tolerance` (sklearn's
-    `tol`), when its objective no longer changes in float32, or after `max_iter`."""
+    """Each head converges when its largest gradient entry is at most `tolerance` (sklearn's
+    `tol`) and the decrease its L-BFGS model still expects is at most GAP of its objective
+    (`settled`). It stops short of that, not converged, after `max_iter` iterations, or
+    stalled (the test out of float32's reach): when its line search fails, or once
+    IDLE_STEPS steps in a row lowered neither its objective (by more than float32 resolves)
+    nor its largest gradient entry."""
     scale, l2 = problem.preconditioner(cs)
     device = scale.device
     if start is None:
         u = torch.zeros(len(cs), problem.basis.shape[0] + 1, problem.k, device=device)
     else:
         u = problem.parameters(scale, start.weight.to(device), start.bias.to(device))
-    iterations, converged = [0] * len(cs), [True] * len(cs)
+    iterations, converged, stalled = [0] * len(cs), [False] * len(cs), [False] * len(cs)
     active = torch.arange(len(cs), device=device)
     loss, grad, biggest = problem(scale, l2, u)
+    lowest, idle = biggest.clone(), torch.zeros(len(cs), dtype=torch.long, device=device)
     history: list[list[torch.Tensor]] = []      # [s, y, rho] per step, rows aligned with `active`
     for it in range(max_iter + 1):
-        keep = biggest > tolerance
-        if not keep.all():   # converged heads leave the batch, and their history with them
-            active, loss, grad = active[keep], loss[keep], grad[keep]
-            history = [[t[keep] for t in pair] for pair in history]
-        if len(active) == 0:
-            break
-        if it == max_iter:
-            for h in active.tolist():
-                converged[h] = False
-            break
         du = direction(grad, history)
         slope = dot(grad, du).double()
-        step = torch.ones(len(active), device=device)
+        done = settled(loss, slope, biggest, tolerance)
+        leave = done | (idle >= IDLE_STEPS)
+        if leave.any():   # these heads leave the batch, and their history with them
+            for h, ok in zip(active[leave].tolist(), done[leave].tolist()):
+                converged[h], stalled[h] = ok, not ok
+            keep = ~leave
+            active, loss, grad, du, slope = active[keep], loss[keep], grad[keep], du[keep], slope[keep]
+            lowest, idle = lowest[keep], idle[keep]
+            history = [[t[keep] for t in pair] for pair in history]
+        if len(active) == 0 or it == max_iter:
+            break
         begin = u[active]
-        new = list(problem(scale[active], l2[active], begin + du))
-        for _ in range(MAX_HALVINGS):   # backtrack the heads whose step did not decrease enough
-            bad = new[0] > loss + ARMIJO * step.double() * slope
-            if not bad.any():
-                break
-            step[bad] *= 0.5
-            rows = bad.nonzero().squeeze(1)
-            picked = active[rows]
-            for whole, piece in zip(new, problem(scale[picked], l2[picked], begin[rows] + step[rows, None, None] * du[rows])):
-                whole[rows] = piece
+        step, new, failed = line_search(problem, scale[active], l2[active], begin, du, loss, slope)
         move = step[:, None, None] * du
         u[active] = begin + move
         new_loss, new_grad, biggest = new
@@ -265,13 +264,41 @@ def solve(problem: Problem, cs: list[float], max_iter: int = 100, tolerance: flo
         # a pair without positive curvature would break the update: weight 0 leaves it out
         history.append([move, change, torch.where(curvature > 1e-10, 1.0 / curvature, torch.zeros_like(curvature))])
         history = history[-HISTORY:]
-        stalled = (loss - new_loss).abs() <= 1e-9 * new_loss.abs().clamp(min=1)
-        biggest = torch.where(stalled, torch.zeros_like(biggest), biggest)
+        # progress: a decrease of the objective float32 resolves, or a new lowest gradient
+        progress = (loss - new_loss > 1e-9 * new_loss.abs().clamp(min=1)) | (biggest < lowest)
+        idle = torch.where(failed, IDLE_STEPS, torch.where(progress, 0, idle + 1))
+        lowest = torch.minimum(lowest, biggest)
         loss, grad = new_loss, new_grad
         for h in active.tolist():
             iterations[h] = it + 1
     weight, bias = problem.heads(scale, u)
-    return Heads(weight, bias, iterations, converged)
+    return Heads(weight, bias, iterations, converged, stalled)
+
+
+def line_search(problem: Problem, scale: torch.Tensor, l2: torch.Tensor, begin: torch.Tensor, du: torch.Tensor,
+                loss: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """(step (A,), [objective, gradient, max |gradient|] there, failed (A,)): each head's step
+    along du, halved from 1 until Armijo's sufficient decrease; failed: not found in
+    MAX_HALVINGS halvings (the decrease asked for is below float32's resolution)."""
+    step = torch.ones(len(begin), device=begin.device)
+    new = list(problem(scale, l2, begin + du))
+    for halvings in range(MAX_HALVINGS + 1):
+        bad = new[0] > loss + ARMIJO * step.double() * slope
+        if not bad.any() or halvings == MAX_HALVINGS:
+            break
+        step[bad] *= 0.5
+        rows = bad.nonzero().squeeze(1)
+        for whole, piece in zip(new, problem(scale[rows], l2[rows], begin[rows] + step[rows, None, None] * du[rows])):
+            whole[rows] = piece
+    return step, new, bad
+
+
+def settled(loss: torch.Tensor, slope: torch.Tensor, biggest: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """The stopping test, per head. sklearn's gradient test alone stops far above the optimum
+    at large C, where the objective is small and flat (up to 4x the optimum's); the L-BFGS
+    model's expected decrease, -slope / 2 along its direction (the Newton decrement), bounds
+    the remaining gap relative to the objective, whatever its size."""
+    return (biggest <= tolerance) & (-0.5 * slope <= GAP * loss)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

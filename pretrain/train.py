@@ -15,8 +15,9 @@ from data_tools.loaders import make_loader
 from data_tools.loaders.bottleneck import measure
 from pretrain import backbone, checkpoint, engine, resume
 from pretrain.config import PretrainConfig
+from pretrain.curves import validation_summary
 from pretrain.evaluate import make_evaluator
-from pretrain.loggers import make_loggers, sample_images, validation_summary
+from pretrain.loggers import make_loggers, sample_images
 from pretrain.losses import make_loss
 from pretrain.models import build_model
 from pretrain.optim import make_optimizer

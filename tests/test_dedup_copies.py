@@ -49,6 +49,18 @@ def test_keypoints_verify_a_copy_of_each_family_and_not_its_look_alike(family):
     assert not keypoints.is_copy(other), other["inliers"]
 
 
+def test_matching_several_candidates_at_once_finds_what_each_alone_finds():
+    # One matrix product for all of a training image's shortlist: each candidate's nearest
+    # two must stay its own (padding to the longest list never wins), flat ones included.
+    query = keypoints.query_features(copies.web_copy("paste", busy(1), 5, busy(3, 320, 240)))
+    candidates = [keypoints.features(im) for im in
+                  (busy(2), busy(1), Image.new("RGB", (60, 90), (0, 0, 0)), busy(1).crop((0, 0, 120, 60)))]
+    together = keypoints.match_all(query, candidates)
+    alone = [keypoints.match(query, *candidate) for candidate in candidates]
+    assert [f["inliers"] for f in together] == [f["inliers"] for f in alone]
+    assert keypoints.is_copy(together[1]) and not keypoints.is_copy(together[0]) and together[2]["inliers"] == 0
+
+
 def test_web_copies_are_the_same_for_the_same_seed():
     im, backdrop = busy(1), busy(3)
     for family in copies.FAMILIES:

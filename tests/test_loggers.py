@@ -1,8 +1,7 @@
-"""pretrain/loggers.py: W&B offline records (metrics, captioned sample images) and curves.png
-with validation named in words."""
+"""pretrain/loggers.py: W&B offline records (metrics, and sample images captioned with their
+tags or class)."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -42,15 +41,3 @@ def test_single_label_set_with_wandb_as_users_have_it(cub, tmp_path):
     assert len(list(media.glob("samples_*.png"))) == 3
     (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
     assert b"Black footed Albatross" in record.read_bytes(), "the samples are not captioned with their class"
-
-
-def test_curves_show_validation_in_words(tmp_path):
-    """curves.png had the training metrics alone, titled by their keys (data_wait, no unit)."""
-    from pretrain.loggers import plot_curves, validation_summary
-    rows = [{"images_seen": n, "loss": 2 / n, "lr": 0.1, "img_per_s": 80.0, "data_wait": 0.2} for n in (8, 16, 24)]
-    rows += [{"images_seen": 24, "val/mAP": 0.4, "val/precision@1": 0.5, "val/precision@5": 0.3, "val/images": 9}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    titles = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
-    assert titles == ["training loss", "learning rate", "throughput, images/s", "waiting for data, % of the time",
-                      "held-out mAP, %", "held-out precision@1, %"]
-    assert validation_summary(tmp_path / "metrics.jsonl") == "held-out mAP 40.0 %, held-out precision@1 50.0 %"

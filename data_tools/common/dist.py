@@ -129,6 +129,23 @@ def from_main(value):
     return box[0]
 
 
+def on_main(work, *args):
+    """`work(*args)` run by rank 0, its result on every rank; what it raises is raised on
+    every rank, so none waits for rank 0 in a later collective (it once waited for ever)."""
+    if not tdist.is_initialized():
+        return work(*args)
+    outcome = None
+    if tdist.get_rank() == 0:
+        try:
+            outcome = (work(*args), None)
+        except Exception as err:  # every rank raises it below
+            outcome = (None, err)
+    result, err = from_main(outcome)
+    if err is not None:
+        raise err
+    return result
+
+
 def barrier() -> None:
     if tdist.is_initialized():
         tdist.barrier()

@@ -74,30 +74,67 @@ def match(query: list[tuple[np.ndarray, np.ndarray]], xy: np.ndarray, desc: np.n
           size: tuple[int, int]) -> dict:
     """The best of the query's sides against one evaluation image's keypoints:
     {"inliers", "cover", "pairs": [(eval x, y, train x, y), ...] (the inliers)}."""
-    best = {"inliers": 0, "cover": 0.0, "pairs": []}
-    if len(desc) < 3:
-        return best
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    eval_desc = desc.astype(np.float32)
-    for qxy, qdesc in query:
-        if len(qdesc) < 3:
-            continue
-        knn = matcher.knnMatch(qdesc.astype(np.float32), eval_desc, k=2)
-        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
-        if len(good) < 3:
-            continue
-        src = np.float32([xy[m.trainIdx] for m in good])
-        dst = np.float32([qxy[m.queryIdx] for m in good])
-        fit, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
-                                         maxIters=500, confidence=0.99)
-        if mask is None or not plausible(fit):
-            continue
-        keep = mask.ravel().astype(bool)
-        inliers = int(keep.sum())
-        if inliers > best["inliers"]:
-            best = {"inliers": inliers, "cover": _cover(src[keep], size),
-                    "pairs": np.concatenate([src[keep], dst[keep]], axis=1).round(1).tolist()}
-    return best
+    return match_all(query, [(xy, desc, size)])[0]
+
+
+def match_all(query: list[tuple[np.ndarray, np.ndarray]],
+              candidates: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]) -> list[dict]:
+    """match() of the query against each candidate. The nearest two keypoints of every
+    candidate come from one matrix product of the query's descriptors (both sides) with
+    all candidates' at once: a BLAS product is 2-3 times faster than a matcher per pair."""
+    found = [{"inliers": 0, "cover": 0.0, "pairs": []} for _ in candidates]
+    usable = [c for c, (_, desc, _) in enumerate(candidates) if len(desc) >= 3]
+    sides = [(qxy, qdesc.astype(np.float32)) for qxy, qdesc in query if len(qdesc) >= 3]
+    if not usable or not sides:
+        return found
+    nearest = _two_nearest(np.concatenate([d for _, d in sides]), [candidates[c][1] for c in usable])
+    for slot, c in enumerate(usable):
+        xy, _, size = candidates[c]
+        start = 0
+        for qxy, qdesc in sides:
+            first, second, index = (a[start:start + len(qdesc), slot] for a in nearest)
+            start += len(qdesc)
+            good = np.flatnonzero(first < RATIO * second)
+            if len(good) >= 3:
+                fit = _fit(xy[index[good]], qxy[good], size)
+                if fit["inliers"] > found[c]["inliers"]:
+                    found[c] = fit
+    return found
+
+
+def _two_nearest(query: np.ndarray, descs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L2 distance to the nearest, to the second nearest, index of the nearest), each
+    (queries, candidates), within each candidate's descriptors (padded to one length)."""
+    width = max(len(d) for d in descs)
+    stacked = np.zeros((len(descs), width, 128), np.float32)
+    for c, d in enumerate(descs):
+        stacked[c, :len(d)] = d
+    squared = (stacked ** 2).sum(axis=2)
+    squared[[c for c, d in enumerate(descs) for _ in range(width - len(d))],
+            [i for d in descs for i in range(len(d), width)]] = np.inf   # padding is never near
+    dist = query @ stacked.reshape(-1, 128).T
+    dist *= -2
+    dist += squared.reshape(1, -1)
+    dist += (query ** 2).sum(axis=1, keepdims=True)
+    dist = dist.reshape(len(query), len(descs), width)
+    index = dist.argmin(axis=2)
+    rows, cols = np.indices(index.shape)
+    first = dist[rows, cols, index]
+    dist[rows, cols, index] = np.inf
+    second = dist.min(axis=2)
+    return (np.sqrt(np.maximum(first, 0)), np.sqrt(np.maximum(second, 0)), index)
+
+
+def _fit(src: np.ndarray, dst: np.ndarray, size: tuple[int, int]) -> dict:
+    """The affine map of evaluation points `src` onto training points `dst` by RANSAC, as
+    match() reports it; no inliers where the map is not one a copy can have."""
+    fit, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
+                                     maxIters=500, confidence=0.99)
+    if mask is None or not plausible(fit):
+        return {"inliers": 0, "cover": 0.0, "pairs": []}
+    keep = mask.ravel().astype(bool)
+    return {"inliers": int(keep.sum()), "cover": _cover(src[keep], size),
+            "pairs": np.concatenate([src[keep], dst[keep]], axis=1).round(1).tolist()}
 
 
 def plausible(fit: np.ndarray | None) -> bool:

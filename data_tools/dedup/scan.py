@@ -239,7 +239,8 @@ def local_check(result: dict, index: EvalIndex, verify: VerifyConfig, pool_map=m
     def check(key: str) -> tuple[int, int, float, dict]:
         pos, candidates = wanted[key]
         query = keypoints.query_features(views.decode(data[key], keypoints.SIDE))
-        found = [(e, s, keypoints.match(query, *index.keypoints.get(e))) for e, s in candidates]
+        results = keypoints.match_all(query, [index.keypoints.get(e) for e, _ in candidates])
+        found = [(e, s, result) for (e, s), result in zip(candidates, results)]
         return (pos, *max(found, key=lambda f: f[2]["inliers"]))
 
     for pos, eval_id, score, found in pool_map(check, list(wanted)):

@@ -137,13 +137,90 @@ ROTATIONS = (-12, -6, 6, 12)    # degrees; the index holds each framing turned s
 
 def partial_views(im: Image.Image) -> list[Image.Image]:
     """A training image's regions that a copy of an evaluation image may fill: a photo
-    pasted into another, the photo of a screenshotted post, a photo on coloured padding."""
-    out = [cut_border(im, flat_any=True)]
+    pasted into another, the photo of a screenshotted post, a photo on coloured padding.
+    Tiles cover them at the training image's aspect; boxed_regions finds them at their own."""
+    out = [cut_border(im, flat_any=True)] + [im.crop(box) for box in boxed_regions(im)]
     for fraction, steps in TILES:
         room = (1 - fraction) / 2
         offsets = np.linspace(-room, room, steps)
         out += [crop(im, fraction, dx, dy) for dx in offsets for dy in offsets]
     return out
+
+
+EDGE_STEP = 6     # grey levels between neighbouring pixels that make an edge pixel
+EDGE_LINES = 8      # candidate edge lines per axis, besides the image's own edges
+BOX_SIDE = 0.3      # a box spans at least this share of each side of the image
+BOX_SOLID = 0.45    # share of each inner side of a box that must be edge pixels
+BOXES = 6          # boxes kept, the most solid first
+
+
+def boxed_regions(im: Image.Image) -> list[tuple[int, int, int, int]]:
+    """Up to BOXES rectangles (left, top, right, bottom) bounded by straight edges: a photo
+    pasted into another or set in a screenshot is a box whose inner sides are a long,
+    unbroken step. A side on the image's own edge needs no step (a screenshot's photo
+    spans its width), but at least two sides must be inside."""
+    g = np.asarray(im.convert("L"), np.float32)
+    h, w = g.shape
+    rows, row_lines = _edge_lines(g, 0)
+    cols, col_lines = _edge_lines(g, 1)
+    # Line p is the step after pixel p; -1 and the last pixel stand for the image's edges.
+    x0, x1 = _spans([-1] + col_lines + [w - 1], BOX_SIDE * w)
+    y0, y1 = _spans([-1] + row_lines + [h - 1], BOX_SIDE * h)
+    # Solid share of every (line, span) from cumulative sums: [line, span] for each side.
+    row_sum = np.pad(np.cumsum(rows, 1), ((0, 0), (1, 0)))
+    col_sum = np.pad(np.cumsum(cols, 1), ((0, 0), (1, 0)))
+    top, bottom = (_solid(row_sum, y, x0, x1, h) for y in (y0, y1))
+    left, right = (_solid(col_sum, x, y0, y1, w) for x in (x0, x1))
+    # sides[k, i, j]: side k of the box spanning x-span i and y-span j; NaN on the image's edge
+    sides = np.stack([top.T, bottom.T, left, right])
+    inner = np.isfinite(sides).sum(axis=0)
+    solid = np.nanmin(np.where(np.isfinite(sides), sides, np.inf), axis=0)
+    solid[(inner < 2) | (solid < BOX_SOLID)] = -1
+    order = np.argsort(-solid, axis=None, kind="stable")[:BOXES]
+    picked = [np.unravel_index(k, solid.shape) for k in order if solid.flat[k] >= 0]
+    return [(int(x0[i]) + 1, int(y0[j]) + 1, int(x1[i]) + 1, int(y1[j]) + 1) for i, j in picked]
+
+
+def _spans(lines: list[int], least: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of lines at least `least` apart, as (starts, ends)."""
+    lines = np.asarray(lines)
+    start, end = np.meshgrid(lines, lines, indexing="ij")
+    keep = end - start >= least
+    return start[keep], end[keep]
+
+
+def _solid(cumulative: np.ndarray, line: np.ndarray, start: np.ndarray, end: np.ndarray,
+           size: int) -> np.ndarray:
+    """[i, j]: share of edge pixels on `line[i]` from `start[j]` to `end[j]`; NaN where the
+    line is the image's own edge."""
+    inside = (line >= 0) & (line < size - 1)
+    at = np.clip(line, 0, len(cumulative) - 1)[:, None]
+    share = (cumulative[at, end[None] + 1] - cumulative[at, start[None] + 1]) / (end - start)[None]
+    return np.where(inside[:, None], share, np.nan)
+
+
+def _edge_lines(g: np.ndarray, axis: int) -> tuple[np.ndarray, list[int]]:
+    """Edge pixels of the steps across `axis` (one row per line between two pixel rows,
+    or columns), each widened by a line either way (resizing smears a step over two), and
+    the EDGE_LINES lines with the longest unbroken run of them (texture has many edge
+    pixels, a pasted photo's side a long run), at least 3 apart and not at the image's
+    border (where JPEG and resizing leave a step of their own)."""
+    step = np.abs(np.diff(g, axis=axis))
+    step = step if axis == 0 else step.T
+    edge = step >= EDGE_STEP
+    edge[1:] &= step[1:] >= step[:-1]     # the strongest of neighbouring lines: one edge, one line
+    edge[:-1] &= step[:-1] >= step[1:]
+    wide = edge.copy()
+    wide[1:] |= edge[:-1]
+    wide[:-1] |= edge[1:]
+    count = _longest_run(wide)
+    lines: list[int] = []
+    for line in np.argsort(-count, kind="stable"):
+        if len(lines) == EDGE_LINES or count[line] == 0:
+            break
+        if 2 <= line < len(count) - 2 and all(abs(line - other) > 2 for other in lines):
+            lines.append(int(line))
+    return wide, lines
 
 
 def rotated_views(im: Image.Image) -> list[Image.Image]:
@@ -158,15 +235,26 @@ CORNER = (0.7, 0.15)            # (side fraction, offset): half the area, off to
 def shortlist_views(im: Image.Image) -> list[Image.Image]:
     """The views a recall-oriented shortlist adds: turned, cut to half toward an edge or
     corner, and grey (the colour descriptor scores a grey copy of a colourful photo low),
-    whole and cut, either way round."""
-    corners = corner_views(im)
-    grey = [ImageOps.grayscale(v).convert("RGB") for v in [im, ImageOps.mirror(im)] + corners]
+    whole and cut, either way round. Grey cuts also sit halfway between the others: a
+    grey copy cut in between (and captioned) scores too low against either neighbour."""
+    shift = CORNER[1]
+    corners = corner_views(im, (-shift, 0, shift))
+    between = corner_views(im, (-shift / 2, 0, shift / 2), centre=True)
+    grey = [ImageOps.grayscale(v).convert("RGB") for v in [im, ImageOps.mirror(im)] + corners + between]
     return rotated_views(im) + corners + grey
 
 
-def corner_views(im: Image.Image) -> list[Image.Image]:
-    """Crops to half the area toward each edge and corner, and mirrored: a copy cut to
-    one part of the photo."""
-    fraction, shift = CORNER
-    out = [crop(im, fraction, dx, dy) for dx in (-shift, 0, shift) for dy in (-shift, 0, shift) if dx or dy]
+def corner_views(im: Image.Image, offsets: tuple[float, ...], centre: bool = False) -> list[Image.Image]:
+    """Crops to half the area moved by `offsets` toward each edge and corner (and not
+    moved, with `centre`), and mirrored: a copy cut to one part of the photo."""
+    out = [crop(im, CORNER[0], dx, dy) for dx in offsets for dy in offsets if centre or dx or dy]
     return out + [ImageOps.mirror(v) for v in out]
+
+
+def _longest_run(edge: np.ndarray) -> np.ndarray:
+    """Per row, the longest run of True, gaps of one pixel bridged."""
+    edge = edge.copy()
+    edge[:, 1:-1] |= edge[:, :-2] & edge[:, 2:]
+    at = np.arange(edge.shape[1])
+    last_gap = np.maximum.accumulate(np.where(edge, -1, at[None]), axis=1)
+    return (at[None] - last_gap).max(axis=1)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as tvf
 
 from data_tools.inputs.images import BadImage
 
@@ -71,6 +70,9 @@ def resize(image: torch.Tensor, box: tuple[int, int, int, int] | None, size: int
         top, left, h, w = box
         image = image[:, top:top + h, left:left + w]
     pixels_last = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # no copy for a whole HWC buffer
+    # imported here: torchvision brings torch._dynamo (~170 MiB), which a process that only
+    # reads cached features (the linear probe's head) does not need
+    from torchvision.transforms.v2 import functional as tvf
     image = tvf.resize(pixels_last, [size, size], antialias=True).permute(1, 2, 0)
     return image.flip(1) if flip else image
 
