@@ -11,22 +11,27 @@ images seen in pretraining, and we say so loudly at start (never silently).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from data_tools.common.log import say
 from data_tools.format import shards
 from pretrain.backbone import Source
 
 FIELD = "dedup.against[].fingerprint"
 
 
-def check(source: Source, eval_dirs: list[str]) -> list[str]:
-    """Warnings (also printed to stderr) for each evaluation set the pretraining data was
-    not filtered against; empty when every one is covered."""
+def check(source: Source, eval_dirs: list[str], show: bool = True) -> list[str]:
+    """Warnings (printed to stderr where `show`) for each evaluation set the pretraining
+    data was not filtered against; empty when every one is covered."""
     warnings = [w for d in eval_dirs for w in [_check_one(source, d)] if w]
-    for text in warnings:
-        print(f"\n{'!' * 80}\nLEAK WARNING: {text}\n{'!' * 80}\n", file=sys.stderr, flush=True)
+    if show:
+        for text in warnings:
+            shout(text)
     return warnings
+
+
+def shout(text: str) -> None:
+    say(f"\n{'!' * 80}\nLEAK WARNING: {text}\n{'!' * 80}\n")
 
 
 def _check_one(source: Source, eval_dir: str) -> str | None:
@@ -58,6 +63,6 @@ def check_checkpoint(config: dict, eval_dir: str) -> list[str]:
     if not path or not Path(path).is_file():
         text = (f"the backbone of this checkpoint ({path or 'not recorded'}) is not readable here, so whether "
                 f"its pretraining data was filtered against {eval_dir} is unknown")
-        print(f"\n{'!' * 80}\nLEAK WARNING: {text}\n{'!' * 80}\n", file=sys.stderr, flush=True)
+        shout(text)
         return [text]
     return check(backbone.read(path), [eval_dir])

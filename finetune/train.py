@@ -29,8 +29,9 @@ def run(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     check_run_dir(cfg, config_dict)
     backbone.check_fits(source, cfg.model.name)
     is_main = dist.read_env().is_main
-    if is_main:  # after every check that can stop the run
-        leak.check(source, [cfg.data.val] if cfg.data.val else [])
+    # Every rank reads (what stops rank 0 stops them all, before any waits in dist.init);
+    # rank 0 warns. After every check that can stop the run.
+    leak.check(source, [cfg.data.val] if cfg.data.val else [], show=is_main)
     progress = pretrain_train.run(cfg, config_dict, init_model=lambda k: backbone.build(source, cfg.model.name, k),
                                   trunk_lr_mult=cfg.trunk_lr_mult)
     final = checkpoint.path_for(Path(cfg.run_dir), progress.images_seen)

@@ -237,10 +237,12 @@ def test_float16_feature_storage(data, backbone_file, tmp_path):  # noqa: F811
 
 @pytest.mark.timeout(300)
 @pytest.mark.slow
-def test_a_failing_leak_check_stops_every_rank(data, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("mode", ["linear", "full"])
+def test_a_failing_leak_check_stops_every_rank(data, tmp_path, mode):  # noqa: F811
     """The leak check reads the backbone's pretraining manifest, here truncated. It ran on
     rank 0 alone, before the process group: rank 0 stopped with the error while rank 1 waited
-    for it in dist.init. Every rank now stops with the same one line naming the file."""
+    for it in dist.init. Every rank now stops with the same one line naming the file, in
+    the probe and in full fine-tuning."""
     pre = tmp_path / "pretrain-shards"
     pre.mkdir()
     (pre / "manifest.json").write_text('{"shards": [{"file": "train-0')
@@ -248,7 +250,7 @@ def test_a_failing_leak_check_stops_every_rank(data, tmp_path):  # noqa: F811
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           "--master-port", str(32500 + os.getpid() % 1000), "-m", "launch.cli", "finetune",
                           f"backbone={backbone_path}", f"data.train={data['train']}", f"data.val={data['val']}",
-                          f"run_dir={tmp_path / 'run'}", *TINY, "mode=linear", "dist_timeout_s=120"],
+                          f"run_dir={tmp_path / 'run'}", *TINY, f"mode={mode}", "dist_timeout_s=120"],
                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240)
     errors = [line for line in two.stderr.splitlines() if line.startswith("wsl: error:")]
     assert two.returncode != 0 and len(errors) == 2, two.stderr[-3000:]
