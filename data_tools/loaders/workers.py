@@ -161,6 +161,9 @@ def batches(catalog: Catalog, plans, train: bool, sizes: transforms.Sizes, worke
     pinned = cuda and pin(ring.data)
     copied = None  # on a GPU: the last batch's copy, whose slot is still held
     data = Batches(catalog, plans, train, sizes, use_dali, ring)
+    # Imported before the fork, though only the workers' transforms.resize uses it: a first
+    # import in a forked worker runs W&B's import hooks there, which raise ForkedError.
+    import torchvision.transforms.v2.functional  # noqa: F401
     with stop_signals_held():  # creating the iterator forks the workers
         produced = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
                                    worker_init_fn=ignore_stop_signals, multiprocessing_context=WorkerContext()))
