@@ -179,6 +179,14 @@ def test_a_corrupt_training_image_is_counted_and_the_copies_still_found(web_sets
     assert len(matches(out)) >= len(web_sets["found"]) - 1
 
 
+def test_the_stage_with_the_screen_finds_the_same_copies_and_keeps_the_look_alikes(web_sets):
+    out = web_sets["root"] / "out_screen"
+    assert dedup("--train", str(web_sets["train"]), "--against", f"val={web_sets['val']}", "--out", str(out),
+                 *LOCAL, "verify.screen=4") == 0
+    found = {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(out)}
+    assert found == {name: Path(m["eval_path"]).name for name, m in web_sets["found"].items()}
+
+
 def lime_pixels(png: Path) -> int:
     rgb = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
     return int(((rgb[..., 0] < 60) & (rgb[..., 1] > 200) & (rgb[..., 2] < 60)).sum())
