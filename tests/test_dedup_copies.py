@@ -3,6 +3,7 @@ verification (verify.method=local), on generated busy scenes; look-alikes made b
 same edits from other scenes kept."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -39,6 +40,12 @@ def busy(seed: int, width: int = 240, height: int = 180) -> Image.Image:
     return im
 
 
+def jpeg(im: Image.Image) -> bytes:
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
 @pytest.mark.parametrize("family", list(copies.FAMILIES))
 def test_keypoints_verify_a_copy_of_each_family_and_not_its_look_alike(family):
     original, look_alike, backdrop = busy(1), busy(2), busy(3)
@@ -47,6 +54,33 @@ def test_keypoints_verify_a_copy_of_each_family_and_not_its_look_alike(family):
     other = keypoints.match(keypoints.query_features(copies.web_copy(family, look_alike, 5, backdrop)), *stored)
     assert keypoints.is_copy(copy), copy["inliers"]
     assert not keypoints.is_copy(other), other["inliers"]
+
+
+def screen_pair(family: str) -> tuple[list, Image.Image, Image.Image]:
+    """Two evaluation images' keypoints, and a copy of the first and the same edit of an
+    unrelated scene as the scan decodes them for its views (what the screen looks at)."""
+    original, look_alike, backdrop = busy(1), busy(2), busy(3)
+    stored = [keypoints.features(original), keypoints.features(busy(4))]
+    copy, other = (views.decode(jpeg(copies.web_copy(family, im, 5, backdrop))) for im in (original, look_alike))
+    return stored, copy, other
+
+
+@pytest.mark.parametrize("family", list(copies.FAMILIES))
+def test_the_screen_lets_a_copy_of_each_family_through_to_full_verification(family):
+    stored, copy, _ = screen_pair(family)
+    assert not keypoints.screened_out(copy, stored)
+
+
+def test_the_screen_turns_away_most_look_alikes_and_is_off_at_zero():
+    # A look-alike that gets through is verified in full (and kept there); the screen
+    # pays only if most are turned away: 17 of these 18 are.
+    turned_away = []
+    for family in copies.FAMILIES:
+        stored, _, other = screen_pair(family)
+        if keypoints.screened_out(other, stored):
+            turned_away.append(family)
+            assert not keypoints.screened_out(other, stored, least=0)
+    assert len(turned_away) >= 16, turned_away
 
 
 def test_matching_several_candidates_at_once_finds_what_each_alone_finds():
@@ -143,6 +177,14 @@ def test_a_corrupt_training_image_is_counted_and_the_copies_still_found(web_sets
     assert summary["train"]["undecodable"] == 1
     assert summary["train"]["undecodable_examples"][0]["key"] == bad_key
     assert len(matches(out)) >= len(web_sets["found"]) - 1
+
+
+def test_the_stage_with_the_screen_finds_the_same_copies_and_keeps_the_look_alikes(web_sets):
+    out = web_sets["root"] / "out_screen"
+    assert dedup("--train", str(web_sets["train"]), "--against", f"val={web_sets['val']}", "--out", str(out),
+                 *LOCAL, "verify.screen=4") == 0
+    found = {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(out)}
+    assert found == {name: Path(m["eval_path"]).name for name, m in web_sets["found"].items()}
 
 
 def lime_pixels(png: Path) -> int:

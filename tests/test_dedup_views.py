@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import build_shards
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 from test_dedup import dedup, keys_of, matches, write_images
 from test_dedup_copies import busy
 
@@ -150,6 +150,18 @@ def test_boxed_regions_find_a_pasted_photo_and_a_screenshots_photo():
     post = copies.web_copy("screenshot", photo, 0)   # 360 wide, photo from row 48, 270 high
     assert any(np.abs(np.subtract(box, (0, 48, 360, 318))).max() <= 2 for box in views.boxed_regions(post))
     assert views.boxed_regions(Image.new("RGB", (200, 150), (90, 90, 90))) == []
+
+
+def test_boxed_regions_find_a_paste_whose_seam_is_a_step_of_colour_not_of_brightness():
+    # A photo with a blue sky band round it, pasted on a grey wall of the same brightness:
+    # in grey the seam is no step at all (the box was 9 px off, on the photo's inner
+    # edge); the largest step of the three channels finds it.
+    blue = (70, 110, 240)
+    level = round((299 * blue[0] + 587 * blue[1] + 114 * blue[2]) / 1000)   # PIL's grey of blue
+    canvas = busy(2, 320, 240)
+    ImageDraw.Draw(canvas).rectangle((85, 49, 259, 185), fill=(level,) * 3)
+    canvas.paste(ImageOps.expand(busy(1, 130, 92), border=10, fill=blue), (97, 61))
+    assert any(np.abs(np.subtract(box, (97, 61, 247, 173))).max() <= 2 for box in views.boxed_regions(canvas))
 
 
 def test_a_grey_captioned_copy_cut_between_the_corner_crops_is_shortlisted():

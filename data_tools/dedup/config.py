@@ -48,6 +48,7 @@ class VerifyConfig:
     certain: float = bounded(0.97, lo=-1, hi=1)    # local: global score that is a copy without verification
     min_inliers: int = bounded(MIN_INLIERS, lo=3)  # local: RANSAC inliers of a copy
     min_cover: float = bounded(MIN_COVER, lo=0, hi=1)  # local: share of the evaluation image they span
+    screen: int = bounded(0, lo=0)                 # local: below this many inliers at 128 px, not verified (0: off)
 
 
 @dataclass

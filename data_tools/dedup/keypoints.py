@@ -27,6 +27,8 @@ MIN_INLIERS = 8     # calibrated on bench/dedup.py (docs/data.md)
 MIN_COVER = 0.05    # share of the evaluation image's area inside the inliers' hull
 MAX_SCALE = 8.0     # a copy's map scales by at most this, up or down
 MAX_SQUEEZE = 2.0   # nor stretches one axis more than this against the other
+SCREEN_SIDE = 128   # longer side of a training image in the screen before full verification
+SCREEN_INLIERS = 4  # fewer inliers than this with every candidate at SCREEN_SIDE: unrelated
 
 _SIFT = None
 
@@ -38,21 +40,23 @@ def _sift():
     return _SIFT
 
 
-def grey(im: Image.Image) -> np.ndarray:
-    """uint8 grey image with its longer side SIDE."""
-    scale = SIDE / max(im.size)
+def grey(im: Image.Image, side: int = SIDE) -> np.ndarray:
+    """uint8 grey image with its longer side `side`."""
+    scale = side / max(im.size)
     size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
     return np.asarray(im.convert("L").resize(size, Image.BILINEAR), np.uint8)
 
 
-def features(im: Image.Image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """(xy float32 (n, 2), descriptors uint8 (n, 128), (width, height)) at SIDE."""
-    pixels = grey(im)
+def features(im: Image.Image, side: int = SIDE) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(xy float32 (n, 2), descriptors uint8 (n, 128), (width, height)) detected at `side`;
+    xy and size in pixels at SIDE, where RANSAC_PX holds."""
+    pixels = grey(im, side)
     points, desc = _sift().detectAndCompute(pixels, None)
+    size = tuple(round(v * SIDE / side) for v in pixels.shape[::-1])
     if desc is None or not points:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), pixels.shape[::-1]
-    xy = np.float32([p.pt for p in points])
-    return xy, np.clip(desc, 0, 255).astype(np.uint8), pixels.shape[::-1]
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), size
+    xy = np.float32([p.pt for p in points]) * np.float32(SIDE / side)
+    return xy, np.clip(desc, 0, 255).astype(np.uint8), size
 
 
 # A SIFT descriptor is 4 x 4 cells (rows, columns) x 8 orientation bins, in the keypoint's
@@ -63,11 +67,23 @@ def features(im: Image.Image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
 MIRROR = np.arange(128).reshape(4, 4, 8)[::-1, :, [(-k) % 8 for k in range(8)]].ravel()
 
 
-def query_features(im: Image.Image) -> list[tuple[np.ndarray, np.ndarray]]:
+def query_features(im: Image.Image, side: int = SIDE) -> list[tuple[np.ndarray, np.ndarray]]:
     """A training image's keypoints as they are and as the mirrored image has them (at the
     same positions: a mirrored copy maps onto them by an affine map with a reflection)."""
-    xy, desc, _ = features(im)
+    xy, desc, _ = features(im, side)
     return [(xy, desc), (xy, np.ascontiguousarray(desc[:, MIRROR]))]
+
+
+def screened_out(im: Image.Image, candidates: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]],
+                 least: int = SCREEN_INLIERS) -> bool:
+    """Whether a training image is unrelated to all its candidates by a cheap first look:
+    its keypoints at SCREEN_SIDE (a quarter of the pixels: a third of SIFT's time) fit
+    fewer than `least` inliers with every one. Copies keep enough keypoints at that size;
+    unrelated images rarely fit even 4 (bench/dedup.py, docs/benchmarks.md)."""
+    if least <= 0:
+        return False
+    found = match_all(query_features(im, SCREEN_SIDE), candidates)
+    return max((f["inliers"] for f in found), default=0) < least
 
 
 def match(query: list[tuple[np.ndarray, np.ndarray]], xy: np.ndarray, desc: np.ndarray,

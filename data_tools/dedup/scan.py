@@ -238,8 +238,11 @@ def local_check(result: dict, index: EvalIndex, verify: VerifyConfig, pool_map=m
 
     def check(key: str) -> tuple[int, int, float, dict]:
         pos, candidates = wanted[key]
+        stored = [index.keypoints.get(e) for e, _ in candidates]
+        if verify.screen and keypoints.screened_out(views.decode(data[key]), stored, verify.screen):
+            return (pos, *candidates[0], {"inliers": 0, "cover": 0.0, "pairs": []})
         query = keypoints.query_features(views.decode(data[key], keypoints.SIDE))
-        results = keypoints.match_all(query, [index.keypoints.get(e) for e, _ in candidates])
+        results = keypoints.match_all(query, stored)
         found = [(e, s, result) for (e, s), result in zip(candidates, results)]
         return (pos, *max(found, key=lambda f: f[2]["inliers"]))
 

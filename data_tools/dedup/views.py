@@ -147,11 +147,11 @@ def partial_views(im: Image.Image) -> list[Image.Image]:
     return out
 
 
-EDGE_STEP = 6     # grey levels between neighbouring pixels that make an edge pixel
+EDGE_STEP = 6     # levels between neighbouring pixels, in any channel, that make an edge pixel
 EDGE_LINES = 8      # candidate edge lines per axis, besides the image's own edges
 BOX_SIDE = 0.3      # a box spans at least this share of each side of the image
 BOX_SOLID = 0.45    # share of each inner side of a box that must be edge pixels
-BOXES = 6          # boxes kept, the most solid first
+BOXES = 10         # boxes kept, the most solid first
 
 
 def boxed_regions(im: Image.Image) -> list[tuple[int, int, int, int]]:
@@ -159,8 +159,8 @@ def boxed_regions(im: Image.Image) -> list[tuple[int, int, int, int]]:
     pasted into another or set in a screenshot is a box whose inner sides are a long,
     unbroken step. A side on the image's own edge needs no step (a screenshot's photo
     spans its width), but at least two sides must be inside."""
-    g = np.asarray(im.convert("L"), np.float32)
-    h, w = g.shape
+    g = np.asarray(im.convert("RGB"), np.float32)
+    h, w = g.shape[:2]
     rows, row_lines = _edge_lines(g, 0)
     cols, col_lines = _edge_lines(g, 1)
     # Line p is the step after pixel p; -1 and the last pixel stand for the image's edges.
@@ -201,11 +201,13 @@ def _solid(cumulative: np.ndarray, line: np.ndarray, start: np.ndarray, end: np.
 
 def _edge_lines(g: np.ndarray, axis: int) -> tuple[np.ndarray, list[int]]:
     """Edge pixels of the steps across `axis` (one row per line between two pixel rows,
-    or columns), each widened by a line either way (resizing smears a step over two), and
-    the EDGE_LINES lines with the longest unbroken run of them (texture has many edge
-    pixels, a pasted photo's side a long run), at least 3 apart and not at the image's
-    border (where JPEG and resizing leave a step of their own)."""
-    step = np.abs(np.diff(g, axis=axis))
+    or columns; a step is the largest of the three channels': where a photo meets its
+    backdrop the two often differ in hue more than in brightness), each widened by a
+    line either way (resizing smears a step over two), and the EDGE_LINES lines with the
+    longest unbroken run of them (texture has many edge pixels, a pasted photo's side a
+    long run), at least 3 apart and not at the image's border (where JPEG and resizing
+    leave a step of their own)."""
+    step = np.abs(np.diff(g, axis=axis)).max(axis=-1)
     step = step if axis == 0 else step.T
     edge = step >= EDGE_STEP
     edge[1:] &= step[1:] >= step[:-1]     # the strongest of neighbouring lines: one edge, one line
