@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
 
 from data_tools.common import writable
 from data_tools.common.config import ConfigError
@@ -45,7 +47,7 @@ def status(handler, args) -> int:
     if previous == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, terminated)
     try:
-        return handler(args)
+        return through_stop(handler, args)
     except user_errors() as err:
         if os.environ.get("WSL_DEBUG"):
             raise
@@ -68,5 +70,23 @@ def status(handler, args) -> int:
     except KeyboardInterrupt:  # before training started or outside it: nothing to save
         say("wsl: interrupted")
         return 130
+    except BrokenProcessPool:  # no stop signal came: a worker was killed (out of memory?)
+        if os.environ.get("WSL_DEBUG"):
+            raise
+        say("wsl: error: a worker process died abruptly (killed by the system: out of memory?); "
+            "re-run the same command to go on")
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def through_stop(handler, args) -> int:
+    """`handler(args)`, where a stop signal to the process group is said as a stop though a
+    process pool's workers (which end at once on it) were reported dead first: the pool can
+    break before this process handles its own copy of the signal, raised while waiting here."""
+    try:
+        return handler(args)
+    except BrokenProcessPool:
+        for _ in range(20):  # short sleeps: a signal taken by another thread is raised between them
+            time.sleep(0.05)
+        raise

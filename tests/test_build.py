@@ -121,6 +121,53 @@ def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig)
     assert rerun.returncode == 0 and (out / "manifest.json").is_file(), rerun.stderr
 
 
+@pytest.mark.slow
+def test_a_stop_that_reaches_the_pool_workers_first_is_said_as_a_stop(tmp_path):
+    """Under load the pool's workers (which end at once on SIGINT) could die, and the pool
+    report them broken, before the parent handled its own copy of the group's signal: a
+    BrokenProcessPool traceback and status 1 instead of the one stop line. Made certain
+    here by signalling the workers a moment before the parent."""
+    manifest = resume_corpus(tmp_path / "corpus")
+    settings = [f"input.manifest={manifest}", "workers=2", "progress=false", "shards.samples=10"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "data", "build", *settings, f"output={out}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not list((out / ".build").glob("[0-9]*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no pool worker to signal"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGINT)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "wsl: interrupted", err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_pool_worker_killed_alone_is_one_line_and_the_rerun_finishes(tmp_path):
+    """kill -9 of one worker (the kernel's OOM killer does the same): the build stopped with
+    a BrokenProcessPool traceback; now one line that says what to do, and doing it works."""
+    manifest = resume_corpus(tmp_path / "corpus")
+    settings = [f"input.manifest={manifest}", "workers=2", "progress=false", "shards.samples=10"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "data", "build", *settings, f"output={out}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not list((out / ".build").glob("[0-9]*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no pool worker to kill"
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("wsl: error: a worker process died"), err[-3000:]
+    rerun = run_cli("data", "build", *settings, f"output={out}")
+    assert rerun.returncode == 0 and (out / "manifest.json").is_file(), rerun.stderr
+
+
 def test_imagefolder_is_single_label_with_sorted_class_names(tmp_path):
     root = tmp_path / "train"
     classes = ["zebra", "apple", "mango"]
