@@ -97,20 +97,27 @@ def test_build_killed_part_way_resumes_to_the_same_result(tmp_path):
     assert [p for p in killed.rglob("*") if ".tmp" in p.name] == []
 
 
+def build_under_way(tmp_path: Path, **popen) -> tuple[subprocess.Popen, list[str], Path]:
+    """A parallel `wsl data build` started and waited on until its first shard is written:
+    (the process, its settings, its output folder)."""
+    manifest = resume_corpus(tmp_path / "corpus")
+    settings = [f"input.manifest={manifest}", "workers=2", "progress=false", "shards.samples=10"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "data", "build", *settings, f"output={out}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + 90
+    while not list((out / ".build").glob("[0-9]*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return proc, settings, out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_group_stops_a_parallel_build_in_one_line(tmp_path, sig):
     """As a terminal's Ctrl-C or SLURM's SIGTERM: every process of the group gets it. The
     pool workers once printed a traceback each (Ctrl-C) or SIGTERM ended the build with no
     word; now one line, 128 + signal, no process left, and a re-run finishes the build."""
-    manifest = resume_corpus(tmp_path / "corpus")
-    settings = [f"input.manifest={manifest}", "workers=2", "progress=false", "shards.samples=10"]
-    out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "data", "build", *settings, f"output={out}"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while not list((out / ".build").glob("[0-9]*.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
+    proc, settings, out = build_under_way(tmp_path, start_new_session=True)
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     assert not (out / "manifest.json").exists(), "the build finished before the signal"
@@ -127,14 +134,7 @@ def test_a_stop_that_reaches_the_pool_workers_first_is_said_as_a_stop(tmp_path):
     report them broken, before the parent handled its own copy of the group's signal: a
     BrokenProcessPool traceback and status 1 instead of the one stop line. Made certain
     here by signalling the workers a moment before the parent."""
-    manifest = resume_corpus(tmp_path / "corpus")
-    settings = [f"input.manifest={manifest}", "workers=2", "progress=false", "shards.samples=10"]
-    out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "data", "build", *settings, f"output={out}"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while not list((out / ".build").glob("[0-9]*.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
+    proc, settings, out = build_under_way(tmp_path, start_new_session=True)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert workers, "no pool worker to signal"
     for pid in workers:
@@ -150,14 +150,7 @@ def test_a_stop_that_reaches_the_pool_workers_first_is_said_as_a_stop(tmp_path):
 def test_a_pool_worker_killed_alone_is_one_line_and_the_rerun_finishes(tmp_path):
     """kill -9 of one worker (the kernel's OOM killer does the same): the build stopped with
     a BrokenProcessPool traceback; now one line that says what to do, and doing it works."""
-    manifest = resume_corpus(tmp_path / "corpus")
-    settings = [f"input.manifest={manifest}", "workers=2", "progress=false", "shards.samples=10"]
-    out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "data", "build", *settings, f"output={out}"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while not list((out / ".build").glob("[0-9]*.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
+    proc, settings, out = build_under_way(tmp_path)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert workers, "no pool worker to kill"
     os.kill(int(workers[0]), signal.SIGKILL)
