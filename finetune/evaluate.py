@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from data_tools.common.config import upgrade
+from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import LoaderConfig, make_loader
 from finetune.config import FinetuneConfig
@@ -127,7 +127,7 @@ def run_eval(model: nn.Module, cfg, config: dict, images_seen: int, checkpoint_p
     record.parent.mkdir(parents=True, exist_ok=True)
     shards.write_json(record, results)
     print(report(results))
-    print(f"results: {record}", file=sys.stderr)
+    say(f"results: {record}")
     loggers = make_loggers(Path(run_dir), True, config, cfg.log.wandb, cfg.log.project, cfg.log.name)
     loggers.log({"images_seen": images_seen, **{f"eval/{k}": results[k] for k in ("top1", "top5", "mean_per_class")}})
     loggers.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from data_tools.common import atomic, dist
+from data_tools.common.log import say
 from data_tools.format import shards
 from data_tools.loaders import LoaderConfig, make_loader
 
@@ -86,7 +86,7 @@ def decoded(feats: np.ndarray, labels: np.ndarray, views: int, shard_dir: str) -
     kept = np.flatnonzero(labels[:n] >= 0)
     if len(kept) == n:
         return feats, labels
-    print(f"features {shard_dir}: {n - len(kept)} image(s) did not decode and are left out", file=sys.stderr)
+    say(f"features {shard_dir}: {n - len(kept)} image(s) did not decode and are left out")
     rows = (np.arange(views)[:, None] * n + kept[None, :]).ravel()
     return np.asarray(feats[rows]), labels[rows]
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 
 from data_tools.common import atomic
+from data_tools.common.log import say
 from pretrain.curves import plot_curves
 
 
@@ -73,8 +73,7 @@ class WandbLogger:
         self.run.finish()
         if self.mode == "offline" and self.run_id not in HINTED:
             HINTED.add(self.run_id)
-            print(f"W&B run {self.run_id} is offline (no WANDB_API_KEY); upload it with: {self.sync_command()}",
-                  file=sys.stderr, flush=True)
+            say(f"W&B run {self.run_id} is offline (no WANDB_API_KEY); upload it with: {self.sync_command()}")
 
 
 HINTED: set[str] = set()   # runs whose `wandb sync` command this process has printed

@@ -9,12 +9,12 @@ fixed vocabulary (the dataset's classes), so resume, `--part i/N` + merge, image
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_tools.build import ImageConfig, Labeler, ShardConfig, choose_vocab
 from data_tools.common.fields import bounded, check_ranges
+from data_tools.common.log import say
 from data_tools.common.part import parse_part
 from data_tools.convert import cub, imagenet, places
 from data_tools.convert.listing import LabelledSource, LayoutError, completeness, partial_message
@@ -70,8 +70,7 @@ def convert(cfg: ConvertConfig) -> dict:
         message = partial_message(listing, status)
         if cfg.strict:
             raise LayoutError(message + " (strict=true)")
-        print(f"wsl: warning: {message}; converting what is there (strict=true makes this an error)",
-              file=sys.stderr)
+        say(f"wsl: warning: {message}; converting what is there (strict=true makes this an error)")
     cfg = dataclasses.replace(cfg, shards=dataclasses.replace(cfg.shards, name=cfg.shards.name or cfg.split))
     source = LabelledSource(listing, cfg.seed)
     return write_dataset(cfg, source, lambda: Labeler(source, None), choose_vocab, extra={"source": status})
