@@ -2,6 +2,7 @@
 pretrained backbone) and the test tiers. Shared helper functions are in helpers.py."""
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,15 @@ from helpers import (
 from data_tools.labels.wordnet import WordNet
 
 SLOW_TIERS = ("slow", "slurm", "demo", "browser", "gpu")
+
+
+def pytest_configure(config):
+    """A shell without job control starts a background command (`make test &`, nohup) with
+    Ctrl-C ignored, and the programs the tests start inherit that: every Ctrl-C test would
+    then test a `wsl` that cannot be interrupted. A handler here is reset to the default
+    in each child, as in a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m unit` sees the marker
