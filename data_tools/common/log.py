@@ -9,4 +9,7 @@ import sys
 def say(text: str, env=None) -> None:
     """Print `text`; with a DistEnv `env`, only on its main rank."""
     if env is None or env.is_main:
-        print(text, file=sys.stderr, flush=True)
+        # One write per line: ranks share a stderr, and print's separate write of the newline
+        # let two ranks' lines run together.
+        sys.stderr.write(f"{text}\n")
+        sys.stderr.flush()
