@@ -20,13 +20,12 @@ from pretrain.backbone import Source
 FIELD = "dedup.against[].fingerprint"
 
 
-def check(source: Source, eval_dirs: list[str], show: bool = True) -> list[str]:
-    """Warnings (printed to stderr where `show`) for each evaluation set the pretraining
-    data was not filtered against; empty when every one is covered."""
+def check(source: Source, eval_dirs: list[str]) -> list[str]:
+    """Warnings (also printed to stderr) for each evaluation set the pretraining data was
+    not filtered against; empty when every one is covered."""
     warnings = [w for d in eval_dirs for w in [_check_one(source, d)] if w]
-    if show:
-        for text in warnings:
-            shout(text)
+    for text in warnings:
+        shout(text)
     return warnings
 
 

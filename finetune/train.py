@@ -29,11 +29,11 @@ def run(cfg: FinetuneConfig, config_dict: dict) -> dict | None:
     check_run_dir(cfg, config_dict)
     backbone.check_fits(source, cfg.model.name)
     is_main = dist.read_env().is_main
-    # Every rank reads (what stops rank 0 stops them all, before any waits in dist.init);
-    # rank 0 warns. After every check that can stop the run.
-    leak.check(source, [cfg.data.val] if cfg.data.val else [], show=is_main)
+    # Once every rank has joined: rank 0 reads the records, and an error there stops every
+    # rank (before the group formed, the others waited for rank 0 in dist.init).
+    leak_check = lambda: dist.on_main(leak.check, source, [cfg.data.val] if cfg.data.val else [])  # noqa: E731
     progress = pretrain_train.run(cfg, config_dict, init_model=lambda k: backbone.build(source, cfg.model.name, k),
-                                  trunk_lr_mult=cfg.trunk_lr_mult)
+                                  trunk_lr_mult=cfg.trunk_lr_mult, on_start=leak_check)
     final = checkpoint.path_for(Path(cfg.run_dir), progress.images_seen)
     if is_main and cfg.data.val and progress.images_seen >= cfg.train.total_images and final.is_file():
         model, config, seen = load_model(final)

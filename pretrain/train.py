@@ -69,14 +69,18 @@ def build_job(cfg: PretrainConfig, config_dict: dict, env: dist.DistEnv, device:
         evaluate=evaluate, eval_every=cfg.eval.every_images, stop_check_steps=cfg.train.stop_check_steps)
 
 
-def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: float = 1.0) -> engine.Progress:
-    """Train per `cfg`; `init_model(num_classes)` lets fine-tuning supply its own model, and
-    `trunk_lr_mult` gives all but its classifier a smaller LR."""
+def run(cfg: PretrainConfig, config_dict: dict, init_model=None, trunk_lr_mult: float = 1.0,
+        on_start=None) -> engine.Progress:
+    """Train per `cfg`; `init_model(num_classes)` lets fine-tuning supply its own model,
+    `trunk_lr_mult` gives all but its classifier a smaller LR, and `on_start()` runs on
+    every rank once the process group is formed (fine-tuning's leak check)."""
     env = dist.read_env()
     budget = threads.limit(cfg.threads, cfg.data.loader.worker_count())
     device = dist.pick_device(cfg.device, env)
     dist.init(env, device, cfg.dist_timeout_s)
     try:
+        if on_start:
+            on_start()
         torch.manual_seed(cfg.seed)
         manifest = shards.read_manifest(cfg.data.train)
         run_dir = Path(cfg.run_dir)
