@@ -73,19 +73,23 @@ def data_dedup(args) -> int:
     summary = run(cfg, read_backbone)
     if summary is None:
         return 0
-    verify = summary["verify"]
-    if verify["enabled"] and verify.get("method") == "local":
-        rule = f"{verify['pairs_aligned']} shortlisted pairs verified by local features"
-    elif verify["enabled"]:
-        rule = f"{verify['pairs_aligned']} pairs from {verify['candidates']:.2f} aligned, threshold {verify['threshold']:.2f}"
-    else:
-        rule = f"threshold {summary['threshold']:.4f}"
     print(f"{summary['removed']} of {summary['train']['samples']} training samples match "
-          f"({rule}, {summary['descriptor']}); "
+          f"({dedup_rule(summary)}, {summary['descriptor']}); "
           f"{summary['train']['undecodable']} undecodable; report: {Path(cfg.out) / 'report.html'}")
     if cfg.apply:
         print(f"filtered shards: {cfg.apply} ({summary['apply']['num_samples']} samples)")
     return 0
+
+
+def dedup_rule(summary: dict) -> str:
+    """Which method decided the matches, for the console line."""
+    verify = summary["verify"]
+    if verify["method"] == "local":
+        return f"verify.method=local: {verify['pairs_aligned']} shortlisted pairs verified by local features"
+    if verify["method"] == "align":
+        return (f"verify.method=align: {verify['pairs_aligned']} pairs from {verify['candidates']:.2f} aligned, "
+                f"threshold {verify['threshold']:.2f}")
+    return f"verify.method=off: the descriptor alone, threshold {summary['threshold']:.4f}"
 
 
 def data_index(args) -> int:

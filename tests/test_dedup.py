@@ -314,6 +314,51 @@ def test_interrupted_run_resumes_from_its_finished_shards(sets, one_run, tmp_pat
     assert (out / "matches.jsonl").read_text() == (one_run / "matches.jsonl").read_text()
 
 
+def test_the_default_verifies_by_local_features_and_says_so(sets, one_run, capsys):
+    # The default was the descriptor alone (verify.enabled=false), which misses most web
+    # copies (docs/benchmarks.md, "Web copies"); a user running the stage bare gets the
+    # shortlist and keypoint verification now, and the console line names the method.
+    summary = json.loads((one_run / "summary.json").read_text())
+    assert summary["verify"]["method"] == "local" and summary["verify"]["pairs_aligned"] > 0
+    assert "Local-feature verification on" in (one_run / "report.html").read_text()
+    record = shards.read_manifest(sets["root"] / "filtered")["dedup"]
+    assert record["verify"]["method"] == "local" and record["verify"]["min_inliers"] == summary["verify"]["min_inliers"]
+    out = sets["root"] / "said"
+    assert dedup("--train", str(sets["train"]), "--against", str(sets["val"]), "--out", str(out)) == 0
+    said = capsys.readouterr().out
+    assert f"{len(sets['expected'])} of {summary['train']['samples']} training samples match" in said
+    assert "verify.method=local" in said and "shortlisted pairs verified by local features" in said
+
+
+def test_the_descriptor_alone_is_still_a_choice_and_the_old_key_one_clear_error(sets, tmp_path, capsys):
+    common = ["--train", str(sets["train"]), "--against", str(sets["val"])]
+    assert dedup(*common, "--out", str(tmp_path / "off"), "verify.method=off") == 0
+    assert "verify.method=off: the descriptor alone, threshold 0.9" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "off" / "summary.json").read_text())
+    assert summary["verify"]["method"] == "off" and summary["verify"]["pairs_aligned"] == 0
+    assert "Second look off" in (tmp_path / "off" / "report.html").read_text()
+    assert dedup(*common, "--out", str(tmp_path / "old"), "verify.enabled=true") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["wsl: error: config key 'verify.enabled' is now 'verify.method' (one of local, align, off)"]
+
+
+def test_an_out_begun_before_verify_method_resumes_with_the_same_method(sets, tmp_path, capsys):
+    # Its settings.json says verify.enabled=false (the old default): the descriptor alone,
+    # which is verify.method=off now; the new default is another run, refused by name.
+    out = tmp_path / "out"
+    common = ["--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out)]
+    assert dedup(*common, "verify.method=off") == 0
+    first = (out / "matches.jsonl").read_text()
+    settings = json.loads((out / ".dedup" / "settings.json").read_text())
+    settings["verify"] = {"enabled": False, **settings["verify"], "method": "align"}
+    shards.write_json(out / ".dedup" / "settings.json", settings)
+    max((out / ".dedup" / "shards").glob("*.json")).unlink()   # as if stopped before its last shard
+    assert dedup(*common) == 2
+    assert "another dedup run (other verify)" in capsys.readouterr().err
+    assert dedup(*common, "verify.method=off") == 0
+    assert (out / "matches.jsonl").read_text() == first
+
+
 def test_frame_is_cut_back_to_the_image():
     from data_tools.dedup import views
     rng = np.random.default_rng(3)

@@ -1,6 +1,6 @@
 """Web copies (data_tools/dedup/copies.py families) found by the shortlist and local-feature
-verification (verify.method=local), on generated busy scenes; look-alikes made by the
-same edits from other scenes kept."""
+verification (verify.method=local, the default), on generated busy scenes; look-alikes
+made by the same edits from other scenes kept."""
 from __future__ import annotations
 
 import io
@@ -17,8 +17,6 @@ from test_dedup import chromium, corrupt_copy, dedup, matches, write_images
 from data_tools.dedup import copies, finish, keypoints, views
 from data_tools.dedup.config import DedupConfig
 from data_tools.dedup.sets import ShardSet
-
-LOCAL = ("verify.enabled=true", "verify.method=local")
 
 
 def busy(seed: int, width: int = 240, height: int = 180) -> Image.Image:
@@ -141,7 +139,7 @@ def web_sets(tmp_path_factory):
     train_dir = root / "train"
     build_shards(write_images(root / "train_imgs", train), train_dir, "shards.samples=10")
     out = root / "out"
-    assert dedup("--train", str(train_dir), "--against", f"val={val}", "--out", str(out), *LOCAL) == 0
+    assert dedup("--train", str(train_dir), "--against", f"val={val}", "--out", str(out)) == 0
     found = {Path(m["train_path"]).name: m for m in matches(out)}
     return {"found": found, "expected": expected, "out": out, "train": train_dir, "val": val, "root": root}
 
@@ -172,7 +170,7 @@ def test_a_corrupt_training_image_is_counted_and_the_copies_still_found(web_sets
     train = web_sets["root"] / "train_corrupt"
     bad_key = corrupt_copy(web_sets["train"], train)
     out = web_sets["root"] / "out_corrupt"
-    assert dedup("--train", str(train), "--against", f"val={web_sets['val']}", "--out", str(out), *LOCAL) == 0
+    assert dedup("--train", str(train), "--against", f"val={web_sets['val']}", "--out", str(out)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["undecodable"] == 1
     assert summary["train"]["undecodable_examples"][0]["key"] == bad_key
@@ -182,7 +180,7 @@ def test_a_corrupt_training_image_is_counted_and_the_copies_still_found(web_sets
 def test_the_stage_with_the_screen_finds_the_same_copies_and_keeps_the_look_alikes(web_sets):
     out = web_sets["root"] / "out_screen"
     assert dedup("--train", str(web_sets["train"]), "--against", f"val={web_sets['val']}", "--out", str(out),
-                 *LOCAL, "verify.screen=4") == 0
+                 "verify.screen=4") == 0
     found = {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(out)}
     assert found == {name: Path(m["eval_path"]).name for name, m in web_sets["found"].items()}
 
@@ -258,7 +256,7 @@ def test_components_without_self_is_one_clear_error(web_sets, capsys):
 def test_components_with_self_reports_the_chains(web_sets):
     out = web_sets["root"] / "out_chains"
     assert dedup("--train", str(web_sets["train"]), "--against", f"val={web_sets['val']}", "--out", str(out),
-                 "--self", "components=true", *LOCAL) == 0
+                 "--self", "components=true") == 0
     summary = json.loads((out / "summary.json").read_text())
     chained = [m for m in matches(out) if m["against"] == "chain"]
     assert summary["self"]["removed_through_chains"] == len({m["train_key"] for m in chained})

@@ -93,26 +93,25 @@ def look_alike_sets(tmp_path_factory):
 def test_alignment_check_keeps_look_alikes_the_descriptor_would_remove(look_alike_sets):
     root = look_alike_sets
     runs = {}
-    for check in ("false", "true"):
-        out = root / f"out_{check}"
+    for method in ("off", "align"):
+        out = root / f"out_{method}"
         assert dedup("--train", str(root / "train"), "--against", f"val={root / 'val'}", "--out", str(out),
-                     "--apply", str(root / f"filtered_{check}"), "threshold=0.80",
-                     f"verify.enabled={check}") == 0
-        runs[check] = {Path(m["train_path"]).name for m in matches(out)}
-    assert {"copy_0.jpg", "copy_1.jpg"} <= runs["true"]
-    assert runs["true"] == {"copy_0.jpg", "copy_1.jpg"}
-    assert len(runs["false"]) > len(runs["true"])  # at 0.80 the descriptor also takes look-alikes
-    crowded = json.loads((root / "out_false" / "summary.json").read_text())["most_matched"]
+                     "--apply", str(root / f"filtered_{method}"), "threshold=0.80",
+                     f"verify.method={method}") == 0
+        runs[method] = {Path(m["train_path"]).name for m in matches(out)}
+    assert runs["align"] == {"copy_0.jpg", "copy_1.jpg"}
+    assert len(runs["off"]) > len(runs["align"])  # at 0.80 the descriptor also takes look-alikes
+    crowded = json.loads((root / "out_off" / "summary.json").read_text())["most_matched"]
     assert crowded and crowded[0]["matches"] >= 3 and crowded[0]["against"] == "val"
-    assert "matched by several training images" in (root / "out_false" / "report.html").read_text()
-    summary = json.loads((root / "out_true" / "summary.json").read_text())
-    assert summary["verify"]["enabled"] and summary["verify"]["pairs_aligned"] >= 2
-    assert len(keys_of(root / "filtered_true")) == 60
-    record = json.loads((root / "filtered_true" / "manifest.json").read_text())["dedup"]
-    assert record["verify"]["threshold"] == ALIGN_THRESHOLD
-    page = (root / "out_true" / "report.html").read_text()
+    assert "matched by several training images" in (root / "out_off" / "report.html").read_text()
+    summary = json.loads((root / "out_align" / "summary.json").read_text())
+    assert summary["verify"]["method"] == "align" and summary["verify"]["pairs_aligned"] >= 2
+    assert len(keys_of(root / "filtered_align")) == 60
+    record = json.loads((root / "filtered_align" / "manifest.json").read_text())["dedup"]
+    assert record["verify"]["method"] == "align" and record["verify"]["threshold"] == ALIGN_THRESHOLD
+    page = (root / "out_align" / "report.html").read_text()
     assert "Alignment check on" in page and "descriptor 0." in page
-    assert "Alignment check off" in (root / "out_false" / "report.html").read_text()
+    assert "Second look off" in (root / "out_off" / "report.html").read_text()
 
 
 def shortlist_ranks(originals: list[Image.Image], queries: dict[int, Image.Image], k: int = 8) -> list[int]:

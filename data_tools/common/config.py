@@ -121,12 +121,15 @@ def _make(cls: type, data: dict, prefix: str):
         raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    hints = typing.get_type_hints(cls)
     if unknown:
         key = prefix + unknown[0]
         if unknown[0] in renamed(cls):
-            raise ConfigError(f"config key '{key}' is now '{prefix}{renamed(cls)[unknown[0]]}'")
+            new = renamed(cls)[unknown[0]]
+            choices = _choices(hints[new])
+            listed = f" (one of {', '.join(map(str, choices))})" if choices else ""
+            raise ConfigError(f"config key '{key}' is now '{prefix}{new}'{listed}")
         raise ConfigError(f"unknown config key '{key}' (known here: {', '.join(sorted(fields))})")
-    hints = typing.get_type_hints(cls)
     values = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
     return cls(**values)
 

@@ -3,7 +3,7 @@ look at candidate pairs, and the stage's own keys."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from data_tools.common.fields import bounded
 from data_tools.common.part import parse_part
@@ -39,10 +39,10 @@ class CalibrationConfig:
 
 @dataclass
 class VerifyConfig:
-    enabled: bool = False                          # a second look at candidate pairs
-    method: Literal["align", "local"] = "align"    # align: dedup/verify.py; local: dedup/keypoints.py
-    candidates: float = bounded(0.75, lo=-1, hi=1) # descriptor score from which a pair is aligned
-    threshold: float = bounded(ALIGN_THRESHOLD, lo=-1, hi=1)  # aligned score from which it is a copy
+    RENAMED: ClassVar[dict[str, str]] = {"enabled": "method"}  # enabled=false is method=off
+    method: Literal["local", "align", "off"] = "local"  # local: dedup/keypoints.py; align: verify.py; off: score alone
+    candidates: float = bounded(0.75, lo=-1, hi=1) # align: descriptor score from which a pair is aligned
+    threshold: float = bounded(ALIGN_THRESHOLD, lo=-1, hi=1)  # align: aligned score from which it is a copy
     shortlist: int = bounded(8, lo=1, hi=64)       # local: evaluation images shortlisted per training image
     floor: float = bounded(0.5, lo=-1, hi=1)       # local: global score from which a shortlisted pair is verified
     certain: float = bounded(0.97, lo=-1, hi=1)    # local: global score that is a copy without verification

@@ -79,7 +79,7 @@ def dedup_record(summary: dict) -> dict:
                     for a in summary["against"]],
         "descriptor": summary["descriptor"],
         "threshold": summary["threshold"],
-        "verify": {k: summary["verify"][k] for k in ("enabled", "method", "candidates", "threshold")},
+        "verify": {k: v for k, v in summary["verify"].items() if k != "pairs_aligned"},
         "removed": summary["removed"],
         "self": summary["self"]["enabled"],
         "calibration": {k: summary["calibration"][k] for k in ("precision", "recall")},

@@ -64,10 +64,10 @@ def write(path: Path, summary: dict, matches: list[dict], near: list[dict], trai
         f"<style>{STYLE}</style></head><body>",
         "<h1>Near-duplicate filter</h1>",
         f"<p>Descriptor <b>{html.escape(summary['descriptor'])}</b>, threshold <b>{summary['threshold']:.4f}</b> "
-        f"({html.escape(cal['threshold_source'])}); calibration on {cal['copies']} synthetic copies of the "
-        f"against images and {cal['unrelated']} unrelated pairs: precision {cal['precision']}, "
+        f"({html.escape(cal['threshold_source'])}{_threshold_use(summary)}); calibration on {cal['copies']} "
+        f"synthetic copies of the against images and {cal['unrelated']} unrelated pairs: precision {cal['precision']}, "
         f"recall {cal['recall']} at this threshold.</p>",
-        verify_line(summary.get("verify", {})),
+        verify_line(summary["verify"]),
         f"<p>{summary['removed']} of {summary['train']['samples']} training samples removed; "
         f"{summary['train']['undecodable']} training images do not decode{_chains(summary)}. Against: "
         + ", ".join(f"{html.escape(a['name'])} ({a['num_samples']} images, {a['matched_train_samples']} matched)"
@@ -78,11 +78,11 @@ def write(path: Path, summary: dict, matches: list[dict], near: list[dict], trai
         parts.append(f"<p><b>Showing the {len(shown)} highest-scoring of {len(matches)} matches</b> "
                      "(report_pairs caps the page); matches.jsonl lists all.</p>")
     parts.append(_table("Matches (removed), by score", pairs[:len(shown)], uris, ""))
-    verify = summary.get("verify", {})
-    if verify.get("enabled") and verify.get("method") == "local":
+    method = summary["verify"]["method"]
+    if method == "local":
         below = "verification failed or not reached"
     else:
-        below = f"below {verify['threshold'] if verify.get('enabled') else summary['threshold']:.4f}"
+        below = f"below {summary['verify']['threshold'] if method == 'align' else summary['threshold']:.4f}"
     parts.append(_table(f"Closest non-matches ({below}, kept)", pairs[len(shown):], uris, "near"))
     parts.append("</body></html>")
     with atomic.replacing(path) as f:
@@ -105,6 +105,13 @@ def _table(title: str, rows: list[tuple], uris: dict, css: str) -> str:
             "</td></tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def _threshold_use(summary: dict) -> str:
+    """With a second look on, the descriptor's threshold decides only --self's links."""
+    if summary["verify"]["method"] == "off":
+        return ""
+    return "; it links --self near-duplicates, while the second look below decides matches to the against sets"
 
 
 def _chains(summary: dict) -> str:
@@ -151,9 +158,9 @@ def _img(uri: str) -> str:
 
 
 def verify_line(verify: dict) -> str:
-    if not verify.get("enabled"):
-        return "<p>Alignment check off: the descriptor's score decides.</p>"
-    if verify.get("method") == "local":
+    if verify["method"] == "off":
+        return "<p>Second look off (verify.method=off): the descriptor's score decides.</p>"
+    if verify["method"] == "local":
         return (f"<p>Local-feature verification on: each training image's {verify['shortlist']} closest "
                 f"evaluation images from a descriptor score of {verify['floor']:.2f} were verified "
                 f"({verify['pairs_aligned']} pairs; SIFT, ratio test, RANSAC affine fit); a pair with at least "

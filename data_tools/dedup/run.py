@@ -105,9 +105,21 @@ def settings(cfg: DedupConfig, train: ShardSet, sets: list[ShardSet]) -> dict:
 def check_settings(state: Path, wanted: dict) -> None:
     path = state / "settings.json"
     if path.is_file():
-        if json.loads(path.read_text()) != wanted:
-            raise ValueError(f"{state.parent} holds results of another dedup run (other sets, descriptor "
-                             "or threshold); choose an empty --out directory")
+        recorded = recorded_settings(path)
+        if recorded != wanted:
+            differ = ", ".join(k for k in wanted if recorded.get(k) != wanted[k])
+            raise ValueError(f"{state.parent} holds results of another dedup run (other {differ}); "
+                             "choose an empty --out directory")
         return
     state.mkdir(parents=True, exist_ok=True)
     shards.write_json(path, wanted)
+
+
+def recorded_settings(path: Path) -> dict:
+    """settings.json as this version writes it: one written before verify.method took
+    "off" holds verify.enabled, whose false is method off."""
+    recorded = json.loads(path.read_text())
+    verify = recorded.get("verify", {})
+    if "enabled" in verify:
+        verify["method"] = verify["method"] if verify.pop("enabled") else "off"
+    return recorded

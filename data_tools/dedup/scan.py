@@ -39,7 +39,7 @@ def cached_descriptor(desc_cfg: DescriptorConfig, read_backbone=None):
 
 
 def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sample_every: int = 0,
-                   verify: str | None = None) -> dict:
+                   verify: str = "off") -> dict:
     """Worker: every sample of one shard decoded and described (the query views, or all
     the index views), undecodable images counted; the thumbnails of about one in
     `sample_every` images come back for calibration. With `verify` "align", every
@@ -97,7 +97,7 @@ def _source_path(files: dict) -> str:
 
 def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_every: int = 0):
     """describe_shard over `tars`, in order, a bounded number in flight."""
-    verify = cfg.verify.method if cfg.verify.enabled else None
+    verify = cfg.verify.method
     workers = cfg.workers or cores()
     if cfg.descriptor.name == "learned" or workers == 1:
         # One network on one device: batches, not processes, are the parallelism.
@@ -118,7 +118,7 @@ def build_index(cfg: DedupConfig, sets: list[ShardSet], descriptor, store_dir: P
     """The index over all against sets, a sample of thumbnails for calibration, bad counts;
     for local-feature verification, every image's keypoints in a store in `store_dir`."""
     total = sum(s.manifest["num_samples"] for s in sets)
-    local = cfg.verify.enabled and cfg.verify.method == "local"
+    local = cfg.verify.method == "local"
     store = keypoints.KeypointStore(store_dir, total) if local else None
     every = max(1, total // cfg.calibration.images)
     images, vectors, owner, thumbnails, bad, eval_pixels = [], [], [], {}, {}, []
@@ -186,14 +186,14 @@ def scan_shard(result: dict, index: EvalIndex, threshold: float, near_misses: in
     rows = [pair_row(index, key, path, shard, score, eval_id)
             for key, path, score, eval_id in zip(result["keys"], result["paths"], scores, who)]
     decides, checked = threshold, 0
-    if verify.enabled and verify.method == "align":
+    if verify.method == "align":
         # pairs below the candidates are neither matches nor near misses worth showing
         picked = [pos for pos, score in enumerate(scores) if score >= verify.candidates]
         aligned = align_map(lambda pos: aligned_score(result["pixels"][pos], index.pixels[who[pos]]), picked)
         rows = [{**rows[pos], "descriptor_score": rows[pos]["score"], "score": round(score, 5)}
                 for pos, score in zip(picked, aligned)]
         decides, checked = verify.threshold, len(rows)
-    if verify.enabled and verify.method == "local":
+    if verify.method == "local":
         rows, checked = local_check(result, index, verify, align_map)
         matched = [row["decided"] is not None for row in rows]
     else:
