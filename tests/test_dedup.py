@@ -264,15 +264,30 @@ def tiny_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
 
 @pytest.mark.parametrize("kind", ["backbone", "pretrain_checkpoint", "torchvision", "torchscript"])
 def test_learned_descriptor_from_local_checkpoint(sets, tmp_path, kind):
+    # About reading each kind of checkpoint: the descriptor alone decides (the default's
+    # shortlist views through a network took 13-21 s a test; the next test runs it once).
     path, extra = tiny_checkpoints(tmp_path)[kind]
     out = tmp_path / "out"
     assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
-                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.size=32", *extra) == 0
+                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.size=32", *extra,
+                 "verify.method=off") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["descriptor"] == f"learned:{path.name}"
     assert summary["calibration"]["threshold_source"] == "calibrated"
     exact = [m for m in matches(out) if Path(m["train_path"]).name == "copy_exact.jpg"]
     assert exact and exact[0]["eval_path"].endswith("val_06.jpg") and exact[0]["score"] > 0.999
+
+
+@pytest.mark.slow
+def test_a_learned_descriptor_feeds_the_default_shortlist(sets, tmp_path):
+    path, _ = tiny_checkpoints(tmp_path)["torchscript"]
+    out = tmp_path / "out"
+    assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
+                 "descriptor.name=learned", f"descriptor.checkpoint={path}", "descriptor.size=32") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["descriptor"] == f"learned:{path.name}" and summary["verify"]["method"] == "local"
+    exact = [m for m in matches(out) if Path(m["train_path"]).name == "copy_exact.jpg"]
+    assert exact and exact[0]["eval_path"].endswith("val_06.jpg") and exact[0]["decided"] is not None
 
 
 def test_state_dict_of_another_architecture_is_one_clear_error(sets, tmp_path, capsys):
