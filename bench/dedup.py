@@ -13,10 +13,11 @@ text + JPEG combined), and as distractors the other photos and the same families
 to them (so an edit alone cannot match). Every image is stored as a JPEG (q95) and read
 back, as from a shard.
 
-Prints, per family, the recall at the shipped settings of: `dct` alone (what `wsl data
-dedup` runs by default), `dct` + the alignment check (`verify.enabled=true`), pHash
+Prints, per family, the recall at the shipped settings of: `dct` alone
+(`verify.method=off`), `dct` + the alignment check (`verify.method=align`), pHash
 (imagehash, 64 bits, one hash per original, at its best threshold with precision >= 0.99
-over all matches), and the shortlist + SIFT verification (`verify.method=local`); the
+over all matches), and the shortlist + SIFT verification (`verify.method=local`, what
+`wsl data dedup` runs by default); the
 precision of each over all matches; the grid the verification's thresholds were chosen
 on; the share of images verified, verification cost, the scan rate against pHash
 hashing (CPU time of this one process, at 5 % copies), the verification data per

@@ -42,8 +42,9 @@ MAP_OVER_PRIOR = 1.5        # "clearly above": held-out mAP at least this many t
 PROBE_POINTS = 10.0         # pretrained probe top-1 minus random-init probe top-1, in points
 # One large object on a plain background: many generated scenes share a layout, which the
 # descriptor alone scores as high as a transformed copy. The alignment check tells them
-# apart (data_tools/dedup/verify.py; docs/benchmarks.md, "Demo"); local features, the
-# default, need more detail than an 80 px scene of flat shapes holds.
+# apart (data_tools/dedup/verify.py; docs/benchmarks.md, "Demo"). Local features, the
+# default, match the object drawn alike in many scenes: 111 removed for 6 leaks
+# (docs/benchmarks.md, "Default switch").
 DEDUP_CHECK = "verify.method=align"
 MARKER = ".wsl-demo"        # marks a folder the demo wrote, so a rerun may replace it
 
