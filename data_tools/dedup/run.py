@@ -107,7 +107,7 @@ def check_settings(state: Path, wanted: dict) -> None:
     if path.is_file():
         recorded = recorded_settings(path)
         if recorded != wanted:
-            differ = ", ".join(k for k in wanted if recorded.get(k) != wanted[k])
+            differ = ", ".join(k for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k))
             raise ValueError(f"{state.parent} holds results of another dedup run (other {differ}); "
                              "choose an empty --out directory")
         return
