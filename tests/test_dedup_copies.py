@@ -14,9 +14,10 @@ from helpers import build_shards
 from PIL import Image, ImageDraw
 from test_dedup import chromium, corrupt_copy, dedup, matches, write_images
 
-from data_tools.dedup import copies, finish, keypoints, views
+from data_tools.dedup import copies, finish, keypoints, scan, views
 from data_tools.dedup.config import DedupConfig
 from data_tools.dedup.sets import ShardSet
+from data_tools.format import shards
 
 
 def busy(seed: int, width: int = 240, height: int = 180) -> Image.Image:
@@ -54,12 +55,13 @@ def test_keypoints_verify_a_copy_of_each_family_and_not_its_look_alike(family):
     assert not keypoints.is_copy(other), other["inliers"]
 
 
-def screen_pair(family: str) -> tuple[list, Image.Image, Image.Image]:
+def screen_pair(family: str) -> tuple[list, np.ndarray, np.ndarray]:
     """Two evaluation images' keypoints, and a copy of the first and the same edit of an
     unrelated scene as the scan decodes them for its views (what the screen looks at)."""
     original, look_alike, backdrop = busy(1), busy(2), busy(3)
     stored = [keypoints.features(original), keypoints.features(busy(4))]
-    copy, other = (views.decode(jpeg(copies.web_copy(family, im, 5, backdrop))) for im in (original, look_alike))
+    copy, other = (keypoints.screen_pixels(views.decode(jpeg(copies.web_copy(family, im, 5, backdrop))))
+                   for im in (original, look_alike))
     return stored, copy, other
 
 
@@ -183,6 +185,21 @@ def test_the_stage_with_the_screen_finds_the_same_copies_and_keeps_the_look_alik
                  "verify.screen=4") == 0
     found = {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(out)}
     assert found == {name: Path(m["eval_path"]).name for name, m in web_sets["found"].items()}
+
+
+def test_the_screen_looks_at_the_image_the_scan_decoded_for_its_views(web_sets):
+    # The screen pays only if it is cheap: no second decode. The worker that decoded a
+    # training image for its views sends the screen's small grey copy along.
+    tar = sorted(web_sets["train"].glob("*.tar"))[0]
+    result = scan.describe_shard(str(tar), DedupConfig().descriptor, index_side=False, verify="local", screen=True)
+    assert len(result["screen"]) == len(result["keys"]) > 0
+    for key, pixels in zip(result["keys"], result["screen"]):
+        data = dict(shards.iter_samples(tar))[key]["jpg"]
+        assert np.array_equal(pixels, keypoints.screen_pixels(views.decode(data)))
+        assert max(pixels.shape) == keypoints.SCREEN_SIDE
+    for index_side, screen in ((True, True), (False, False)):
+        assert scan.describe_shard(str(tar), DedupConfig().descriptor, index_side, verify="local",
+                                   screen=screen)["screen"] is None
 
 
 def lime_pixels(png: Path) -> int:

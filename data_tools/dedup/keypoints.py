@@ -50,7 +50,12 @@ def grey(im: Image.Image, side: int = SIDE) -> np.ndarray:
 def features(im: Image.Image, side: int = SIDE) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """(xy float32 (n, 2), descriptors uint8 (n, 128), (width, height)) detected at `side`;
     xy and size in pixels at SIDE, where RANSAC_PX holds."""
-    pixels = grey(im, side)
+    return detect(grey(im, side))
+
+
+def detect(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """features() of a grey image already at its size (the longer side is the `side`)."""
+    side = max(pixels.shape)
     points, desc = _sift().detectAndCompute(pixels, None)
     size = tuple(round(v * SIDE / side) for v in pixels.shape[::-1])
     if desc is None or not points:
@@ -70,19 +75,30 @@ MIRROR = np.arange(128).reshape(4, 4, 8)[::-1, :, [(-k) % 8 for k in range(8)]].
 def query_features(im: Image.Image, side: int = SIDE) -> list[tuple[np.ndarray, np.ndarray]]:
     """A training image's keypoints as they are and as the mirrored image has them (at the
     same positions: a mirrored copy maps onto them by an affine map with a reflection)."""
-    xy, desc, _ = features(im, side)
+    return both_sides(features(im, side))
+
+
+def both_sides(found: tuple[np.ndarray, np.ndarray, tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    xy, desc, _ = found
     return [(xy, desc), (xy, np.ascontiguousarray(desc[:, MIRROR]))]
 
 
-def screened_out(im: Image.Image, candidates: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]],
+def screen_pixels(im: Image.Image) -> np.ndarray:
+    """What the screen looks at: the image the scan decoded for its views, grey at
+    SCREEN_SIDE (the scan's workers send this, not the image, with their vectors)."""
+    return grey(im, SCREEN_SIDE)
+
+
+def screened_out(pixels: np.ndarray, candidates: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]],
                  least: int = SCREEN_INLIERS) -> bool:
     """Whether a training image is unrelated to all its candidates by a cheap first look:
-    its keypoints at SCREEN_SIDE (a quarter of the pixels: a third of SIFT's time) fit
-    fewer than `least` inliers with every one. Copies keep enough keypoints at that size;
-    unrelated images rarely fit even 4 (bench/dedup.py, docs/benchmarks.md)."""
+    its keypoints in `pixels` (screen_pixels: a quarter of the pixels of full
+    verification, a third of SIFT's time, no second decode) fit fewer than `least`
+    inliers with every one. Copies keep enough keypoints at that size; unrelated images
+    rarely fit even 4 (bench/dedup.py, docs/benchmarks.md)."""
     if least <= 0:
         return False
-    found = match_all(query_features(im, SCREEN_SIDE), candidates)
+    found = match_all(both_sides(detect(pixels)), candidates)
     return max((f["inliers"] for f in found), default=0) < least
 
 

@@ -39,12 +39,14 @@ def cached_descriptor(desc_cfg: DescriptorConfig, read_backbone=None):
 
 
 def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sample_every: int = 0,
-                   verify: str = "off") -> dict:
+                   verify: str = "off", screen: bool = False) -> dict:
     """Worker: every sample of one shard decoded and described (the query views, or all
     the index views), undecodable images counted; the thumbnails of about one in
     `sample_every` images come back for calibration. With `verify` "align", every
     image's small pixels for aligning candidate pairs; with "local", the shortlist's
-    views and, on the index side, every image's keypoints."""
+    views and, on the index side, every image's keypoints; with `screen` too, on the
+    training side, what the screen looks at (keypoints.screen_pixels of the image
+    decoded here: the screen pays no second decode)."""
     descriptor = cached_descriptor(desc_cfg)
     keys, paths, images, bad, local = [], [], [], [], []
     try:
@@ -68,8 +70,9 @@ def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sampl
     # Sampled by key, so the calibration set does not depend on how shards reach workers.
     thumbnails = {key: im for key, im in zip(keys, images)
                   if sample_every and zlib.crc32(key.encode()) % sample_every == 0}
+    screened = [keypoints.screen_pixels(im) for im in images] if screen and shortlist and not index_side else None
     return {"tar": tar, "keys": keys, "paths": paths, "vectors": vectors, "counts": counts, "bad": bad,
-            "thumbnails": thumbnails, "keypoints": local,
+            "thumbnails": thumbnails, "keypoints": local, "screen": screened,
             "pixels": [pixels(views.framings(im)) for im in images] if verify == "align" else None}
 
 
@@ -98,16 +101,18 @@ def _source_path(files: dict) -> str:
 def shard_tasks(cfg: DedupConfig, tars: list[str], index_side: bool, sample_every: int = 0):
     """describe_shard over `tars`, in order, a bounded number in flight."""
     verify = cfg.verify.method
+    screen = verify == "local" and cfg.verify.screen > 0
     workers = cfg.workers or cores()
     if cfg.descriptor.name == "learned" or workers == 1:
         # One network on one device: batches, not processes, are the parallelism.
         for tar in tars:
-            yield describe_shard(tar, cfg.descriptor, index_side, sample_every, verify)
+            yield describe_shard(tar, cfg.descriptor, index_side, sample_every, verify, screen)
         return
     with ProcessPoolExecutor(workers, initializer=pool_worker) as pool:
         pending = []
         for tar in tars:
-            pending.append(pool.submit(describe_shard, tar, cfg.descriptor, index_side, sample_every, verify))
+            pending.append(pool.submit(describe_shard, tar, cfg.descriptor, index_side, sample_every, verify,
+                                       screen))
             if len(pending) > 2 * workers:
                 yield pending.pop(0).result()
         for future in pending:
@@ -239,7 +244,7 @@ def local_check(result: dict, index: EvalIndex, verify: VerifyConfig, pool_map=m
     def check(key: str) -> tuple[int, int, float, dict]:
         pos, candidates = wanted[key]
         stored = [index.keypoints.get(e) for e, _ in candidates]
-        if verify.screen and keypoints.screened_out(views.decode(data[key]), stored, verify.screen):
+        if verify.screen and keypoints.screened_out(result["screen"][pos], stored, verify.screen):
             return (pos, *candidates[0], {"inliers": 0, "cover": 0.0, "pairs": []})
         query = keypoints.query_features(views.decode(data[key], keypoints.SIDE))
         results = keypoints.match_all(query, stored)
