@@ -95,6 +95,19 @@ def test_matching_several_candidates_at_once_finds_what_each_alone_finds():
     assert keypoints.is_copy(together[1]) and not keypoints.is_copy(together[0]) and together[2]["inliers"] == 0
 
 
+def test_the_two_nearest_keypoints_of_each_candidate_are_the_brute_force_ones():
+    rng = np.random.default_rng(0)
+    query = rng.integers(0, 160, (40, 128)).astype(np.float32)
+    descs = [rng.integers(0, 160, (n, 128)).astype(np.uint8) for n in (30, 7, 30, 2)]
+    first, second, index = keypoints._two_nearest(query, descs)
+    for c, d in enumerate(descs):
+        dist = np.linalg.norm(query[:, None] - d[None].astype(np.float32), axis=2)
+        ranked = np.sort(dist, axis=1)
+        assert np.array_equal(index[:, c], dist.argmin(axis=1))
+        assert np.allclose(first[:, c], ranked[:, 0], rtol=1e-4)
+        assert np.allclose(second[:, c], ranked[:, 1], rtol=1e-4)
+
+
 def test_web_copies_are_the_same_for_the_same_seed():
     im, backdrop = busy(1), busy(3)
     for family in copies.FAMILIES:

@@ -136,25 +136,24 @@ def match_all(query: list[tuple[np.ndarray, np.ndarray]],
 
 def _two_nearest(query: np.ndarray, descs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(L2 distance to the nearest, to the second nearest, index of the nearest), each
-    (queries, candidates), within each candidate's descriptors (padded to one length)."""
+    (queries, candidates), within each candidate's descriptors (padded to one length).
+    A query's own squared norm is the same for all of its distances: added to the two
+    nearest only, not to the whole matrix."""
     width = max(len(d) for d in descs)
     stacked = np.zeros((len(descs), width, 128), np.float32)
+    squared = np.full((len(descs), width), np.inf, np.float32)   # padding is never near
     for c, d in enumerate(descs):
         stacked[c, :len(d)] = d
-    squared = (stacked ** 2).sum(axis=2)
-    squared[[c for c, d in enumerate(descs) for _ in range(width - len(d))],
-            [i for d in descs for i in range(len(d), width)]] = np.inf   # padding is never near
-    dist = query @ stacked.reshape(-1, 128).T
-    dist *= -2
+        squared[c, :len(d)] = (stacked[c, :len(d)] ** 2).sum(axis=1)
+    dist = (query * np.float32(-2)) @ stacked.reshape(-1, 128).T
     dist += squared.reshape(1, -1)
-    dist += (query ** 2).sum(axis=1, keepdims=True)
     dist = dist.reshape(len(query), len(descs), width)
     index = dist.argmin(axis=2)
-    rows, cols = np.indices(index.shape)
-    first = dist[rows, cols, index]
-    dist[rows, cols, index] = np.inf
+    first = np.take_along_axis(dist, index[..., None], 2)[..., 0]
+    np.put_along_axis(dist, index[..., None], np.inf, 2)
     second = dist.min(axis=2)
-    return (np.sqrt(np.maximum(first, 0)), np.sqrt(np.maximum(second, 0)), index)
+    own = (query ** 2).sum(axis=1, keepdims=True)
+    return np.sqrt(np.maximum(first + own, 0)), np.sqrt(np.maximum(second + own, 0)), index
 
 
 def _fit(src: np.ndarray, dst: np.ndarray, size: tuple[int, int]) -> dict:
