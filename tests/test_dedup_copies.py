@@ -16,7 +16,7 @@ from test_dedup import chromium, corrupt_copy, dedup, matches, write_images
 
 from data_tools.dedup import copies, finish, keypoints, scan, views
 from data_tools.dedup.config import DedupConfig
-from data_tools.dedup.sets import ShardSet
+from data_tools.dedup.sets import ShardSet, open_set
 from data_tools.format import shards
 
 
@@ -213,6 +213,35 @@ def test_the_screen_looks_at_the_image_the_scan_decoded_for_its_views(web_sets):
     for index_side, screen in ((True, True), (False, False)):
         assert scan.describe_shard(str(tar), DedupConfig().descriptor, index_side, verify="local",
                                    screen=screen)["screen"] is None
+
+
+class CountedSearch:
+    """A FAISS index that counts its searches (the real one answers them)."""
+
+    def __init__(self, index):
+        self.index, self.ntotal, self.searches = index, index.ntotal, 0
+
+    def search(self, queries, k):
+        self.searches += 1
+        return self.index.search(queries, k)
+
+
+def test_the_local_scan_searches_the_index_once_per_shard(web_sets, tmp_path):
+    # The shortlist holds each training image's best pair too: a second search for it
+    # (as the descriptor-only scan makes) would double the cost that dominates at scale.
+    cfg = DedupConfig(train=str(web_sets["train"]), against=[f"val={web_sets['val']}"], out=str(tmp_path),
+                      workers=1, progress=False)
+    cfg.verify.method = "local"
+    index, _, _ = scan.build_index(cfg, [open_set(f"val={web_sets['val']}", "against")],
+                                   scan.cached_descriptor(cfg.descriptor), tmp_path / "keypoints")
+    index.index = CountedSearch(index.index)
+    tar = sorted(web_sets["train"].glob("*.tar"))[0]
+    result = scan.describe_shard(str(tar), cfg.descriptor, index_side=False, verify="local")
+    found = scan.scan_shard(result, index, 0.92, 5, tar.name, False, cfg.verify)
+    assert index.index.searches == 1
+    expected = {name: web_sets["expected"][name] for name in web_sets["found"]}
+    assert {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in found["matches"]}.items() <= expected.items()
+    assert found["matches"]
 
 
 def lime_pixels(png: Path) -> int:

@@ -186,23 +186,14 @@ def scan_shard(result: dict, index: EvalIndex, threshold: float, near_misses: in
     """Each training image's closest evaluation image, a match at `threshold`; with the
     alignment check, the pairs from `verify.candidates` are aligned (through `align_map`,
     a thread pool's map: OpenCV releases the GIL) and the aligned score decides; with
-    local-feature verification, the shortlisted pairs are verified (local_check)."""
-    scores, who = index.best(result["vectors"], result["counts"])
-    rows = [pair_row(index, key, path, shard, score, eval_id)
-            for key, path, score, eval_id in zip(result["keys"], result["paths"], scores, who)]
-    decides, checked = threshold, 0
-    if verify.method == "align":
-        # pairs below the candidates are neither matches nor near misses worth showing
-        picked = [pos for pos, score in enumerate(scores) if score >= verify.candidates]
-        aligned = align_map(lambda pos: aligned_score(result["pixels"][pos], index.pixels[who[pos]]), picked)
-        rows = [{**rows[pos], "descriptor_score": rows[pos]["score"], "score": round(score, 5)}
-                for pos, score in zip(picked, aligned)]
-        decides, checked = verify.threshold, len(rows)
+    local-feature verification, the shortlisted pairs are verified (local_check: its
+    shortlist holds the best pair too, so the index is searched once, not twice)."""
     if verify.method == "local":
         rows, checked = local_check(result, index, verify, align_map)
         matched = [row["decided"] is not None for row in rows]
     else:
-        matched = [row["score"] >= decides for row in rows]
+        rows, checked = described_pairs(result, index, shard, verify, align_map)
+        matched = [row["score"] >= (verify.threshold if verify.method == "align" else threshold) for row in rows]
     matches = [row for row, hit in zip(rows, matched) if hit]
     near = sorted((row for row, hit in zip(rows, matched) if not hit),
                   key=lambda r: (-r.get("inliers", 0), -r["score"]))[:near_misses]
@@ -211,6 +202,23 @@ def scan_shard(result: dict, index: EvalIndex, threshold: float, near_misses: in
     if keep_keys:  # --self joins every shard's images at the end
         found.update(keys=result["keys"], paths=result["paths"])
     return found
+
+
+def described_pairs(result: dict, index: EvalIndex, shard: str, verify: VerifyConfig,
+                    align_map=map) -> tuple[list[dict], int]:
+    """Each training image's best pair by the descriptor; with the alignment check only the
+    pairs from `verify.candidates`, scored aligned, and how many were aligned."""
+    scores, who = index.best(result["vectors"], result["counts"])
+    rows = [pair_row(index, key, path, shard, score, eval_id)
+            for key, path, score, eval_id in zip(result["keys"], result["paths"], scores, who)]
+    if verify.method != "align":
+        return rows, 0
+    # pairs below the candidates are neither matches nor near misses worth showing
+    picked = [pos for pos, score in enumerate(scores) if score >= verify.candidates]
+    aligned = align_map(lambda pos: aligned_score(result["pixels"][pos], index.pixels[who[pos]]), picked)
+    rows = [{**rows[pos], "descriptor_score": rows[pos]["score"], "score": round(score, 5)}
+            for pos, score in zip(picked, aligned)]
+    return rows, len(rows)
 
 
 def pair_row(index: EvalIndex, key: str, path: str, shard: str, score: float, eval_id: int) -> dict:
