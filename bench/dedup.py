@@ -21,7 +21,9 @@ over all matches), and the shortlist + SIFT verification (`verify.method=local`,
 precision of each over all matches; the grid the verification's thresholds were chosen
 on; the share of images verified, verification cost, the scan rate against pHash
 hashing (CPU time of this one process, at 5 % copies), the verification data per
-evaluation image; FAISS query time per image against --vectors random vectors.
+evaluation image; FAISS query time per image against --vectors random vectors; one
+training image's shortlist search against --eval-images (92k) evaluation images' views
+(random vectors, flat and inverted files) and the scan's ratio to pHash with it.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from data_tools.dedup import copies, keypoints, verify, views  # noqa: E402
 from data_tools.dedup.config import VerifyConfig  # noqa: E402
 from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor  # noqa: E402
-from data_tools.dedup.search import EvalIndex, make_index
+from data_tools.dedup.search import SHORTLIST_DEPTH, EvalIndex, make_index  # noqa: E402
 from data_tools.dedup.verify import ALIGN_THRESHOLD  # noqa: E402
 
 PRECISION = 0.99
@@ -88,29 +90,28 @@ def labelled_set(folder: Path, limit: int | None = None) -> tuple[list[bytes], l
     return originals, train, families, np.asarray(truth)
 
 
-def global_scores(originals: list[bytes], train: list[bytes], k: int, shortlist: bool = False):
+def global_scores(originals: list[bytes], train: list[bytes], shortlist: int = 0):
     """What the global descriptor finds: per training image its best score and original,
-    its top-k shortlist (scores, originals), and training images/s (decode, views,
-    describe, search) in CPU time of this one process. With `shortlist`, the views of
-    local-feature verification's shortlist (views.shortlist_views, views.partial_views)."""
+    and training images/s (decode, views, describe, search) in CPU time of this one
+    process. With `shortlist` k, as local-feature verification's scan does: its views
+    (views.shortlist_views, views.partial_views) and its one search, for each training
+    image's top-k shortlist (scores, originals) instead."""
     descriptor = DCTDescriptor()
     vectors, owner = [], []
     for i, data in enumerate(originals):
-        group = views.index_views(views.decode(data), shortlist=shortlist)
+        group = views.index_views(views.decode(data), shortlist=shortlist > 0)
         vectors.append(descriptor.describe(group))
         owner += [i] * len(group)
     index = EvalIndex(descriptor, originals, np.concatenate(vectors), np.asarray(owner))
     start = time.process_time()
     queries, counts = [], []
     for data in train:  # one image's views at a time: all of them at once would not fit in memory
-        group = views.query_views(views.decode(data), partial=shortlist)
+        group = views.query_views(views.decode(data), partial=shortlist > 0)
         queries.append(descriptor.describe(group))
         counts.append(len(group))
     queries = np.concatenate(queries)
-    scores, who = index.best(queries, counts)
-    rate = len(train) / (time.process_time() - start)
-    short_scores, short_who = index.shortlist(queries, counts, k)
-    return scores, who, short_scores, short_who, rate
+    scores, who = index.shortlist(queries, counts, shortlist) if shortlist else index.best(queries, counts)
+    return scores, who, len(train) / (time.process_time() - start)
 
 
 def aligned(originals: list[bytes], train: list[bytes], scores: np.ndarray, who: np.ndarray) -> np.ndarray:
@@ -257,6 +258,51 @@ def faiss_timing(count: int, dim: int, queries: int) -> dict:
     return out
 
 
+def shortlist_search_timing(images: int, per_image: int, query_views: int, k: int, nlists=(1024, 16384),
+                            probes=(16, 32), built: int = 500_000) -> dict:
+    """CPU ms of one training image's shortlist search (`query_views` views, each for
+    search.SHORTLIST_DEPTH * `k` neighbours, as EvalIndex.shortlist asks) against
+    `images` x `per_image` views (random unit vectors), one thread. Measured on `built`
+    vectors, scaled: an IVF index scans `nprobe` cells of (vectors / nlist) each, so one
+    over a share of the vectors with that share of the cells scans as many per query;
+    its coarse search (nprobe of nlist centroids) is measured at the full nlist and
+    replaces the small one's. Flat (exact) search grows with the vectors."""
+    faiss.omp_set_num_threads(1)
+    dim, total = DCTDescriptor().dim, images * per_image
+    share = min(1.0, built / total)
+    rng = np.random.default_rng(0)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, dim), dtype=np.float32)
+        faiss.normalize_L2(x)
+        return x
+
+    x = unit(round(total * share))
+    q = x[rng.choice(len(x), 10 * query_views, replace=False)]
+    q = (q + rng.standard_normal(q.shape, dtype=np.float32) * (0.33 / np.sqrt(dim))).astype(np.float32)
+    faiss.normalize_L2(q)
+
+    def per_image_ms(index, count: int, depth: int) -> float:
+        start = time.process_time()
+        for i in range(count):
+            index.search(q[i * query_views:(i + 1) * query_views], depth)
+        return (time.process_time() - start) / count * 1e3
+
+    out = {"flat": per_image_ms(make_index(dim, "flat", 1, 1, x), 3, SHORTLIST_DEPTH * k) / share}
+    for nlist in nlists:
+        small = max(1, round(nlist * share))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, small, faiss.METRIC_INNER_PRODUCT)
+        index.train(x[:min(len(x), 64 * small)])
+        index.add(x)
+        coarse = {n: make_index(dim, "flat", 1, 1, unit(n)) for n in (small, nlist)}
+        for nprobe in probes:
+            index.nprobe = nprobe
+            ms = per_image_ms(index, 10, SHORTLIST_DEPTH * k)
+            ms += per_image_ms(coarse[nlist], 10, nprobe) - per_image_ms(coarse[small], 10, nprobe)
+            out[f"ivf nlist={nlist} nprobe={nprobe}"] = ms
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of real photographs")
@@ -268,6 +314,8 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="keep the per-image scores here (.npz)")
     parser.add_argument("--screen", type=int, default=keypoints.SCREEN_INLIERS,
                         help="the opt-in screen's inliers (verify.screen) measured beside the shipped settings")
+    parser.add_argument("--eval-images", type=int, default=92_000, help="evaluation images for the timing of "
+                        "the shortlist search at scale (their views random vectors; 0: skip)")
     args = parser.parse_args()
     if not args.folder.is_dir():
         raise SystemExit(f"{args.folder}: not a directory")
@@ -278,8 +326,8 @@ def main() -> None:
     copies_count, distractors = int((truth >= 0).sum()), int((truth < 0).sum())
     print(f"{len(originals)} evaluation originals; training side: {copies_count} copies among "
           f"{distractors} distractors (the same families applied to other photos)")
-    scores, who, _, _, rate = global_scores(originals, train, 1)
-    _, _, short_scores, short_who, short_rate = global_scores(originals, train, shipped.shortlist, shortlist=True)
+    scores, who, rate = global_scores(originals, train)
+    short_scores, short_who, short_rate = global_scores(originals, train, shipped.shortlist)
     p_scores, p_who, p_rate = phash(originals, train)
     a_scores = aligned(originals, train, scores, who)
     inliers, cover, screened, eval_s, screen_s, query_s, pair_s, pairs = local_matches(
@@ -325,6 +373,18 @@ def main() -> None:
           f"{short_rate:.0f}; with verification at 5 % copies {1 / (1 / short_rate + share * full):.0f} without "
           f"the screen, {1 / per_image:.0f} with it; pHash hashing {p_rate:.0f}; ratio "
           f"{1 / (1 / short_rate + share * full) / p_rate:.2f} without the screen, {1 / per_image / p_rate:.2f} with it")
+    if args.eval_images:
+        # The scan's search above ran against this run's few originals (flat); at the
+        # evaluation side's real size the shortlist search is a cost of its own.
+        indexed = np.mean([len(views.index_views(views.decode(d), shortlist=True)) for d in originals[:50]])
+        queried = np.mean([len(views.query_views(views.decode(d), partial=True)) for d in train[:200]])
+        found = shortlist_search_timing(args.eval_images, round(indexed), round(queried), shipped.shortlist)
+        for kind, ms in found.items():
+            print(f"shortlist search at {args.eval_images} evaluation images x {indexed:.0f} views, {kind}: "
+                  f"{ms:.1f} ms CPU per training image ({queried:.0f} query views, "
+                  f"{SHORTLIST_DEPTH * shipped.shortlist} neighbours each, one thread); the scan with it: "
+                  f"ratio to pHash {1 / (1 / short_rate + share * full + ms / 1e3) / p_rate:.3f} without the "
+                  f"screen, {1 / (per_image + ms / 1e3) / p_rate:.3f} with it")
     per = keypoints.KeypointStore.bytes_per_image()
     print(f"verification data per evaluation image: {per} bytes on disk (memory-mapped); at 92k images "
           f"{per * 92_000 / 2**30:.2f} GiB")
