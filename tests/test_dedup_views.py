@@ -179,6 +179,15 @@ def test_boxed_regions_find_photos_pasted_into_a_textured_backdrop():
     assert found == 20
 
 
+def test_boxed_regions_put_a_box_on_the_step_itself_not_a_line_before_it():
+    # A step is widened a line either way, so the lines beside it have as long a run; the
+    # first of them was taken, and boxes sat a pixel up and left of the pasted photo.
+    canvas = busy(2, 320, 240)
+    canvas.paste(busy(1, 150, 112), (97, 61))
+    assert any(box[:2] == (97, 61) and np.abs(np.subtract(box[2:], (247, 173))).max() <= 1
+               for box in views.boxed_regions(canvas))
+
+
 def test_boxed_regions_find_a_wide_photo_pasted_into_a_tall_one():
     # At 60 % of a portrait backdrop's width, a landscape photo spans a fifth of its
     # height: a box had to span 30 % of each side, so it was never a candidate.
