@@ -152,6 +152,7 @@ EDGE_RADIUS = 2    # an edge pixel's step is the largest of the lines this far e
 EDGE_LINES = 12     # candidate edge lines per axis, besides the image's own edges
 BOX_SIDE = 0.3      # a box spans at least this share of the image's shorter side, both ways
 BOX_SOLID = 0.45    # share of each inner side of a box that must be edge pixels
+BOX_MAJOR = 0.45   # and at least this share of the image's width or of its height
 BORDER_SOLID = 0.8  # what a side on the image's own edge counts as, in a box's outline
 BOXES = 10         # boxes kept, the most solid outline first
 
@@ -170,7 +171,9 @@ def boxed_regions(im: Image.Image) -> list[tuple[int, int, int, int]]:
     cols, col_lines = _edge_lines(g, 1)
     # Line p is the step after pixel p; -1 and the last pixel stand for the image's edges.
     # Of the shorter side: a wide photo pasted at 60 % of a tall backdrop's width spans
-    # less than a third of its height.
+    # less than a third of its height. But it spans BOX_MAJOR of the width or of the
+    # height: smaller boxes are mostly parts of the copy's own scene, and they scored
+    # unrelated originals above the real one (copies cut to half left the shortlist).
     x0, x1 = _spans([-1] + col_lines + [w - 1], BOX_SIDE * min(w, h))
     y0, y1 = _spans([-1] + row_lines + [h - 1], BOX_SIDE * min(w, h))
     # Solid share of every (line, span) from cumulative sums: [line, span] for each side.
@@ -185,7 +188,7 @@ def boxed_regions(im: Image.Image) -> list[tuple[int, int, int, int]]:
     width, height = np.meshgrid(x1 - x0, y1 - y0, indexing="ij")
     solid = ((np.where(np.isfinite(sides), sides, BORDER_SOLID) * np.stack([width, width, height, height])).sum(0)
              / (2 * (width + height)))
-    solid[(inner < 2) | (weakest < BOX_SOLID)] = -1
+    solid[(inner < 2) | (weakest < BOX_SOLID) | ((width < BOX_MAJOR * w) & (height < BOX_MAJOR * h))] = -1
     order = np.argsort(-solid, axis=None, kind="stable")[:BOXES]
     picked = [np.unravel_index(k, solid.shape) for k in order if solid.flat[k] >= 0]
     return [(int(x0[i]) + 1, int(y0[j]) + 1, int(x1[i]) + 1, int(y1[j]) + 1) for i, j in picked]
