@@ -13,10 +13,11 @@ from data_tools.dedup import copies, views
 
 TRAIN_PER_CELL = 39  # FAISS warns below this many k-means training points per IVF cell
 SHORTLIST_DEPTH = 32  # views searched per shortlisted image
-# search.index=auto: exact search up to this many views (about 40 evaluation images). An
-# inverted file is as cheap per training image from about 2k views and 3x cheaper at 4k
-# (docs/benchmarks.md, "Web copies: the search at 92k").
-FLAT_UP_TO = 4_096
+# search.index=auto: exact search up to this many views (about 170 evaluation images).
+# Searched as the scan does, a shard's queries at once, exact search is cheaper per
+# training image below about 16k views, an inverted file above (2x at 65k, 4x at 262k:
+# docs/benchmarks.md, "Web copies: the search at 92k").
+FLAT_UP_TO = 16_384
 PROBES = 16  # cells an automatic inverted file scans per query
 
 
