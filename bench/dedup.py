@@ -1,6 +1,7 @@
 """Benchmark the near-duplicate filter on the copies the web makes, against pHash.
 
     python bench/dedup.py /work/shared/photos [--limit 120] [--save scores.npz]
+        [--index auto|flat|ivf] [--nlist N] [--nprobe M]
 
 From a folder of real photographs (none ship with the project): every other photo (sorted
 by name) is an evaluation original; the training side holds, for each original, its copy
@@ -17,13 +18,16 @@ Prints, per family, the recall at the shipped settings of: `dct` alone
 (`verify.method=off`), `dct` + the alignment check (`verify.method=align`), pHash
 (imagehash, 64 bits, one hash per original, at its best threshold with precision >= 0.99
 over all matches), and the shortlist + SIFT verification (`verify.method=local`, what
-`wsl data dedup` runs by default); the
-precision of each over all matches; the grid the verification's thresholds were chosen
-on; the share of images verified, verification cost, the scan rate against pHash
+`wsl data dedup` runs by default); the precision of each over all matches; per family,
+the share of copies whose original is in the shortlist with the index `--index` builds
+(search.index_plan; `auto`, the default, is exact search up to search.FLAT_UP_TO views)
+beside exact search's; the grid the verification's thresholds were chosen on; the share of images verified, verification cost, the scan rate against pHash
 hashing (CPU time of this one process, at 5 % copies), the verification data per
 evaluation image; FAISS query time per image against --vectors random vectors; one
 training image's shortlist search against --eval-images (92k) evaluation images' views
-(random vectors, flat and inverted files) and the scan's ratio to pHash with it.
+(random vectors, 100 training images per search as the scan searches a shard; flat,
+inverted files, and the one search.index=auto builds there) and the scan's ratio to
+pHash with it.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ sys.path.insert(0, str(REPO))
 from data_tools.dedup import copies, keypoints, verify, views  # noqa: E402
 from data_tools.dedup.config import VerifyConfig  # noqa: E402
 from data_tools.dedup.descriptors import DCT_THRESHOLD, DCTDescriptor  # noqa: E402
-from data_tools.dedup.search import SHORTLIST_DEPTH, EvalIndex, make_index  # noqa: E402
+from data_tools.dedup.search import SHORTLIST_DEPTH, EvalIndex, index_plan, make_index  # noqa: E402
 from data_tools.dedup.verify import ALIGN_THRESHOLD  # noqa: E402
 
 PRECISION = 0.99
@@ -90,19 +94,21 @@ def labelled_set(folder: Path, limit: int | None = None) -> tuple[list[bytes], l
     return originals, train, families, np.asarray(truth)
 
 
-def global_scores(originals: list[bytes], train: list[bytes], shortlist: int = 0):
+def global_scores(originals: list[bytes], train: list[bytes], shortlist: int = 0,
+                  searches=(("flat", None, None),)):
     """What the global descriptor finds: per training image its best score and original,
-    and training images/s (decode, views, describe, search) in CPU time of this one
-    process. With `shortlist` k, as local-feature verification's scan does: its views
+    and training images/s (decode, views, describe, the first search) in CPU time of this
+    one process. With `shortlist` k, as local-feature verification's scan does: its views
     (views.shortlist_views, views.partial_views) and its one search, for each training
-    image's top-k shortlist (scores, originals) instead."""
+    image's top-k shortlist (scores, originals) instead. One (scores, originals) per
+    index of `searches` (search.index, nlist, nprobe), all on the same query views."""
     descriptor = DCTDescriptor()
     vectors, owner = [], []
     for i, data in enumerate(originals):
         group = views.index_views(views.decode(data), shortlist=shortlist > 0)
         vectors.append(descriptor.describe(group))
         owner += [i] * len(group)
-    index = EvalIndex(descriptor, originals, np.concatenate(vectors), np.asarray(owner))
+    indexes = [EvalIndex(descriptor, originals, np.concatenate(vectors), np.asarray(owner), *s) for s in searches]
     start = time.process_time()
     queries, counts = [], []
     for data in train:  # one image's views at a time: all of them at once would not fit in memory
@@ -110,8 +116,17 @@ def global_scores(originals: list[bytes], train: list[bytes], shortlist: int = 0
         queries.append(descriptor.describe(group))
         counts.append(len(group))
     queries = np.concatenate(queries)
-    scores, who = index.shortlist(queries, counts, shortlist) if shortlist else index.best(queries, counts)
-    return scores, who, len(train) / (time.process_time() - start)
+    found, rate = [], 0.0
+    for index in indexes:
+        found.append(index.shortlist(queries, counts, shortlist) if shortlist else index.best(queries, counts))
+        rate = rate or len(train) / (time.process_time() - start)
+    return found, rate, [index.plan for index in indexes]
+
+
+def in_shortlist(short_who: np.ndarray, truth: np.ndarray, families: np.ndarray, family: str) -> float:
+    """The share of the family's copies whose original is among their shortlisted images."""
+    mine = (families == family) & (truth >= 0)
+    return float((short_who[mine] == truth[mine, None]).any(axis=1).mean())
 
 
 def aligned(originals: list[bytes], train: list[bytes], scores: np.ndarray, who: np.ndarray) -> np.ndarray:
@@ -259,14 +274,16 @@ def faiss_timing(count: int, dim: int, queries: int) -> dict:
 
 
 def shortlist_search_timing(images: int, per_image: int, query_views: int, k: int, nlists=(1024, 16384),
-                            probes=(16, 32), built: int = 500_000) -> dict:
+                            probes=(16, 32), built: int = 500_000, batch: int = 100) -> dict:
     """CPU ms of one training image's shortlist search (`query_views` views, each for
     search.SHORTLIST_DEPTH * `k` neighbours, as EvalIndex.shortlist asks) against
-    `images` x `per_image` views (random unit vectors), one thread. Measured on `built`
-    vectors, scaled: an IVF index scans `nprobe` cells of (vectors / nlist) each, so one
-    over a share of the vectors with that share of the cells scans as many per query;
-    its coarse search (nprobe of nlist centroids) is measured at the full nlist and
-    replaces the small one's. Flat (exact) search grows with the vectors."""
+    `images` x `per_image` views (random unit vectors), one thread, `batch` training
+    images per search as the scan searches a shard's at once (FAISS's coarse search is a
+    matrix product from a few thousand queries on). Measured on `built` vectors, scaled:
+    an IVF index scans `nprobe` cells of (vectors / nlist) each, so one over a share of
+    the vectors with that share of the cells scans as many per query; its coarse search
+    (nprobe of nlist centroids) is measured at the full nlist and replaces the small
+    one's. Flat (exact) search grows with the vectors."""
     faiss.omp_set_num_threads(1)
     dim, total = DCTDescriptor().dim, images * per_image
     share = min(1.0, built / total)
@@ -278,27 +295,26 @@ def shortlist_search_timing(images: int, per_image: int, query_views: int, k: in
         return x
 
     x = unit(round(total * share))
-    q = x[rng.choice(len(x), 10 * query_views, replace=False)]
+    q = x[rng.choice(len(x), batch * query_views, replace=False)]
     q = (q + rng.standard_normal(q.shape, dtype=np.float32) * (0.33 / np.sqrt(dim))).astype(np.float32)
     faiss.normalize_L2(q)
 
     def per_image_ms(index, count: int, depth: int) -> float:
         start = time.process_time()
-        for i in range(count):
-            index.search(q[i * query_views:(i + 1) * query_views], depth)
+        index.search(q[:count * query_views], depth)
         return (time.process_time() - start) / count * 1e3
 
-    out = {"flat": per_image_ms(make_index(dim, "flat", 1, 1, x), 3, SHORTLIST_DEPTH * k) / share}
+    out = {"flat": per_image_ms(make_index(dim, "flat", None, None, x), batch, SHORTLIST_DEPTH * k) / share}
     for nlist in nlists:
         small = max(1, round(nlist * share))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, small, faiss.METRIC_INNER_PRODUCT)
         index.train(x[:min(len(x), 64 * small)])
         index.add(x)
-        coarse = {n: make_index(dim, "flat", 1, 1, unit(n)) for n in (small, nlist)}
+        coarse = {n: make_index(dim, "flat", None, None, unit(n)) for n in (small, nlist)}
         for nprobe in probes:
             index.nprobe = nprobe
-            ms = per_image_ms(index, 10, SHORTLIST_DEPTH * k)
-            ms += per_image_ms(coarse[nlist], 10, nprobe) - per_image_ms(coarse[small], 10, nprobe)
+            ms = per_image_ms(index, batch, SHORTLIST_DEPTH * k)
+            ms += per_image_ms(coarse[nlist], batch, nprobe) - per_image_ms(coarse[small], batch, nprobe)
             out[f"ivf nlist={nlist} nprobe={nprobe}"] = ms
     return out
 
@@ -314,6 +330,10 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="keep the per-image scores here (.npz)")
     parser.add_argument("--screen", type=int, default=keypoints.SCREEN_INLIERS,
                         help="the opt-in screen's inliers (verify.screen) measured beside the shipped settings")
+    parser.add_argument("--index", choices=("auto", "flat", "ivf"), default="auto",
+                        help="search.index of the shortlist's search (its recall is printed beside exact search's)")
+    parser.add_argument("--nlist", type=int, help="search.nlist (default: derived, search.index_plan)")
+    parser.add_argument("--nprobe", type=int, help="search.nprobe (default: search.PROBES)")
     parser.add_argument("--eval-images", type=int, default=92_000, help="evaluation images for the timing of "
                         "the shortlist search at scale (their views random vectors; 0: skip)")
     args = parser.parse_args()
@@ -326,8 +346,16 @@ def main() -> None:
     copies_count, distractors = int((truth >= 0).sum()), int((truth < 0).sum())
     print(f"{len(originals)} evaluation originals; training side: {copies_count} copies among "
           f"{distractors} distractors (the same families applied to other photos)")
-    scores, who, rate = global_scores(originals, train)
-    short_scores, short_who, short_rate = global_scores(originals, train, shipped.shortlist)
+    ((scores, who),), rate, _ = global_scores(originals, train)
+    search = (args.index, args.nlist, args.nprobe)
+    found, short_rate, plans = global_scores(originals, train, shipped.shortlist, (search, ("flat", None, None)))
+    (short_scores, short_who), (_, flat_who) = found
+    plan = "{} nlist={} nprobe={}".format(*plans[0]) if plans[0][0] == "ivf" else plans[0][0]
+    print(f"\nshortlist search: search.index={args.index} builds {plan} over {len(originals)} originals' views")
+    print(f"| family | original in the shortlist, {plan} | exact (flat) |\n|---|---|---|")
+    for family in copies.FAMILIES:
+        print(f"| {family} | {in_shortlist(short_who, truth, families, family):.4f} | "
+              f"{in_shortlist(flat_who, truth, families, family):.4f} |")
     p_scores, p_who, p_rate = phash(originals, train)
     a_scores = aligned(originals, train, scores, who)
     inliers, cover, screened, eval_s, screen_s, query_s, pair_s, pairs = local_matches(
@@ -378,8 +406,12 @@ def main() -> None:
         # evaluation side's real size the shortlist search is a cost of its own.
         indexed = np.mean([len(views.index_views(views.decode(d), shortlist=True)) for d in originals[:50]])
         queried = np.mean([len(views.query_views(views.decode(d), partial=True)) for d in train[:200]])
-        found = shortlist_search_timing(args.eval_images, round(indexed), round(queried), shipped.shortlist)
+        default = "ivf nlist={1} nprobe={2}".format(*index_plan(args.eval_images * round(indexed), "auto", None, None))
+        nlist, nprobe = (int(word.split("=")[1]) for word in default.split()[1:])
+        found = shortlist_search_timing(args.eval_images, round(indexed), round(queried), shipped.shortlist,
+                                        nlists=sorted({1024, nlist}), probes=sorted({nprobe, 32}))
         for kind, ms in found.items():
+            kind += " (the default: search.index=auto)" if kind == default else ""
             print(f"shortlist search at {args.eval_images} evaluation images x {indexed:.0f} views, {kind}: "
                   f"{ms:.1f} ms CPU per training image ({queried:.0f} query views, "
                   f"{SHORTLIST_DEPTH * shipped.shortlist} neighbours each, one thread); the scan with it: "

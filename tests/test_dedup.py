@@ -11,7 +11,7 @@ import pytest
 from helpers import build_shards, photo
 from PIL import Image
 
-from data_tools.dedup import copies
+from data_tools.dedup import copies, search
 from data_tools.format import shards
 from data_tools.format.verify import verify
 from launch.cli import main
@@ -177,6 +177,8 @@ def test_self_dedup_keeps_one_per_component(tmp_path, sets):
     (["--against", "VAL", "threshold=2"], "threshold"),
     (["--against", "VAL", "calibration.images=0"], "calibration.images"),
     (["--against", "VAL", "search.nprobe=0"], "search.nprobe"),
+    (["--against", "VAL", "search.nlist=0"], "search.nlist"),
+    (["--against", "VAL", "search.index=hnsw"], "search.index"),
     (["--against", "VAL", "descriptor.block=64"], "descriptor.block"),
     (["--against", "VAL", "descriptor.name=learned"], "descriptor.checkpoint"),
     (["--against", "VAL", "descriptor.name=learned", "descriptor.checkpoint=/nonexistent.pt"], "not found"),
@@ -372,6 +374,22 @@ def test_an_out_begun_before_verify_method_resumes_with_the_same_method(sets, tm
     assert "another dedup run (other verify)" in capsys.readouterr().err
     assert dedup(*common, "verify.method=off") == 0
     assert (out / "matches.jsonl").read_text() == first
+
+
+def test_the_run_records_the_index_it_built(sets, one_run):
+    facts = json.loads((one_run / ".dedup" / "calibration.json").read_text())
+    assert facts["index"]["kind"] == "flat" and facts["index"]["views"] <= search.FLAT_UP_TO
+
+
+def test_an_inverted_file_run_finds_the_copies(sets, tmp_path):
+    """search.index=ivf on a set far below search.FLAT_UP_TO: the derived nlist and nprobe hold
+    and find what exact search finds."""
+    out = tmp_path / "out"
+    assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
+                 "search.index=ivf", "search.nprobe=2") == 0
+    facts = json.loads((out / ".dedup" / "calibration.json").read_text())
+    assert facts["index"]["kind"] == "ivf" and facts["index"]["nprobe"] == 2
+    assert {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(out)} == sets["expected"]
 
 
 def test_frame_is_cut_back_to_the_image():

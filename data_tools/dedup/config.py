@@ -24,9 +24,9 @@ class DescriptorConfig:
 
 @dataclass
 class SearchConfig:
-    index: Literal["flat", "ivf"] = "flat"         # flat: exact; ivf: sub-ms queries at millions of views
-    nlist: int = bounded(1024, lo=1)
-    nprobe: int = bounded(32, lo=1)
+    index: Literal["auto", "flat", "ivf"] = "auto" # auto: flat up to search.FLAT_UP_TO views, else ivf
+    nlist: int | None = bounded(None, lo=1)        # ivf cells; None: about 4*sqrt(views) (search.index_plan)
+    nprobe: int | None = bounded(None, lo=1)       # ivf cells scanned per query; None: search.PROBES
     self_k: int = bounded(10, lo=2, hi=1000)       # --self: neighbours per training image
 
 

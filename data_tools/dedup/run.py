@@ -53,7 +53,8 @@ def run(cfg: DedupConfig, read_backbone=None) -> dict | None:
         index, thumbnails, against_bad = build_index(cfg, sets, descriptor, state / f"keypoints.part{mine}")
         threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)
         facts = {"threshold": threshold, "calibration": calibration, "against_bad": against_bad,
-                 "index": {"kind": cfg.search.index, "images": len(index.images), "views": int(index.index.ntotal)},
+                 "index": {**dict(zip(("kind", "nlist", "nprobe"), index.plan)), "images": len(index.images),
+                           "views": int(index.index.ntotal)},
                  "timings": {"index_s": round(time.time() - started, 2)}}
         shards.write_json(saved, facts)
         scan_started = time.time()

@@ -2,6 +2,7 @@
 calibration of a descriptor's threshold on synthetic copies of the run's own images."""
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -12,6 +13,12 @@ from data_tools.dedup import copies, views
 
 TRAIN_PER_CELL = 39  # FAISS warns below this many k-means training points per IVF cell
 SHORTLIST_DEPTH = 32  # views searched per shortlisted image
+# search.index=auto: exact search up to this many views (about 170 evaluation images).
+# Searched as the scan does, a shard's queries at once, exact search is cheaper per
+# training image below about 16k views, an inverted file above (2x at 65k, 4x at 262k:
+# docs/benchmarks.md, "Web copies: the search at 92k").
+FLAT_UP_TO = 16_384
+PROBES = 16  # cells an automatic inverted file scans per query
 
 
 @dataclass
@@ -22,11 +29,32 @@ class EvalImage:
     shard: str
 
 
-def make_index(dim: int, kind: str, nlist: int, nprobe: int, vectors: np.ndarray):
+def index_plan(vectors: int, kind: str, nlist: int | None, nprobe: int | None) -> tuple[str, int, int]:
+    """(kind, nlist, nprobe) of the index over `vectors` views. `auto`: exact search up to
+    FLAT_UP_TO views, else an inverted file. A derived nlist is the power of two nearest
+    4 * sqrt(vectors) with TRAIN_PER_CELL training points per cell: with PROBES cells
+    scanned, the centroids and the scanned cells' views then cost about the same per
+    query (sqrt(PROBES * vectors) minimises their sum). A given nlist or nprobe wins; an
+    inverted file with too few views for its cells is exact search."""
+    if kind == "auto":
+        kind = "flat" if vectors <= FLAT_UP_TO else "ivf"
+    if nlist is None:
+        fits = max(1, vectors // TRAIN_PER_CELL)
+        nlist = min(2 ** round(math.log2(4 * math.sqrt(max(1, vectors)))), 2 ** int(math.log2(fits)))
+    if nprobe is None:
+        nprobe = min(PROBES, nlist)
+    if kind == "ivf" and vectors < TRAIN_PER_CELL * nlist:
+        kind = "flat"
+    return kind, nlist, nprobe
+
+
+def make_index(dim: int, kind: str, nlist: int | None, nprobe: int | None, vectors: np.ndarray):
     """Exact inner-product search (`flat`), or an inverted file (`ivf`) that scans
-    `nprobe` of `nlist` cells: sub-millisecond queries against millions of views. A GPU
-    index when faiss was built with GPU support and a GPU is present."""
-    if kind == "ivf" and len(vectors) >= TRAIN_PER_CELL * nlist:
+    `nprobe` of `nlist` cells: milliseconds per query against millions of views; `auto`
+    and unset nlist/nprobe as index_plan decides. A GPU index when faiss was built with
+    GPU support and a GPU is present."""
+    kind, nlist, nprobe = index_plan(len(vectors), kind, nlist, nprobe)
+    if kind == "ivf":
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         # k-means on a fixed sample: as good cells as on all vectors, at a fraction of the time.
         sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)
@@ -44,15 +72,16 @@ class EvalIndex:
     """Views of the evaluation images; `owner[row]` is the image a view belongs to."""
 
     def __init__(self, descriptor, images: list[EvalImage], vectors: np.ndarray, owner: np.ndarray,
-                 kind: str = "flat", nlist: int = 1024, nprobe: int = 32, pixels: list | None = None,
-                 keypoints=None):
+                 kind: str = "flat", nlist: int | None = None, nprobe: int | None = None,
+                 pixels: list | None = None, keypoints=None):
         self.descriptor = descriptor
         self.images = images
         self.owner = owner
         self.pixels = pixels  # per image, its framings for the alignment check (verify.pixels)
         self.keypoints = keypoints  # a keypoints.KeypointStore for local-feature verification
         self.views_per_image = int(np.bincount(owner).max()) if len(owner) else 0
-        self.index = make_index(vectors.shape[1], kind, nlist, nprobe, vectors)
+        self.plan = index_plan(len(vectors), kind, nlist, nprobe)  # (kind, nlist, nprobe) built
+        self.index = make_index(vectors.shape[1], *self.plan, vectors)
 
     def best(self, queries: np.ndarray, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per training image (its `counts[i]` query views in a row), the best score and the
