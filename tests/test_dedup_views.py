@@ -203,3 +203,22 @@ def test_a_grey_captioned_copy_cut_between_the_corner_crops_is_shortlisted():
     originals = [busy(seed) for seed in range(10, 40)]
     ranks = shortlist_ranks(originals, {i: copies.web_copy("combination", im, i) for i, im in enumerate(originals)})
     assert sum(rank < 0 for rank in ranks) <= 1, ranks
+
+
+def test_the_shortlist_keeps_places_for_the_training_images_own_view():
+    # Boxes cut from a copy's own scene (the combination family: flipped, cut to half,
+    # grey, captioned) can score unrelated originals above the real one, which the copy's
+    # whole view still ranks first: eight views of others at 0.9 and up crowded it out.
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((12, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = EvalIndex(DCTDescriptor(), list(range(12)), vectors, np.arange(12))
+    near = [0.95 * vectors[i] + 0.3 * vectors[11] for i in range(8)]   # boxes close to others
+    whole = 0.75 * vectors[11] + 0.66 * vectors[10]                    # the copy: original 11 first
+    queries = np.stack(near + [whole]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores, who = index.shortlist(queries, [len(queries)], 8)
+    assert 11 in who[0]
+    assert list(scores[0]) == sorted(scores[0], reverse=True)
+    closest = np.diag(queries[:8] @ vectors[:8].T)
+    assert set(who[0]) - {11} == set(np.argsort(-closest)[:7].tolist())   # the best of the rest fill it
