@@ -123,7 +123,28 @@ def test_reused_out_with_other_settings_refused(sets, one_run, capsys):
     code = dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(one_run),
                  "threshold=0.5")
     assert code == 2
-    assert "another dedup run" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another dedup run, begun with threshold=null; give those to resume it" in err[0]
+    other = sets["root"] / "other_train"
+    shutil.copytree(sets["val"], other)   # another training set: no setting resumes the run
+    assert dedup("--train", str(other), "--against", f"val={sets['val']}", "--out", str(one_run)) == 2
+    assert "another dedup run (other train set); choose an empty --out directory" in capsys.readouterr().err
+
+
+def test_an_out_begun_with_the_old_search_defaults_says_how_to_resume(sets, tmp_path, capsys):
+    # Before search.index=auto, a run recorded flat, nlist 1024, nprobe 32: the message
+    # gives the overrides that resume it, and with them it does.
+    out = tmp_path / "out"
+    common = ["--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out)]
+    old = ["search.index=flat", "search.nlist=1024", "search.nprobe=32"]
+    assert dedup(*common, *old) == 0
+    first = (out / "matches.jsonl").read_text()
+    max((out / ".dedup" / "shards").glob("*.json")).unlink()   # as if stopped before its last shard
+    assert dedup(*common) == 2
+    err = capsys.readouterr().err
+    assert "begun with search.index=flat search.nlist=1024 search.nprobe=32; give those to resume it" in err
+    assert dedup(*common, *old) == 0
+    assert (out / "matches.jsonl").read_text() == first
 
 
 def corrupt_copy(train: Path, dest: Path) -> str:
@@ -371,7 +392,7 @@ def test_an_out_begun_before_verify_method_resumes_with_the_same_method(sets, tm
     shards.write_json(out / ".dedup" / "settings.json", settings)
     max((out / ".dedup" / "shards").glob("*.json")).unlink()   # as if stopped before its last shard
     assert dedup(*common) == 2
-    assert "another dedup run (other verify)" in capsys.readouterr().err
+    assert "another dedup run, begun with verify.method=off" in capsys.readouterr().err
     assert dedup(*common, "verify.method=off") == 0
     assert (out / "matches.jsonl").read_text() == first
 

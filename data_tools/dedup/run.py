@@ -108,12 +108,31 @@ def check_settings(state: Path, wanted: dict) -> None:
     if path.is_file():
         recorded = recorded_settings(path)
         if recorded != wanted:
-            differ = ", ".join(k for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k))
-            raise ValueError(f"{state.parent} holds results of another dedup run (other {differ}); "
-                             "choose an empty --out directory")
+            data = [k for k in ("train", "against") if recorded.get(k) != wanted.get(k)]
+            keys = _begun_with({k: v for k, v in recorded.items() if k not in data},
+                               {k: v for k, v in wanted.items() if k not in data})
+            if data:  # other shards: no setting resumes it
+                raise ValueError(f"{state.parent} holds results of another dedup run (other {' and '.join(data)} "
+                                 "set); choose an empty --out directory")
+            raise ValueError(f"{state.parent} holds results of another dedup run, begun with {' '.join(keys)}; "
+                             "give those to resume it, or choose an empty --out directory")
         return
     state.mkdir(parents=True, exist_ok=True)
     shards.write_json(path, wanted)
+
+
+def _begun_with(recorded: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """The dotted overrides (KEY=VALUE) that make `wanted` the `recorded` settings."""
+    out = []
+    for key in {**recorded, **wanted}:
+        was, now = recorded.get(key), wanted.get(key)
+        if was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict):
+            out += _begun_with(was, now, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={was if isinstance(was, str) else json.dumps(was)}")  # as YAML reads it
+    return out
 
 
 def recorded_settings(path: Path) -> dict:

@@ -19,7 +19,7 @@ SHORTLIST_DEPTH = 32  # views searched per shortlisted image
 # docs/benchmarks.md, "Web copies: the search at 92k").
 FLAT_UP_TO = 16_384
 PROBES = 16  # cells an automatic inverted file scans per query
-OWN_SLOTS = 1         # shortlist places kept for the closest images of a training image's own view
+OWN_SLOTS = 1  # shortlist places kept for the closest images of a training image's own view
 
 
 @dataclass
