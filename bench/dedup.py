@@ -66,13 +66,51 @@ def jpeg_bytes(im: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def photos_in(folder: Path) -> list[Path]:
+    """The folder's photographs, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+def unit_vectors(rng, n: int, dim: int) -> np.ndarray:
+    """n random unit vectors: stand-ins for descriptors where only the search's cost counts."""
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    faiss.normalize_L2(x)
+    return x
+
+
+def plan_name(plan: tuple[str, int, int]) -> str:
+    """An index as search.index_plan gives it: "flat" or "ivf nlist=N nprobe=M"."""
+    kind, nlist, nprobe = plan
+    return kind if kind == "flat" else f"{kind} nlist={nlist} nprobe={nprobe}"
+
+
+def index_vectors(descriptor, originals: list[bytes], shortlist: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation images' views as the scan indexes them, and each view's image."""
+    vectors, owner = [], []
+    for i, data in enumerate(originals):
+        group = views.index_views(views.decode(data), shortlist=shortlist)
+        vectors.append(descriptor.describe(group))
+        owner += [i] * len(group)
+    return np.concatenate(vectors), np.asarray(owner)
+
+
+def query_vectors(descriptor, train: list[bytes], partial: bool = True) -> tuple[np.ndarray, list[int]]:
+    """The training images' query views as the scan describes them, and how many each has."""
+    queries, counts = [], []
+    for data in train:  # one image's views at a time: all of them at once would not fit in memory
+        group = views.query_views(views.decode(data), partial=partial)
+        queries.append(descriptor.describe(group))
+        counts.append(len(group))
+    return np.concatenate(queries), counts
+
+
 def labelled_set(folder: Path, limit: int | None = None) -> tuple[list[bytes], list[bytes], list[str], np.ndarray]:
     """(eval originals, training images, each training image's family, its original or -1).
     Every other photo is an original; each original and each other photo goes through
     every family of copies.FAMILIES (the paste family into one of the other photos,
     never an original), so the edits themselves are among the distractors. `limit`: the
     first that many photos only (a quick run while iterating)."""
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]
+    photos = photos_in(folder)[:limit]
     if len(photos) < 4:
         raise SystemExit(f"{folder}: need at least 4 photos, found {len(photos)}")
     loaded = [Image.open(path).convert("RGB") for path in tqdm(photos, desc="read photos", unit="photo")]
@@ -103,19 +141,10 @@ def global_scores(originals: list[bytes], train: list[bytes], shortlist: int = 0
     image's top-k shortlist (scores, originals) instead. One (scores, originals) per
     index of `searches` (search.index, nlist, nprobe), all on the same query views."""
     descriptor = DCTDescriptor()
-    vectors, owner = [], []
-    for i, data in enumerate(originals):
-        group = views.index_views(views.decode(data), shortlist=shortlist > 0)
-        vectors.append(descriptor.describe(group))
-        owner += [i] * len(group)
-    indexes = [EvalIndex(descriptor, originals, np.concatenate(vectors), np.asarray(owner), *s) for s in searches]
+    vectors, owner = index_vectors(descriptor, originals, shortlist > 0)
+    indexes = [EvalIndex(descriptor, originals, vectors, owner, *s) for s in searches]
     start = time.process_time()
-    queries, counts = [], []
-    for data in train:  # one image's views at a time: all of them at once would not fit in memory
-        group = views.query_views(views.decode(data), partial=shortlist > 0)
-        queries.append(descriptor.describe(group))
-        counts.append(len(group))
-    queries = np.concatenate(queries)
+    queries, counts = query_vectors(descriptor, train, shortlist > 0)
     found, rate = [], 0.0
     for index in indexes:
         found.append(index.shortlist(queries, counts, shortlist) if shortlist else index.best(queries, counts))
@@ -252,8 +281,7 @@ def best_threshold(scores, who, truth) -> float:
 def faiss_timing(count: int, dim: int, queries: int) -> dict:
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((count, dim), dtype=np.float32)
-    faiss.normalize_L2(x)
+    x = unit_vectors(rng, count, dim)
     # Near-duplicate queries: indexed vectors plus noise (cosine about 0.95).
     picked = rng.choice(count, queries, replace=False)
     q = (x[picked] + rng.standard_normal((queries, dim), dtype=np.float32) * (0.33 / np.sqrt(dim))).astype(np.float32)
@@ -288,13 +316,7 @@ def shortlist_search_timing(images: int, per_image: int, query_views: int, k: in
     dim, total = DCTDescriptor().dim, images * per_image
     share = min(1.0, built / total)
     rng = np.random.default_rng(0)
-
-    def unit(n: int) -> np.ndarray:
-        x = rng.standard_normal((n, dim), dtype=np.float32)
-        faiss.normalize_L2(x)
-        return x
-
-    x = unit(round(total * share))
+    x = unit_vectors(rng, round(total * share), dim)
     q = x[rng.choice(len(x), batch * query_views, replace=False)]
     q = (q + rng.standard_normal(q.shape, dtype=np.float32) * (0.33 / np.sqrt(dim))).astype(np.float32)
     faiss.normalize_L2(q)
@@ -310,7 +332,7 @@ def shortlist_search_timing(images: int, per_image: int, query_views: int, k: in
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, small, faiss.METRIC_INNER_PRODUCT)
         index.train(x[:min(len(x), 64 * small)])
         index.add(x)
-        coarse = {n: make_index(dim, "flat", None, None, unit(n)) for n in (small, nlist)}
+        coarse = {n: make_index(dim, "flat", None, None, unit_vectors(rng, n, dim)) for n in (small, nlist)}
         for nprobe in probes:
             index.nprobe = nprobe
             ms = per_image_ms(index, batch, SHORTLIST_DEPTH * k)
@@ -350,7 +372,7 @@ def main() -> None:
     search = (args.index, args.nlist, args.nprobe)
     found, short_rate, plans = global_scores(originals, train, shipped.shortlist, (search, ("flat", None, None)))
     (short_scores, short_who), (_, flat_who) = found
-    plan = "{} nlist={} nprobe={}".format(*plans[0]) if plans[0][0] == "ivf" else plans[0][0]
+    plan = plan_name(plans[0])
     print(f"\nshortlist search: search.index={args.index} builds {plan} over {len(originals)} originals' views")
     print(f"| family | original in the shortlist, {plan} | exact (flat) |\n|---|---|---|")
     for family in copies.FAMILIES:
@@ -402,12 +424,13 @@ def main() -> None:
           f"the screen, {1 / per_image:.0f} with it; pHash hashing {p_rate:.0f}; ratio "
           f"{1 / (1 / short_rate + share * full) / p_rate:.2f} without the screen, {1 / per_image / p_rate:.2f} with it")
     if args.eval_images:
-        # The scan's search above ran against this run's few originals (flat); at the
+        # The scan's search above ran against this run's few hundred originals; at the
         # evaluation side's real size the shortlist search is a cost of its own.
         indexed = np.mean([len(views.index_views(views.decode(d), shortlist=True)) for d in originals[:50]])
         queried = np.mean([len(views.query_views(views.decode(d), partial=True)) for d in train[:200]])
-        default = "ivf nlist={1} nprobe={2}".format(*index_plan(args.eval_images * round(indexed), "auto", None, None))
-        nlist, nprobe = (int(word.split("=")[1]) for word in default.split()[1:])
+        plan = index_plan(args.eval_images * round(indexed), "auto", None, None)
+        _, nlist, nprobe = plan
+        default = plan_name(plan)
         found = shortlist_search_timing(args.eval_images, round(indexed), round(queried), shipped.shortlist,
                                         nlists=sorted({1024, nlist}), probes=sorted({nprobe, 32}))
         for kind, ms in found.items():

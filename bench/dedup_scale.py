@@ -47,25 +47,27 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dedup import jpeg_bytes, labelled_set  # noqa: E402  (bench/dedup.py; puts the repo on the path)
+from dedup import (  # noqa: E402  (bench/dedup.py; puts the repo on the path)
+    index_vectors,
+    jpeg_bytes,
+    labelled_set,
+    photos_in,
+    plan_name,
+    query_vectors,
+    unit_vectors,
+)
 
 from data_tools.dedup import copies, views  # noqa: E402
+from data_tools.dedup.config import VerifyConfig  # noqa: E402
 from data_tools.dedup.descriptors import DCTDescriptor  # noqa: E402
 from data_tools.dedup.search import SHORTLIST_DEPTH, EvalIndex, index_plan, make_index  # noqa: E402
 
-DIM = 189            # the DCT descriptor's length
+DIM = DCTDescriptor().dim
 QUERY_VIEWS = 32     # query views per training image
-NEIGHBOURS = 256     # neighbours per query view
-FULL_VIEWS = 8_832_000   # 92k evaluation images x 96 views
-FULL_NLIST = 16_384      # what index_plan derives there
-SHORTLIST = 8
-
-
-def photos_in(folder: Path) -> list[Path]:
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not found:
-        raise SystemExit(f"{folder}: no photos")
-    return found
+SHORTLIST = VerifyConfig().shortlist
+NEIGHBOURS = SHORTLIST_DEPTH * SHORTLIST   # per query view, as EvalIndex.shortlist asks
+FULL_VIEWS = 92_000 * 96                   # 92k evaluation images x 96 views
+FULL_NLIST = index_plan(FULL_VIEWS, "auto", None, None)[1]
 
 
 def cpu_ms(fn, items: list) -> tuple[float, list]:
@@ -73,16 +75,6 @@ def cpu_ms(fn, items: list) -> tuple[float, list]:
     start = time.process_time()
     out = [fn(x) for x in items]
     return (time.process_time() - start) / len(items) * 1e3, out
-
-
-def index_vectors(descriptor, datas: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluation images' views as the scan indexes them, and each view's image."""
-    vectors, owner = [], []
-    for i, data in enumerate(tqdm(datas, desc="index views", unit="image")):
-        group = views.index_views(views.decode(data), shortlist=True)
-        vectors.append(descriptor.describe(group))
-        owner += [i] * len(group)
-    return np.concatenate(vectors), np.asarray(owner)
 
 
 def profile(args) -> None:
@@ -97,7 +89,7 @@ def profile(args) -> None:
     views_ms, groups = cpu_ms(lambda im: views.query_views(im, partial=True), images)
     boxes_ms, _ = cpu_ms(views.boxed_regions, images)
     describe_ms, described = cpu_ms(descriptor.describe, groups)
-    index = EvalIndex(descriptor, originals, *index_vectors(descriptor, originals))
+    index = EvalIndex(descriptor, originals, *index_vectors(descriptor, tqdm(originals, desc="index views")))
     queries, counts = np.concatenate(described), [len(g) for g in groups]
     start = time.process_time()
     for _ in range(args.repeat):
@@ -106,17 +98,6 @@ def profile(args) -> None:
     print(f"per training image, {len(train)} photos, CPU ms: decode {decode_ms:.2f} | query views {views_ms:.2f}"
           f" (boxed_regions {boxes_ms:.2f} of it) | describe {describe_ms:.2f} | shortlist search"
           f" {search_ms:.2f} ({len(originals)} originals, {plan_name(index.plan)})")
-
-
-def plan_name(plan: tuple[str, int, int]) -> str:
-    kind, nlist, nprobe = plan
-    return kind if kind == "flat" else f"{kind} nlist={nlist} nprobe={nprobe}"
-
-
-def unit(rng, n: int, dim: int = DIM) -> np.ndarray:
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    faiss.normalize_L2(x)
-    return x
 
 
 def near(rng, x: np.ndarray, n: int) -> np.ndarray:
@@ -139,7 +120,7 @@ def crossover(args) -> None:
     rng = np.random.default_rng(0)
     images = args.batch
     for n in args.views:
-        x = unit(rng, n)
+        x = unit_vectors(rng, n, DIM)
         q = near(rng, x, images * QUERY_VIEWS)
         plan = index_plan(n, "ivf", None, None)
         flat, ivf = make_index(DIM, "flat", None, None, x), make_index(DIM, *plan, x)
@@ -158,8 +139,8 @@ def parts(rng, vectors: int, images: int) -> None:
     scanned, of the size they have at 92k, on `vectors` random vectors."""
     nlist = round(FULL_NLIST * vectors / FULL_VIEWS)
     for dim in (DIM, 96, 64):
-        q = unit(rng, images * QUERY_VIEWS, dim)
-        centroids = unit(rng, FULL_NLIST, dim)
+        q = unit_vectors(rng, images * QUERY_VIEWS, dim)
+        centroids = unit_vectors(rng, FULL_NLIST, dim)
         coarse = [("flat", make_index(dim, "flat", None, None, centroids))]
         if dim == DIM:
             hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
@@ -170,9 +151,9 @@ def parts(rng, vectors: int, images: int) -> None:
         for name, index in coarse:
             line.append(f"{name} {per_image_ms(index, q, images, 1, 16):.2f} one image per call,"
                         f" {per_image_ms(index, q, images, images, 16):.2f} {images} per call")
-        x = unit(rng, vectors, dim)
+        x = unit_vectors(rng, vectors, dim)
         ivf = make_index(dim, "ivf", nlist, 16, x)
-        small = make_index(dim, "flat", None, None, unit(rng, nlist, dim))
+        small = make_index(dim, "flat", None, None, unit_vectors(rng, nlist, dim))
         total, own_coarse = per_image_ms(ivf, q, images, images), per_image_ms(small, q, images, images, 16)
         line.append(f"ivf nlist={nlist}/16 on {vectors} ({vectors // nlist} views per cell, as at 92k):"
                     f" {total:.2f} of which its coarse {own_coarse:.2f}, cells {total - own_coarse:.2f}")
@@ -207,14 +188,9 @@ def crowding(args) -> None:
     family_of = np.asarray(family_of)
     chosen = np.flatnonzero((truth >= 0) & np.isin(family_of, families))
     descriptor = DCTDescriptor()
-    queries, counts = [], []
-    for i in tqdm(chosen, desc="query views", unit="image"):
-        group = views.query_views(views.decode(train[i]), partial=True)
-        queries.append(descriptor.describe(group))
-        counts.append(len(group))
-    queries = np.concatenate(queries)
+    queries, counts = query_vectors(descriptor, tqdm([train[i] for i in chosen], desc="query views", unit="image"))
     evaluation = originals + filler_images(args.folder, args.limit, args.filler)
-    vectors, owner = index_vectors(descriptor, evaluation)
+    vectors, owner = index_vectors(descriptor, tqdm(evaluation, desc="index views", unit="image"))
     mine = owner < len(originals)
     _, alone = EvalIndex(descriptor, originals, vectors[mine], owner[mine]).shortlist(queries, counts, SHORTLIST)
     columns = {"flat, no filler": alone}
