@@ -109,13 +109,12 @@ def check_settings(state: Path, wanted: dict) -> None:
         recorded = recorded_settings(path)
         if recorded != wanted:
             data = [k for k in ("train", "against") if recorded.get(k) != wanted.get(k)]
-            keys = _begun_with({k: v for k, v in recorded.items() if k not in data},
-                               {k: v for k, v in wanted.items() if k not in data})
             if data:  # other shards: no setting resumes it
                 raise ValueError(f"{state.parent} holds results of another dedup run (other {' and '.join(data)} "
                                  "set); choose an empty --out directory")
-            raise ValueError(f"{state.parent} holds results of another dedup run, begun with {' '.join(keys)}; "
-                             "give those to resume it, or choose an empty --out directory")
+            raise ValueError(f"{state.parent} holds results of another dedup run, begun with "
+                             f"{' '.join(_begun_with(recorded, wanted))}; give those to resume it, or choose an "
+                             "empty --out directory")
         return
     state.mkdir(parents=True, exist_ok=True)
     shards.write_json(path, wanted)

@@ -70,7 +70,7 @@ def describe_shard(tar: str, desc_cfg: DescriptorConfig, index_side: bool, sampl
     # Sampled by key, so the calibration set does not depend on how shards reach workers.
     thumbnails = {key: im for key, im in zip(keys, images)
                   if sample_every and zlib.crc32(key.encode()) % sample_every == 0}
-    screened = [keypoints.screen_pixels(im) for im in images] if screen and shortlist and not index_side else None
+    screened = [keypoints.screen_pixels(im) for im in images] if screen and not index_side else None
     return {"tar": tar, "keys": keys, "paths": paths, "vectors": vectors, "counts": counts, "bad": bad,
             "thumbnails": thumbnails, "keypoints": local, "screen": screened,
             "pixels": [pixels(views.framings(im)) for im in images] if verify == "align" else None}
