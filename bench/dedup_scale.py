@@ -5,6 +5,7 @@
         [--single] [--vectors 200000]
     python bench/dedup_scale.py crowding FOLDER [--limit 60] [--filler 30]
         [--families combination,crop50,screenshot] [--plans flat,auto,ivf:2048:128]
+    python bench/dedup_scale.py build [--eval-images 92000] [--per-shard 1000] [--concatenated]
 
 `profile`: per training image, CPU ms of decoding, its query views (views.query_views
 with the partial views; views.boxed_regions, which they call, apart), describing them,
@@ -26,6 +27,14 @@ indexed, then with --filler further photos and their copies under every family
 (unrelated images) indexed too, for each of --plans (`kind` or `ivf:nlist:nprobe`).
 --filler 0 compares the plans at the bench's own size.
 
+`build`: the index search.index=auto builds over --eval-images evaluation images' views
+(96 each; random unit vectors, --per-shard images' views per array as the scan's workers
+return them), handed over as scan.build_index hands them (a list, which the build empties),
+or with --concatenated as they were before (one concatenated copy beside the list): wall
+time of the build on all cores, the process's peak memory above what it held before the
+views, what the index holds after, and CPU ms of one training image's shortlist
+(EvalIndex.shortlist, one thread, 100 images per call).
+
 Machine time is CPU time of this one process, one thread (per-core figures).
 """
 from __future__ import annotations
@@ -36,6 +45,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")  # per-core figures
 
 import argparse  # noqa: E402
+import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -214,6 +224,41 @@ def crowding(args) -> None:
     print("| CPU per training image | " + " | ".join(cost.values()) + " |")
 
 
+def rss_gib() -> float:
+    """The process's resident memory now, GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def build(args) -> None:
+    rng = np.random.default_rng(0)
+    per_image = 96
+    shards = [unit_vectors(rng, min(args.per_shard, args.eval_images - start) * per_image, DIM)
+              for start in tqdm(range(0, args.eval_images, args.per_shard), desc="views", unit="shard")]
+    owner = np.repeat(np.arange(args.eval_images), per_image)
+    queries = near(rng, np.concatenate([s[:QUERY_VIEWS] for s in shards[:100]]), 100 * QUERY_VIEWS)
+    held = sum(s.nbytes for s in shards) / 2**30
+    before = rss_gib()
+    vectors = [np.concatenate(shards)] if args.concatenated else shards
+    faiss.omp_set_num_threads(os.cpu_count())
+    start = time.perf_counter()
+    index = EvalIndex(None, list(range(args.eval_images)), vectors, owner, "auto")
+    built = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    del vectors, shards
+    after = rss_gib()
+    faiss.omp_set_num_threads(1)
+    start = time.process_time()
+    index.shortlist(queries, [QUERY_VIEWS] * 100, SHORTLIST)
+    search_ms = (time.process_time() - start) / 100 * 1e3
+    print(f"{args.eval_images} evaluation images, {len(owner)} views ({held:.2f} GiB as float32),"
+          f" {'one concatenated copy' if args.concatenated else 'a list of shards'}: {plan_name(index.plan)} built"
+          f" in {built:.0f} s on {os.cpu_count()} cores | peak {peak - before:.2f} GiB above the views"
+          f" | index {after - before + held:.2f} GiB after | shortlist {search_ms:.1f} ms CPU per training image")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -238,6 +283,11 @@ def main() -> None:
     w.add_argument("--families", default="combination,crop50,screenshot", help="comma-separated; empty: all")
     w.add_argument("--plans", default="flat,auto", help="comma-separated: flat, auto, ivf or ivf:NLIST:NPROBE")
     w.set_defaults(run=crowding)
+    b = sub.add_parser("build", help="the index's build time and memory at the evaluation side's size")
+    b.add_argument("--eval-images", type=int, default=92_000, help="evaluation images, 96 views each")
+    b.add_argument("--per-shard", type=int, default=1000, help="evaluation images per array of views")
+    b.add_argument("--concatenated", action="store_true", help="hand the views over concatenated, as before")
+    b.set_defaults(run=build)
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
     args.run(args)

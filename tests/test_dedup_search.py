@@ -71,3 +71,23 @@ def test_an_inverted_file_that_finds_fewer_views_than_asked_pads_the_shortlist()
     assert (owners == -1).any(axis=1).all() and ((owners >= 0) == (scores > -1)).all()
     for row in owners:
         assert len(set(row[row >= 0])) == (row >= 0).sum()
+
+
+@pytest.mark.parametrize("kind, nlist", [("flat", None), ("ivf", 32)])
+def test_views_handed_over_by_shard_build_the_same_index_and_are_let_go(kind, nlist):
+    rng = np.random.default_rng(3)
+    parts = [unit(rng, n) for n in (700, 0, 1_500, 1)]
+    whole = np.concatenate(parts)
+    queries = noisy(rng, whole[rng.choice(len(whole), 50, replace=False)])
+    by_shard = make_index(DIM, kind, nlist, 4, parts)
+    assert parts == []   # each shard's array dropped once added: the build holds the views once
+    assert by_shard.ntotal == len(whole)
+    if kind == "ivf":   # FAISS's own add into the same cells (the lists sized first here)
+        plain = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+        plain.train(whole[np.sort(np.random.default_rng(0).choice(len(whole), 64 * nlist, replace=False))])
+        plain.nprobe = 4
+    else:
+        plain = faiss.IndexFlatIP(DIM)
+    plain.add(whole)
+    for got, want in zip(by_shard.search(queries, 5), plain.search(queries, 5)):
+        np.testing.assert_array_equal(got, want)   # same rows in the same order, same cells

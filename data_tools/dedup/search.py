@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from faiss.contrib.ivf_tools import add_preassigned
 
 from data_tools.dedup import copies, views
 
@@ -49,30 +50,65 @@ def index_plan(vectors: int, kind: str, nlist: int | None, nprobe: int | None) -
     return kind, nlist, nprobe
 
 
-def make_index(dim: int, kind: str, nlist: int | None, nprobe: int | None, vectors: np.ndarray):
+def make_index(dim: int, kind: str, nlist: int | None, nprobe: int | None, vectors: np.ndarray | list[np.ndarray]):
     """Exact inner-product search (`flat`), or an inverted file (`ivf`) that scans
     `nprobe` of `nlist` cells: milliseconds per query against millions of views; `auto`
     and unset nlist/nprobe as index_plan decides. A GPU index when faiss was built with
-    GPU support and a GPU is present."""
-    kind, nlist, nprobe = index_plan(len(vectors), kind, nlist, nprobe)
+    GPU support and a GPU is present. A list of arrays (a shard's views each) is emptied
+    as its parts are added: the build then holds the views about once, not three times
+    (the parts, their concatenation, the index; bench/dedup_scale.py build)."""
+    parts = vectors if isinstance(vectors, list) else [vectors]
+    parts[:] = [part for part in parts if len(part)]
+    total = sum(len(part) for part in parts)
+    kind, nlist, nprobe = index_plan(total, kind, nlist, nprobe)
     if kind == "ivf":
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         # k-means on a fixed sample: as good cells as on all vectors, at a fraction of the time.
-        sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)
-        index.train(vectors[np.sort(sample)])
+        sample = np.random.default_rng(0).choice(total, min(total, 64 * nlist), replace=False)
+        index.train(_rows(parts, np.sort(sample)))
         index.nprobe = nprobe
     else:
         index = faiss.IndexFlatIP(dim)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
-    index.add(vectors)
+    _add(index, parts)
     return index
+
+
+def _add(index, parts: list[np.ndarray]) -> None:
+    """Adds the parts in order, dropping each once added. An inverted file's lists are
+    sized for the first half of the views, then for all: grown a view at a time they
+    ended at 1.6x the views (9.9 GiB for 6.2 at 92k evaluation images), and sized for all
+    at once they were held beside all the views (12.6 GiB at the start); so the lists
+    end about at the views' size, and the build peaks at 1.5x (bench/dedup_scale.py build)."""
+    if not isinstance(index, faiss.IndexIVF):  # exact search, or an index on the GPU
+        while parts:
+            index.add(parts.pop(0))
+        return
+    cells = [index.quantizer.search(part, 1)[1].ravel() for part in parts]
+    lists = faiss.downcast_InvertedLists(index.invlists)
+    half = int(np.searchsorted(np.cumsum([len(c) for c in cells]), sum(len(c) for c in cells) / 2)) + 1
+    for stage in (half, len(cells) - half):
+        counts = np.bincount(np.concatenate(cells[:stage] or [np.zeros(0, np.int64)]), minlength=index.nlist)
+        for cell in np.flatnonzero(counts).tolist():
+            size = lists.list_size(cell)
+            lists.resize(cell, size + int(counts[cell]))
+            lists.resize(cell, size)   # the capacity stays: the stage's adds allocate nothing more
+        for _ in range(stage):
+            add_preassigned(index, parts.pop(0), cells.pop(0))
+
+
+def _rows(parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Rows (sorted) of the parts' concatenation, without concatenating them."""
+    starts = np.cumsum([0] + [len(part) for part in parts])
+    part_of = np.searchsorted(starts, rows, side="right") - 1
+    return np.concatenate([parts[j][rows[part_of == j] - starts[j]] for j in np.unique(part_of)])
 
 
 class EvalIndex:
     """Views of the evaluation images; `owner[row]` is the image a view belongs to."""
 
-    def __init__(self, descriptor, images: list[EvalImage], vectors: np.ndarray, owner: np.ndarray,
+    def __init__(self, descriptor, images: list[EvalImage], vectors: np.ndarray | list[np.ndarray], owner: np.ndarray,
                  kind: str = "flat", nlist: int | None = None, nprobe: int | None = None,
                  pixels: list | None = None, keypoints=None):
         self.descriptor = descriptor
@@ -81,8 +117,9 @@ class EvalIndex:
         self.pixels = pixels  # per image, its framings for the alignment check (verify.pixels)
         self.keypoints = keypoints  # a keypoints.KeypointStore for local-feature verification
         self.views_per_image = int(np.bincount(owner).max()) if len(owner) else 0
-        self.plan = index_plan(len(vectors), kind, nlist, nprobe)  # (kind, nlist, nprobe) built
-        self.index = make_index(vectors.shape[1], *self.plan, vectors)
+        parts = vectors if isinstance(vectors, list) else [vectors]
+        self.plan = index_plan(sum(len(p) for p in parts), kind, nlist, nprobe)  # (kind, nlist, nprobe) built
+        self.index = make_index(parts[0].shape[1], *self.plan, parts)
 
     def best(self, queries: np.ndarray, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per training image (its `counts[i]` query views in a row), the best score and the
