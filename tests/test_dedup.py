@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from helpers import build_shards, photo
 from PIL import Image
 
 from data_tools.dedup import copies, search
+from data_tools.dedup.report import LINE_COLOUR
 from data_tools.format import shards
 from data_tools.format.verify import verify
 from launch.cli import main
@@ -104,9 +106,15 @@ def test_parts_merged_equal_one_run(sets, one_run):
     common = ["--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out)]
     assert dedup(*common, "--part", "0/2") == 0
     assert not (out / "matches.jsonl").exists()  # part 1/2 is still to come
+    # A part's keypoint store (3 GB at 92k evaluation images) is scratch for its scan: 64
+    # parts kept 200 GB in --out. One killed mid-scan leaves its store; the merge sweeps it.
+    assert not list((out / ".dedup").glob("keypoints.part*"))
+    (out / ".dedup" / "keypoints.part5").mkdir()
+    (out / ".dedup" / "keypoints.part5" / "keypoints_desc.u8").write_bytes(b"left by a killed part")
     assert dedup(*common, "--part", "1/2", workers=2) == 0  # worker processes, forked after FAISS ran
     assert dedup(*common, "--merge") == 0
     assert (out / "matches.jsonl").read_text() == (one_run / "matches.jsonl").read_text()
+    assert not list((out / ".dedup").glob("keypoints.part*")) and not list((one_run / ".dedup").glob("keypoints*"))
 
 
 def test_merge_before_all_parts_is_one_clear_error(sets, capsys):
@@ -233,6 +241,9 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+BLANK_GIF = "data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="  # 1x1 white
+
+
 def colourful_share(png: Path) -> float:
     """Share of pixels with clear colour: thumbnails of photos have it, text and page do not."""
     hsv = np.asarray(Image.open(png).convert("RGB").convert("HSV"), dtype=np.int16)
@@ -253,9 +264,10 @@ def test_report_opens_in_headless_chromium_and_shows_the_pairs(sets, one_run, tm
                     f"--screenshot={shot}", "--window-size=1000,2400", report.resolve().as_uri()],
                    check=True, capture_output=True, timeout=120)
     assert colourful_share(shot) > 0.03
-    # The same page with the thumbnails removed shows no such colour: the pixels are the images.
+    # The same page with every thumbnail a blank one (a broken one draws a coloured icon)
+    # and the keypoint lines grey shows no such colour: the pixels are the images.
     bare = tmp_path / "bare.html"
-    bare.write_text(page.replace("data:image/jpeg;base64,", "data:image/jpeg;base64,x"))
+    bare.write_text(re.sub(r"data:image/jpeg;base64,[A-Za-z0-9+/=]+", BLANK_GIF, page).replace(LINE_COLOUR, "#808080"))
     blank = tmp_path / "bare.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--screenshot={blank}", "--window-size=1000,2400", bare.as_uri()],
@@ -402,14 +414,15 @@ def test_the_run_records_the_index_it_built(sets, one_run):
     assert facts["index"]["kind"] == "flat" and facts["index"]["views"] <= search.FLAT_UP_TO
 
 
-def test_an_inverted_file_run_finds_the_copies(sets, tmp_path):
+def test_an_inverted_file_run_finds_the_copies(sets, tmp_path, capsys):
     """search.index=ivf on a set far below search.FLAT_UP_TO: the derived nlist and nprobe hold
-    and find what exact search finds."""
+    and find what exact search finds; the build, which has no bar, says what it does."""
     out = tmp_path / "out"
     assert dedup("--train", str(sets["train"]), "--against", f"val={sets['val']}", "--out", str(out),
                  "search.index=ivf", "search.nprobe=2") == 0
     facts = json.loads((out / ".dedup" / "calibration.json").read_text())
     assert facts["index"]["kind"] == "ivf" and facts["index"]["nprobe"] == 2
+    assert f"views into an inverted file of {facts['index']['nlist']:,} cells" in capsys.readouterr().err
     assert {Path(m["train_path"]).name: Path(m["eval_path"]).name for m in matches(out)} == sets["expected"]
 
 

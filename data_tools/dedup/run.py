@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -60,6 +61,7 @@ def run(cfg: DedupConfig, read_backbone=None) -> dict | None:
         scan_started = time.time()
         scan(cfg, train, todo, index, threshold, state)
         facts["timings"]["scan_s"] = round(time.time() - scan_started, 2)
+        shutil.rmtree(state / f"keypoints.part{mine}", ignore_errors=True)  # scratch of this scan
     else:  # every shard is scanned: joining needs no index, only what it decided
         facts = json.loads(saved.read_text())
     missing = [e["file"] for e in entries if not (state / "shards" / f"{e['file']}.json").is_file()]
@@ -67,6 +69,8 @@ def run(cfg: DedupConfig, read_backbone=None) -> dict | None:
         say(f"part {cfg.part} done; {len(missing)} shard(s) of other parts still to scan, then run "
             "the same command with --merge")
         return None
+    for store in state.glob("keypoints.part*"):  # left by a part that was killed: no scan needs it now
+        shutil.rmtree(store, ignore_errors=True)
     return finish(cfg, train, sets, facts)
 
 
