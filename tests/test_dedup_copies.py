@@ -47,12 +47,49 @@ def jpeg(im: Image.Image) -> bytes:
 
 @pytest.mark.parametrize("family", list(copies.FAMILIES))
 def test_keypoints_verify_a_copy_of_each_family_and_not_its_look_alike(family):
+    # Four draws of the edit: recall is 0.95-1.0 per family on real photos, not 1, so one
+    # copy of the four may be missed (a combination draw fits 7 places); no look-alike may pass.
     original, look_alike, backdrop = busy(1), busy(2), busy(3)
     stored = keypoints.features(original)
-    copy = keypoints.match(keypoints.query_features(copies.web_copy(family, original, 5, backdrop)), *stored)
-    other = keypoints.match(keypoints.query_features(copies.web_copy(family, look_alike, 5, backdrop)), *stored)
-    assert keypoints.is_copy(copy), copy["inliers"]
-    assert not keypoints.is_copy(other), other["inliers"]
+    found = []
+    for seed in (5, 6, 7, 8):
+        copy = keypoints.match(keypoints.query_features(copies.web_copy(family, original, seed, backdrop)), *stored)
+        other = keypoints.match(keypoints.query_features(copies.web_copy(family, look_alike, seed, backdrop)), *stored)
+        found.append((keypoints.is_copy(copy), copy["inliers"]))
+        assert not keypoints.is_copy(other), (seed, other["inliers"])
+    assert sum(verified for verified, _ in found) >= 3, found
+
+
+def mounted(im: Image.Image) -> Image.Image:
+    """The image in a white passe-partout with a black line and a thin grey edge, as
+    photographers show theirs (the grey edge alone kept views.frame_box from cutting)."""
+    w, h = im.width + 40, im.height + 40
+    out = Image.new("RGB", (w, h), "white")
+    out.paste(im, (20, 20))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((12, 12, w - 13, h - 13), outline="black", width=2)
+    draw.rectangle((0, 0, w - 1, h - 1), outline=(176, 176, 176), width=1)
+    return out
+
+
+def as_scanned(im: Image.Image) -> Image.Image:
+    return views.decode(jpeg(im), keypoints.SIDE)
+
+
+def test_unrelated_photos_in_the_same_mount_are_not_copies_and_a_copy_of_a_mounted_one_is():
+    # Before keypoints were kept inside the frame, the corners of two mounts matched: 6
+    # pairs of these 20 were copies, up to 16 inliers spanning 79 % of the image (a real
+    # pair, a flute player and a cat, 8 inliers).
+    for seed in range(10, 30):
+        stored = keypoints.features(as_scanned(mounted(busy(seed))))
+        found = keypoints.match(keypoints.query_features(as_scanned(mounted(busy(seed + 100)))), *stored)
+        assert not keypoints.is_copy(found), (seed, found["inliers"], found["cover"])
+    original = mounted(busy(11))
+    stored = keypoints.features(as_scanned(original))
+    for family in ("third", "crop50", "paste", "screenshot", "combination"):
+        copy = as_scanned(copies.web_copy(family, original, 5, busy(3)))
+        found = keypoints.match(keypoints.query_features(copy), *stored)
+        assert keypoints.is_copy(found), (family, found["inliers"], found["cover"])
 
 
 def screen_pair(family: str) -> tuple[list, np.ndarray, np.ndarray]:

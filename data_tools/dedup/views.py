@@ -60,6 +60,12 @@ def cut_border(im: Image.Image, rounds: int = 8, flat_any: bool = False) -> Imag
     own (a product shot on white) is cut in later rounds, one blended row at a time, so
     the copy ends where the original does. With `flat_any`, a flat frame of any colour
     (coloured padding) is cut too: for a query view only, beside the other framings."""
+    box = frame_box(im, rounds, flat_any)
+    return im if box == (0, 0, *im.size) else im.crop(box)
+
+
+def frame_box(im: Image.Image, rounds: int = 8, flat_any: bool = False) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of what cut_border keeps."""
     grey = np.asarray(im.convert("L"), dtype=np.int16)
     h, w = grey.shape
     room = [int(w * MAX_BORDER), int(h * MAX_BORDER)] * 2   # left, top, right, bottom
@@ -71,9 +77,7 @@ def cut_border(im: Image.Image, rounds: int = 8, flat_any: bool = False) -> Imag
         if not any(more):
             break
         cut = [c + m for c, m in zip(cut, more)]
-    if not any(cut):
-        return im
-    return im.crop((cut[0], cut[1], w - cut[2], h - cut[3]))
+    return cut[0], cut[1], w - cut[2], h - cut[3]
 
 
 def _flat_run(rows: np.ndarray, limit: int, flat_any: bool = False) -> int:
