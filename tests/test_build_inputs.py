@@ -236,6 +236,9 @@ def test_summary_lists_counts_and_first_bad_paths(bad_build):
     assert stdout.startswith(f"{bad_build['manifest']['num_samples']} samples in ")
     assert "bad images: " in stdout and "too_many_pixels=1" in stdout and "truncated=1" in stdout
     assert "dropped records: " in stdout and "malformed_line=4" in stdout
+    dropped_line = next(line for line in stdout.splitlines() if line.startswith("dropped records: "))
+    assert "tags_not_in_wordnet" not in dropped_line   # tags, not records: a line of their own
+    assert f"hashtags not in WordNet: {UNKNOWN_TAGS}, left out of their images' labels" in stdout
     bad = [(n, o[1]) for n, _, _, o in CASES if o[0] == "bad"]
     for name, reason in bad[:5]:
         assert f"bad: {bad_build['root'] / 'imgs' / name} ({reason})" in stdout
@@ -244,3 +247,13 @@ def test_summary_lists_counts_and_first_bad_paths(bad_build):
 @pytest.mark.slow
 def test_output_passes_verify(bad_build):
     assert verify(str(bad_build["out"]), workers=1, progress=False) == []
+
+
+def test_unknown_hashtags_are_not_reported_as_dropped_records():
+    from data_tools.format.manifest import summary
+    manifest = {"num_samples": 168, "num_shards": 2, "num_classes": 67, "label_type": "multi",
+                "dropped": {"tags_not_in_wordnet": 18, "no_wordnet_tag": 0}, "bad_samples": {"truncated": 1},
+                "converted": {}, "bad_examples": []}
+    lines = summary(manifest).splitlines()
+    assert not any(line.startswith("dropped records") for line in lines)   # every record was kept
+    assert "hashtags not in WordNet: 18, left out of their images' labels" in lines[-1]

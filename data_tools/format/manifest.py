@@ -138,11 +138,17 @@ def merge(directory: str, n: int | None = None) -> dict:
 def summary(manifest: dict) -> str:
     lines = [f"{manifest['num_samples']} samples in {manifest['num_shards']} shard(s), "
              f"{manifest['num_classes']} labels ({manifest['label_type']}-label)"]
-    for title, counts in (("dropped records", manifest["dropped"]), ("bad images", manifest["bad_samples"]),
+    records = dict(manifest["dropped"])
+    # A count of tags, not of records: shown under "dropped records" it read as images lost.
+    unknown = records.pop("tags_not_in_wordnet", 0)
+    for title, counts in (("dropped records", records), ("bad images", manifest["bad_samples"]),
                           ("converted images", manifest["converted"])):
         shown = {k: v for k, v in counts.items() if v}
         if shown:
             lines.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    if unknown:
+        lines.append(f"hashtags not in WordNet: {unknown}, left out of their images' labels"
+                     " (an image left with none is dropped as no_wordnet_tag)")
     for example in manifest["bad_examples"][:5]:
         where = example["path"] or f"manifest line {example['line']}"
         detail = f": {example['detail']}" if example.get("detail") else ""
