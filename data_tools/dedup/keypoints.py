@@ -195,12 +195,12 @@ def _fit(src: np.ndarray, dst: np.ndarray, size: tuple[int, int]) -> dict:
     if mask is None or not plausible(fit):
         return {"inliers": 0, "cover": 0.0, "pairs": []}
     keep = mask.ravel().astype(bool)
+    pairs = np.concatenate([src[keep], dst[keep]], axis=1)
     # SIFT puts several keypoints at one place (a blob at several scales, a round one at
     # several orientations): one chance correspondence came in 7 times, 9 "inliers" of two
     # unrelated scenes. A pair of places counts once.
-    places = len(np.unique(np.concatenate([src[keep], dst[keep]], axis=1).round(), axis=0))
-    return {"inliers": places, "cover": _cover(src[keep], size),
-            "pairs": np.concatenate([src[keep], dst[keep]], axis=1).round(1).tolist()}
+    return {"inliers": len(np.unique(pairs.round(), axis=0)), "cover": _cover(src[keep], size),
+            "pairs": pairs.round(1).tolist()}
 
 
 def plausible(fit: np.ndarray | None) -> bool:
