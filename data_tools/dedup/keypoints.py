@@ -83,8 +83,8 @@ def inside_frame(pixels: np.ndarray) -> np.ndarray | None:
     line, the next band, each past EDGE_LINE pixels of whatever the last cut left),
     FRAME_MARGIN in from their edge; None where there is no frame. The corners of a frame
     and of its lines are keypoints that match any other framed photo's: of 20 pairs of
-    unrelated scenes in white mounts with a black line, 6 fit 8-16 inliers, most
-    spanning 79 % of the image."""
+    unrelated scenes in white mounts with a black line, 6 fit 8-16 inliers (repeated
+    keypoints counted), most spanning 79 % of the image."""
     h, w = pixels.shape
     box = (0, 0, w, h)
     for _ in range(FRAMES):
