@@ -76,7 +76,8 @@ DIM = DCTDescriptor().dim
 QUERY_VIEWS = 32     # query views per training image
 SHORTLIST = VerifyConfig().shortlist
 NEIGHBOURS = SHORTLIST_DEPTH * SHORTLIST   # per query view, as EvalIndex.shortlist asks
-FULL_VIEWS = 92_000 * 96                   # 92k evaluation images x 96 views
+VIEWS_PER_IMAGE = 96                       # index views of an evaluation image (views.index_views)
+FULL_VIEWS = 92_000 * VIEWS_PER_IMAGE      # 92k evaluation images
 FULL_NLIST = index_plan(FULL_VIEWS, "auto", None, None)[1]
 
 
@@ -234,10 +235,9 @@ def rss_gib() -> float:
 
 def build(args) -> None:
     rng = np.random.default_rng(0)
-    per_image = 96
-    shards = [unit_vectors(rng, min(args.per_shard, args.eval_images - start) * per_image, DIM)
+    shards = [unit_vectors(rng, min(args.per_shard, args.eval_images - start) * VIEWS_PER_IMAGE, DIM)
               for start in tqdm(range(0, args.eval_images, args.per_shard), desc="views", unit="shard")]
-    owner = np.repeat(np.arange(args.eval_images), per_image)
+    owner = np.repeat(np.arange(args.eval_images), VIEWS_PER_IMAGE)
     queries = near(rng, np.concatenate([s[:QUERY_VIEWS] for s in shards[:100]]), 100 * QUERY_VIEWS)
     held = sum(s.nbytes for s in shards) / 2**30
     before = rss_gib()

@@ -51,7 +51,8 @@ def run(cfg: DedupConfig, read_backbone=None) -> dict | None:
     if todo or not saved.is_file():
         descriptor = cached_descriptor(cfg.descriptor, read_backbone)
         # One store per part: --part runs build their index at the same time.
-        index, thumbnails, against_bad = build_index(cfg, sets, descriptor, state / f"keypoints.part{mine}")
+        store = state / f"keypoints.part{mine}"
+        index, thumbnails, against_bad = build_index(cfg, sets, descriptor, store)
         threshold, calibration = settle_threshold(cfg, descriptor, index, thumbnails)
         facts = {"threshold": threshold, "calibration": calibration, "against_bad": against_bad,
                  "index": {**dict(zip(("kind", "nlist", "nprobe"), index.plan)), "images": len(index.images),
@@ -61,7 +62,7 @@ def run(cfg: DedupConfig, read_backbone=None) -> dict | None:
         scan_started = time.time()
         scan(cfg, train, todo, index, threshold, state)
         facts["timings"]["scan_s"] = round(time.time() - scan_started, 2)
-        shutil.rmtree(state / f"keypoints.part{mine}", ignore_errors=True)  # scratch of this scan
+        shutil.rmtree(store, ignore_errors=True)  # scratch of this scan
     else:  # every shard is scanned: joining needs no index, only what it decided
         facts = json.loads(saved.read_text())
     missing = [e["file"] for e in entries if not (state / "shards" / f"{e['file']}.json").is_file()]
@@ -69,8 +70,8 @@ def run(cfg: DedupConfig, read_backbone=None) -> dict | None:
         say(f"part {cfg.part} done; {len(missing)} shard(s) of other parts still to scan, then run "
             "the same command with --merge")
         return None
-    for store in state.glob("keypoints.part*"):  # left by a part that was killed: no scan needs it now
-        shutil.rmtree(store, ignore_errors=True)
+    for left in state.glob("keypoints.part*"):  # left by a part that was killed: no scan needs it now
+        shutil.rmtree(left, ignore_errors=True)
     return finish(cfg, train, sets, facts)
 
 

@@ -87,9 +87,12 @@ def _add(index, parts: list[np.ndarray]) -> None:
         return
     cells = [index.quantizer.search(part, 1)[1].ravel() for part in parts]
     lists = faiss.downcast_InvertedLists(index.invlists)
-    half = int(np.searchsorted(np.cumsum([len(c) for c in cells]), sum(len(c) for c in cells) / 2)) + 1
+    added = np.cumsum([len(c) for c in cells])
+    half = int(np.searchsorted(added, added[-1] / 2)) + 1
     for stage in (half, len(cells) - half):
-        counts = np.bincount(np.concatenate(cells[:stage] or [np.zeros(0, np.int64)]), minlength=index.nlist)
+        if not stage:
+            continue
+        counts = np.bincount(np.concatenate(cells[:stage]), minlength=index.nlist)
         for cell in np.flatnonzero(counts).tolist():
             size = lists.list_size(cell)
             lists.resize(cell, size + int(counts[cell]))
